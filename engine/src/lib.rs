@@ -1,0 +1,9 @@
+//! # emogate-engine
+//!
+//! The runtime side of emogate. A brief overview of the principal types:
+//!
+//! * [`backend::Backend`] — one loaded model that runs on named tensors;
+//!   [`backend::tract::TractBackend`] is the pure-Rust default.
+//! * [`backend::Tensor`] — the dense tensors that cross the backend seam.
+
+pub mod backend;

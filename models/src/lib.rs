@@ -1,0 +1,23 @@
+//! # emogate-models
+//!
+//! Model artifacts, with no runtime dependencies: what `emogate-convert`
+//! and the engine read, edit and write.
+//!
+//! A brief overview of the principal types:
+//!
+//! * [`onnx::OnnxModel`] — an ONNX model file decoded, with its external
+//!   data (side files) checked and readable one tensor at a time;
+//!   [`onnx::save_model`] writes an edited model back atomically.
+//! * [`peft::Adapter`] — a Hugging Face PEFT LoRA adapter folder
+//!   (`adapter_config.json` + `adapter_model.safetensors`).
+//! * [`merge::MergePlan`] — an adapter resolved against a graph: which
+//!   initializer each module adapts, in which orientation, and the merged
+//!   values; [`merge::merge_to_file`] streams them into a new model.
+//! * [`Error`] — every failure names the file, the field and what was expected.
+
+pub mod error;
+pub mod merge;
+pub mod onnx;
+pub mod peft;
+
+pub use error::{Error, Result};

@@ -1,0 +1,558 @@
+//! Merging a PEFT LoRA adapter into an ONNX model's weights.
+//!
+//! [`MergePlan::new`] resolves every adapter module to one linear layer of
+//! the graph (see [`resolve`]), copies weights that other nodes also read,
+//! and records the edits; [`MergePlan::updates`] then yields the merged
+//! tensors one by one, so [`merge_to_file`] streams a model of any size in
+//! bounded memory, and the engine can merge in memory with the same code.
+//!
+//! The arithmetic is PEFT's `merge_and_unload()`:
+//! `W' = W + s·B·A` with `s = α/r` (or `α/√r` with rsLoRA); with DoRA,
+//! `W' = m / ‖W + s·B·A‖_row · (W + s·B·A)`; with `lora_bias`,
+//! `b' = b + s·b_B`; `modules_to_save` tensors replace the base ones.
+//! Values are merged in `f32` (norms in `f64`) and written back in the
+//! weight's own type.
+
+pub mod resolve;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::onnx::proto::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
+use crate::onnx::{FloatType, OnnxModel, SaveOptions, SaveSummary, TensorUpdate, save_model};
+use crate::peft::{Adapter, LoraModule, Replacement};
+use resolve::{Layout, LinearIndex, Resolution};
+
+/// One adapter module, resolved and ready to merge.
+#[derive(Debug, Clone)]
+struct Job {
+    module: String,
+    site: resolve::LinearSite,
+    /// The initializer the merged weight is written to (a fresh copy when
+    /// the original is shared with nodes that are not adapted).
+    target_weight: String,
+    target_bias: Option<String>,
+    copied: bool,
+    change: Change,
+}
+
+#[derive(Debug, Clone)]
+enum Change {
+    Lora(LoraModule),
+    Replace(Replacement),
+}
+
+/// What was done to one module; printed as a table and saved as JSON.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModuleReport {
+    /// Module path as the adapter names it.
+    pub module: String,
+    /// `lora`, `dora` or `replace` (`modules_to_save`).
+    pub kind: &'static str,
+    pub node: String,
+    pub op: String,
+    /// The initializer written.
+    pub weight: String,
+    /// Set when the weight was shared and had to be copied first.
+    pub copied_from: Option<String>,
+    pub layout: Layout,
+    pub dtype: FloatType,
+    /// Stored dims of the weight.
+    pub shape: Vec<i64>,
+    pub rank: Option<usize>,
+    pub alpha: Option<f64>,
+    pub scale: Option<f64>,
+    /// ‖W' − W‖ / ‖W‖ (Frobenius).
+    pub relative_change: f64,
+    pub bias: Option<String>,
+}
+
+/// Everything [`merge_to_file`] did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MergeReport {
+    pub model: PathBuf,
+    pub adapter: PathBuf,
+    pub output: PathBuf,
+    pub modules: Vec<ModuleReport>,
+    pub save: SaveSummary,
+}
+
+/// The resolved merge: an edited graph plus the tensors still to compute.
+pub struct MergePlan<'a> {
+    model: &'a OnnxModel,
+    /// The base proto with copies of shared weights added and rewired.
+    pub proto: ModelProto,
+    jobs: Vec<Job>,
+}
+
+impl<'a> MergePlan<'a> {
+    /// Resolves every module of `adapter` in `model`.
+    ///
+    /// # Errors
+    /// [`Error::Unresolved`] listing the modules that match no linear layer
+    /// or several; [`Error::Field`] for a weight whose shape disagrees with
+    /// the adapter or that two modules would both change.
+    pub fn new(model: &'a OnnxModel, adapter: &Adapter) -> Result<Self> {
+        let index = LinearIndex::build(model.graph());
+        let mut unmatched = Vec::new();
+        let mut ambiguous = Vec::new();
+        let mut jobs = Vec::new();
+        let changes = adapter
+            .modules
+            .iter()
+            .map(|(m, l)| (m.clone(), Change::Lora(l.clone())))
+            .chain(adapter.replacements.iter().map(|(m, r)| (m.clone(), Change::Replace(r.clone()))));
+        for (module, change) in changes {
+            match index.resolve(&module) {
+                Resolution::Found(i) => {
+                    let site = index.sites[i].clone();
+                    jobs.push(Job {
+                        module,
+                        target_weight: site.weight.clone(),
+                        target_bias: site.bias.clone(),
+                        copied: false,
+                        site,
+                        change,
+                    })
+                }
+                Resolution::Unmatched => unmatched.push(module),
+                Resolution::Ambiguous(hits) => {
+                    ambiguous.push((module, hits.iter().map(|h| index.describe(*h)).collect()))
+                }
+            }
+        }
+        if !unmatched.is_empty() || !ambiguous.is_empty() {
+            return Err(Error::Unresolved {
+                model: model.path().to_path_buf(),
+                unmatched,
+                ambiguous,
+            });
+        }
+        let mut seen: HashMap<&str, &str> = HashMap::new();
+        for job in &jobs {
+            if let Some(other) = seen.insert(job.site.node_name.as_str(), job.module.as_str()) {
+                return Err(Error::field(
+                    model.path(),
+                    format!("node `{}`", job.site.node_name),
+                    format!("is matched by two adapter modules, `{other}` and `{}`", job.module),
+                ));
+            }
+        }
+        let mut plan = MergePlan {
+            model,
+            proto: model.proto.clone(),
+            jobs,
+        };
+        plan.check_shapes()?;
+        plan.unshare_weights();
+        Ok(plan)
+    }
+
+    /// Number of tensors [`MergePlan::updates`] will yield modules for.
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Whether the adapter changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    fn initializer(&self, name: &str) -> Result<&TensorProto> {
+        self.model
+            .graph()
+            .initializer
+            .iter()
+            .find(|t| t.name() == name)
+            .ok_or_else(|| Error::field(self.model.path(), format!("initializer `{name}`"), "is not in the graph"))
+    }
+
+    fn check_shapes(&self) -> Result<()> {
+        for job in &self.jobs {
+            let w = self.initializer(&job.site.weight)?;
+            let (out, inp) = logical_dims(&w.dims, job.site.layout);
+            let (want_out, want_in, what) = match &job.change {
+                Change::Lora(l) => (
+                    l.out_features as i64,
+                    l.in_features as i64,
+                    format!("lora_A is [{}, {}] and lora_B is [{}, {}]", l.rank, l.in_features, l.out_features, l.rank),
+                ),
+                Change::Replace(r) => match &r.weight {
+                    Some((shape, _)) if shape.len() == 2 => {
+                        (shape[0] as i64, shape[1] as i64, format!("the saved weight is {shape:?}"))
+                    }
+                    Some((shape, _)) => {
+                        return Err(Error::field(
+                            &self.model.path(),
+                            format!("modules_to_save `{}`", job.module),
+                            format!("weight has shape {shape:?}; expected a 2-D [out, in] weight"),
+                        ));
+                    }
+                    None => (out, inp, String::new()),
+                },
+            };
+            if (out, inp) != (want_out, want_in) {
+                return Err(Error::field(
+                    &self.model.path(),
+                    format!("adapter module `{}`", job.module),
+                    format!(
+                        "{what} (out={want_out}, in={want_in}), but weight `{}` of node `{}` has dims {:?}, \
+                         i.e. out={out}, in={inp} as {} reads it",
+                        job.site.weight, job.site.node_name, w.dims, job.site.op
+                    ),
+                ));
+            }
+            let needs_bias = match &job.change {
+                Change::Lora(l) => l.bias.is_some(),
+                Change::Replace(r) => r.bias.is_some(),
+            };
+            if needs_bias && job.site.bias.is_none() {
+                return Err(Error::field(
+                    &self.model.path(),
+                    format!("adapter module `{}`", job.module),
+                    format!("carries a bias but node `{}` has no bias initializer to merge it into", job.site.node_name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives each adapted layer weights of its own when another node (or a
+    /// subgraph) also reads them: tied or deduplicated weights must not
+    /// change for the layers the adapter does not touch.
+    fn unshare_weights(&mut self) {
+        let graph = self.proto.graph.as_mut().expect("checked at load");
+        let mut uses = count_uses(graph);
+        for job in &mut self.jobs {
+            let rename = |name: &str, what: &str, graph: &mut GraphProto| -> String {
+                let new = unique_name(graph, &format!("{name}.{}.{what}", job.module));
+                let original = graph.initializer.iter().find(|t| t.name() == name).expect("indexed");
+                graph.initializer.push(empty_like(original, &new));
+                new
+            };
+            if uses.get(&job.site.weight).copied().unwrap_or(0) > 1 {
+                let new = rename(&job.site.weight, "weight", graph);
+                replace_input(&mut graph.node[job.site.reader], &job.site.weight, &new);
+                *uses.get_mut(&job.site.weight).expect("counted") -= 1;
+                job.target_weight = new;
+                job.copied = true;
+            }
+            if let Some(bias) = job.site.bias.clone() {
+                if uses.get(&bias).copied().unwrap_or(0) > 1 {
+                    let new = rename(&bias, "bias", graph);
+                    let node = graph
+                        .node
+                        .iter_mut()
+                        .find(|n| n.input.contains(&bias) && (n.name() == job.site.node_name || n.op_type() == "Add"));
+                    if let Some(node) = node {
+                        replace_input(node, &bias, &new);
+                        *uses.get_mut(&bias).expect("counted") -= 1;
+                        job.target_bias = Some(new);
+                    }
+                }
+            }
+        }
+        // Originals that every reader left behind are dead weight.
+        graph
+            .initializer
+            .retain(|t| uses.get(t.name()).is_none_or(|n| *n > 0));
+    }
+
+    /// Computes the merged tensors one module at a time. Each item carries
+    /// the updated tensors (weight, then bias) and the module's report line.
+    pub fn updates(&self) -> impl Iterator<Item = Result<(Vec<TensorUpdate>, ModuleReport)>> + '_ {
+        self.jobs.iter().map(move |job| self.merge_job(job))
+    }
+
+    fn merge_job(&self, job: &Job) -> Result<(Vec<TensorUpdate>, ModuleReport)> {
+        let tensor = self.initializer(&job.site.weight)?;
+        let (dtype, mut w) = self.model.float_values(tensor)?;
+        let (out, inp) = logical_dims(&tensor.dims, job.site.layout);
+        let (out, inp) = (out as usize, inp as usize);
+        let mut updates = Vec::new();
+        let (kind, rank, alpha, scale, relative_change) = match &job.change {
+            Change::Lora(lora) => {
+                let rel = apply_lora(&mut w, job.site.layout, out, inp, lora);
+                let kind = if lora.magnitude.is_some() { "dora" } else { "lora" };
+                (kind, Some(lora.rank), Some(lora.alpha), Some(lora.scale), rel)
+            }
+            Change::Replace(rep) => {
+                let before = w.clone();
+                if let Some((_, values)) = &rep.weight {
+                    w = to_layout(values, out, inp, job.site.layout);
+                }
+                ("replace", None, None, None, relative_diff(&before, &w))
+            }
+        };
+        updates.push(TensorUpdate {
+            name: job.target_weight.clone(),
+            bytes: dtype.encode(&w),
+        });
+        let new_bias = match &job.change {
+            Change::Lora(l) => l.bias.as_ref().map(|b| (b, l.scale)),
+            Change::Replace(r) => r.bias.as_ref().map(|b| (b, f64::NAN)),
+        };
+        if let (Some((delta, scale)), Some(bias_name)) = (new_bias, &job.site.bias) {
+            let bias_tensor = self.initializer(bias_name)?;
+            let (bias_type, mut bias) = self.model.float_values(bias_tensor)?;
+            if bias.len() != delta.len() {
+                return Err(Error::field(
+                    self.model.path(),
+                    format!("bias `{bias_name}`"),
+                    format!("has {} values but the adapter's bias for `{}` has {}", bias.len(), job.module, delta.len()),
+                ));
+            }
+            if scale.is_nan() {
+                bias.copy_from_slice(delta);
+            } else {
+                bias.iter_mut().zip(delta).for_each(|(b, d)| *b += (scale * *d as f64) as f32);
+            }
+            updates.push(TensorUpdate {
+                name: job.target_bias.clone().unwrap_or_else(|| bias_name.clone()),
+                bytes: bias_type.encode(&bias),
+            });
+        }
+        Ok((
+            updates,
+            ModuleReport {
+                module: job.module.clone(),
+                kind,
+                node: job.site.node_name.clone(),
+                op: job.site.op.clone(),
+                weight: job.target_weight.clone(),
+                copied_from: job.copied.then(|| job.site.weight.clone()),
+                layout: job.site.layout,
+                dtype,
+                shape: tensor.dims.clone(),
+                rank,
+                alpha,
+                scale,
+                relative_change,
+                bias: job.target_bias.clone(),
+            },
+        ))
+    }
+}
+
+/// Options for [`merge_to_file`].
+#[derive(Debug, Clone, Default)]
+pub struct MergeOptions {
+    pub save: SaveOptions,
+}
+
+/// Merges `adapter` into `model` and writes the result to `out`, calling
+/// `progress(done, total)` after each module.
+///
+/// # Errors
+/// Everything [`MergePlan::new`] and [`save_model`] report. On error no
+/// output file is left behind.
+pub fn merge_to_file(
+    model: &OnnxModel,
+    adapter: &Adapter,
+    out: &Path,
+    options: &MergeOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<MergeReport> {
+    let plan = MergePlan::new(model, adapter)?;
+    let mut proto = plan.proto.clone();
+    proto.metadata_props.retain(|p| p.key() != "emogate.merged_adapter");
+    proto.metadata_props.push(StringStringEntryProto {
+        key: Some("emogate.merged_adapter".into()),
+        value: Some(
+            serde_json::json!({
+                "adapter": adapter.dir.file_name().map(|n| n.to_string_lossy().into_owned()),
+                "base_model": adapter.config.base_model_name_or_path,
+                "modules": adapter.modules.keys().chain(adapter.replacements.keys()).collect::<Vec<_>>(),
+            })
+            .to_string(),
+        ),
+    });
+    let total = plan.len();
+    let mut reports = Vec::with_capacity(total);
+    let mut pending: std::collections::VecDeque<TensorUpdate> = Default::default();
+    let mut jobs = plan.updates();
+    let mut failure = None;
+    let updates = std::iter::from_fn(|| {
+        loop {
+            if let Some(u) = pending.pop_front() {
+                return Some(Ok(u));
+            }
+            match jobs.next()? {
+                Ok((updates, report)) => {
+                    pending.extend(updates);
+                    reports.push(report);
+                    progress(reports.len(), total);
+                }
+                Err(e) => {
+                    failure = Some(());
+                    return Some(Err(e));
+                }
+            }
+        }
+    });
+    let save = save_model(model, proto, updates, out, &options.save)?;
+    debug_assert!(failure.is_none());
+    Ok(MergeReport {
+        model: model.path().to_path_buf(),
+        adapter: adapter.dir.clone(),
+        output: out.to_path_buf(),
+        modules: reports,
+        save,
+    })
+}
+
+/// `(out, in)` of a stored 2-D weight.
+fn logical_dims(dims: &[i64], layout: Layout) -> (i64, i64) {
+    let (d0, d1) = (dims.first().copied().unwrap_or(0), dims.get(1).copied().unwrap_or(0));
+    match layout {
+        Layout::InOut => (d1, d0),
+        Layout::OutIn => (d0, d1),
+    }
+}
+
+/// Adds `s·B·A` (and DoRA's rescale) to `w` stored in `layout`; returns
+/// ‖ΔW‖/‖W‖.
+fn apply_lora(w: &mut [f32], layout: Layout, out: usize, inp: usize, lora: &LoraModule) -> f64 {
+    let r = lora.rank;
+    let before_norm = w.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+    let original = lora.magnitude.is_some().then(|| w.to_vec());
+    let scale = lora.scale as f32;
+    let mut delta_sq = 0f64;
+    match layout {
+        Layout::OutIn => {
+            // Row o of W (contiguous over `in`) += Σ_k (s·B[o,k]) · A[k, :].
+            for o in 0..out {
+                let row = &mut w[o * inp..(o + 1) * inp];
+                let mut d = vec![0f32; inp];
+                for k in 0..r {
+                    let c = scale * lora.b[o * r + k];
+                    let a = &lora.a[k * inp..(k + 1) * inp];
+                    d.iter_mut().zip(a).for_each(|(d, a)| *d += c * a);
+                }
+                row.iter_mut().zip(&d).for_each(|(w, d)| *w += d);
+                delta_sq += d.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+            }
+        }
+        Layout::InOut => {
+            // Row i of W (contiguous over `out`) += Σ_k (s·A[k,i]) · Bᵀ[k, :].
+            let mut bt = vec![0f32; r * out];
+            for o in 0..out {
+                for k in 0..r {
+                    bt[k * out + o] = lora.b[o * r + k];
+                }
+            }
+            let mut d = vec![0f32; out];
+            for i in 0..inp {
+                d.iter_mut().for_each(|v| *v = 0.0);
+                for k in 0..r {
+                    let c = scale * lora.a[k * inp + i];
+                    let b = &bt[k * out..(k + 1) * out];
+                    d.iter_mut().zip(b).for_each(|(d, b)| *d += c * b);
+                }
+                let row = &mut w[i * out..(i + 1) * out];
+                row.iter_mut().zip(&d).for_each(|(w, d)| *w += d);
+                delta_sq += d.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+            }
+        }
+    }
+    if let (Some(m), Some(original)) = (&lora.magnitude, original) {
+        // DoRA: each output row of W + ΔW is rescaled to the learned magnitude.
+        let mut norms = vec![0f64; out];
+        for (idx, v) in w.iter().enumerate() {
+            norms[row_of(idx, layout, out, inp)] += (*v as f64).powi(2);
+        }
+        let factors: Vec<f64> = norms.iter().zip(m).map(|(n, m)| *m as f64 / n.sqrt()).collect();
+        for (idx, v) in w.iter_mut().enumerate() {
+            *v = (*v as f64 * factors[row_of(idx, layout, out, inp)]) as f32;
+        }
+        return relative_diff(&original, w);
+    }
+    if before_norm == 0.0 { 0.0 } else { delta_sq.sqrt() / before_norm }
+}
+
+/// The output channel of flat index `idx`.
+fn row_of(idx: usize, layout: Layout, out: usize, inp: usize) -> usize {
+    match layout {
+        Layout::OutIn => idx / inp,
+        Layout::InOut => idx % out,
+    }
+}
+
+/// Lays out a row-major `[out, in]` tensor as `layout`.
+fn to_layout(values: &[f32], out: usize, inp: usize, layout: Layout) -> Vec<f32> {
+    match layout {
+        Layout::OutIn => values.to_vec(),
+        Layout::InOut => {
+            let mut t = vec![0f32; values.len()];
+            for o in 0..out {
+                for i in 0..inp {
+                    t[i * out + o] = values[o * inp + i];
+                }
+            }
+            t
+        }
+    }
+}
+
+fn relative_diff(before: &[f32], after: &[f32]) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for (b, a) in before.iter().zip(after) {
+        num += (*a as f64 - *b as f64).powi(2);
+        den += (*b as f64).powi(2);
+    }
+    if den == 0.0 { num.sqrt() } else { (num / den).sqrt() }
+}
+
+/// How many times each value name is read: by nodes of the graph and of
+/// every nested subgraph (`If`/`Loop`/`Scan` bodies capture outer values),
+/// and by the graph's outputs.
+fn count_uses(graph: &GraphProto) -> HashMap<String, usize> {
+    fn walk(graph: &GraphProto, uses: &mut HashMap<String, usize>) {
+        for node in &graph.node {
+            for input in &node.input {
+                *uses.entry(input.clone()).or_default() += 1;
+            }
+            for attr in &node.attribute {
+                for sub in attr.g.iter().chain(&attr.graphs) {
+                    walk(sub, uses);
+                }
+            }
+        }
+        for output in &graph.output {
+            *uses.entry(output.name().to_string()).or_default() += 1;
+        }
+    }
+    let mut uses = HashMap::new();
+    walk(graph, &mut uses);
+    uses
+}
+
+fn replace_input(node: &mut crate::onnx::proto::NodeProto, from: &str, to: &str) {
+    for input in node.input.iter_mut().filter(|i| *i == from) {
+        *input = to.to_string();
+    }
+}
+
+fn unique_name(graph: &GraphProto, base: &str) -> String {
+    let taken = |n: &str| graph.initializer.iter().any(|t| t.name() == n) || graph.node.iter().any(|x| x.output.iter().any(|o| o == n));
+    let mut name = base.to_string();
+    let mut i = 1;
+    while taken(&name) {
+        name = format!("{base}.{i}");
+        i += 1;
+    }
+    name
+}
+
+/// A tensor with the same name-independent header and no data: the data
+/// comes from the merge, and must never alias the original's storage.
+fn empty_like(t: &TensorProto, name: &str) -> TensorProto {
+    TensorProto {
+        name: Some(name.to_string()),
+        dims: t.dims.clone(),
+        data_type: t.data_type,
+        doc_string: t.doc_string.clone(),
+        ..Default::default()
+    }
+}

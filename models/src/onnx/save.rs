@@ -1,0 +1,426 @@
+//! Writing a model back to disk without ever leaving a half-written file.
+//!
+//! The output is built in temp files beside the destination and renamed into
+//! place only when complete: a crash or an error mid-write leaves nothing
+//! under the output's name. Side files are handled so that a multi-gigabyte
+//! model streams through in bounded memory:
+//!
+//! * a model that used external data gets one side file, `<out>.data`,
+//!   made by copying the input's side files (the kernel's `copy_file_range`,
+//!   so no bytes pass through user space) and then overwriting the changed
+//!   tensors in place;
+//! * with [`SaveOptions::share_base_data`], unchanged tensors keep pointing
+//!   at the input's side file and only changed tensors are written;
+//! * an inline model whose protobuf would pass the 2 GB protobuf limit moves
+//!   its large tensors to a side file.
+//!
+//! A tensor is never written both inline and external.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use prost::Message;
+use tempfile::NamedTempFile;
+
+use super::proto::{ModelProto, StringStringEntryProto, TensorProto, tensor_proto::DataLocation};
+use super::{OnnxModel, is_external, tensor};
+use crate::error::{Error, Result};
+
+/// Protobuf messages cannot exceed 2 GiB; stay clear of it.
+const PROTOBUF_LIMIT: u64 = 2_000_000_000;
+
+/// How [`save_model`] lays out the output.
+#[derive(Debug, Clone)]
+pub struct SaveOptions {
+    /// Keep unchanged external tensors in the input's side file instead of
+    /// copying them. Only possible when the output sits in the input's folder.
+    pub share_base_data: bool,
+    /// Above this encoded size an inline model moves its large tensors to a
+    /// side file (default: just under protobuf's 2 GB limit).
+    pub inline_limit: u64,
+    /// Tensors smaller than this stay inline even when a side file is used.
+    pub external_threshold: usize,
+    /// `fsync` the outputs before renaming them, so a power cut cannot leave
+    /// a renamed but empty file.
+    pub sync: bool,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        SaveOptions {
+            share_base_data: false,
+            inline_limit: PROTOBUF_LIMIT,
+            external_threshold: 1024,
+            sync: true,
+        }
+    }
+}
+
+/// New values for one initializer: raw little-endian bytes in the tensor's own
+/// `data_type`, which the caller has already set in the proto.
+#[derive(Debug, Clone)]
+pub struct TensorUpdate {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// What [`save_model`] wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SaveSummary {
+    pub model: PathBuf,
+    /// The side file, when the output has one.
+    pub data: Option<PathBuf>,
+    /// Bytes written to the side file by us (not counting kernel copies).
+    pub tensor_bytes_written: u64,
+    /// Bytes the side file received by copy from the input's side files.
+    pub bytes_copied: u64,
+    pub external_tensors: usize,
+}
+
+/// Writes `proto` (an edited copy of `base.proto`) to `out`, applying
+/// `updates` one at a time so only one tensor's bytes are held at once.
+///
+/// # Errors
+/// [`Error::Field`] if `out` is the input itself, an update names a tensor
+/// the graph lacks, or `share_base_data` is asked for in another folder;
+/// [`Error::Io`] for any failed read or write (the partial output is removed).
+pub fn save_model(
+    base: &OnnxModel,
+    mut proto: ModelProto,
+    updates: impl IntoIterator<Item = Result<TensorUpdate>>,
+    out: &Path,
+    options: &SaveOptions,
+) -> Result<SaveSummary> {
+    let out_dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let out_name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::field(out, "output path", "expected a file name in UTF-8"))?;
+    refuse_to_overwrite_input(base, out)?;
+    let data_name = format!("{out_name}.data");
+    let data_path = out_dir.join(&data_name);
+    if base.uses_external_data() {
+        for tensor in &base.graph().initializer {
+            if let Some(ext) = base.external_data(tensor)? {
+                if same_file(&ext.file, &data_path) {
+                    return Err(Error::field(
+                        out,
+                        "output path",
+                        format!("its side file {} would overwrite the input's data", data_path.display()),
+                    ));
+                }
+            }
+        }
+    }
+
+    let mut data = DataFile::new(out_dir, data_name.clone(), data_path.clone());
+    let graph = proto
+        .graph
+        .as_mut()
+        .ok_or_else(|| Error::field(base.path(), "graph", "the model has no graph"))?;
+    let index: HashMap<String, usize> = graph
+        .initializer
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name().to_string(), i))
+        .collect();
+
+    // 1. Lay out the side file for tensors that were external in the input.
+    if base.uses_external_data() && options.share_base_data {
+        let base_dir = canonical(base.dir())?;
+        if canonical(out_dir)? != base_dir {
+            return Err(Error::field(
+                out,
+                "--share-base-data",
+                format!(
+                    "the output must be in the input's folder {} so it can point at its data",
+                    base_dir.display()
+                ),
+            ));
+        }
+    } else if base.uses_external_data() {
+        let mut bases: HashMap<PathBuf, u64> = HashMap::new();
+        for tensor in graph.initializer.iter_mut() {
+            let Some(ext) = base.external_data(tensor)? else { continue };
+            let start = match bases.get(&ext.file) {
+                Some(start) => *start,
+                None => {
+                    let start = data.append_file(&ext.file)?;
+                    bases.insert(ext.file.clone(), start);
+                    start
+                }
+            };
+            set_external(tensor, &data_name, start + ext.offset, ext.length);
+        }
+    }
+
+    // 2. Apply the updates, one tensor at a time.
+    for update in updates {
+        let TensorUpdate { name, bytes } = update?;
+        let i = *index.get(&name).ok_or_else(|| {
+            Error::field(base.path(), format!("initializer `{name}`"), "is not in the graph")
+        })?;
+        let tensor = &mut graph.initializer[i];
+        let was_external = is_external(tensor);
+        let in_our_file = was_external && tensor_location(tensor) == Some(data_name.as_str());
+        if in_our_file && tensor_length(tensor) == Some(bytes.len() as u64) {
+            // Same size, already in our copy: overwrite in place.
+            let offset = tensor_offset(tensor).unwrap_or(0);
+            data.write_at(&bytes, offset)?;
+            strip_checksum(tensor);
+        } else if was_external || (data.is_used() && bytes.len() >= options.external_threshold) {
+            let offset = data.append(&bytes)?;
+            set_external(tensor, &data_name, offset, bytes.len() as u64);
+        } else {
+            set_inline(tensor, bytes);
+        }
+    }
+
+    // 3. Keep the protobuf under its size limit.
+    if proto.encoded_len() as u64 > options.inline_limit {
+        let graph = proto.graph.as_mut().expect("checked above");
+        for tensor in graph.initializer.iter_mut() {
+            if is_external(tensor) {
+                continue;
+            }
+            let Some(bytes) = inline_bytes(tensor) else { continue };
+            if bytes.len() >= options.external_threshold {
+                let offset = data.append(&bytes)?;
+                set_external(tensor, &data_name, offset, bytes.len() as u64);
+            }
+        }
+    }
+
+    // 4. Write the protobuf, then rename the side file and the model into place.
+    let external_tensors = proto
+        .graph
+        .as_ref()
+        .map(|g| g.initializer.iter().filter(|t| is_external(t)).count())
+        .unwrap_or(0);
+    let mut model_tmp = NamedTempFile::new_in(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    model_tmp
+        .write_all(&proto.encode_to_vec())
+        .map_err(|e| Error::io(model_tmp.path(), e))?;
+    if options.sync {
+        model_tmp
+            .as_file()
+            .sync_all()
+            .map_err(|e| Error::io(model_tmp.path(), e))?;
+    }
+    let summary_data = data.finish(options.sync)?;
+    model_tmp
+        .persist(out)
+        .map_err(|e| Error::io(out, e.error))?;
+    Ok(SaveSummary {
+        model: out.to_path_buf(),
+        data: summary_data.as_ref().map(|_| data_path.clone()),
+        tensor_bytes_written: summary_data.map(|(w, _)| w).unwrap_or(0),
+        bytes_copied: data.copied,
+        external_tensors,
+    })
+}
+
+/// The output's side file, created on first use.
+struct DataFile {
+    dir: PathBuf,
+    name: String,
+    path: PathBuf,
+    tmp: Option<NamedTempFile>,
+    len: u64,
+    written: u64,
+    copied: u64,
+}
+
+impl DataFile {
+    fn new(dir: &Path, name: String, path: PathBuf) -> Self {
+        DataFile {
+            dir: dir.to_path_buf(),
+            name,
+            path,
+            tmp: None,
+            len: 0,
+            written: 0,
+            copied: 0,
+        }
+    }
+
+    fn is_used(&self) -> bool {
+        self.tmp.is_some()
+    }
+
+    fn file(&mut self) -> Result<&mut NamedTempFile> {
+        if self.tmp.is_none() {
+            let tmp = tempfile::Builder::new()
+                .prefix(&format!(".{}.", self.name))
+                .tempfile_in(&self.dir)
+                .map_err(|e| Error::io(&self.dir, e))?;
+            self.tmp = Some(tmp);
+        }
+        Ok(self.tmp.as_mut().expect("just created"))
+    }
+
+    /// Pads to `align` and returns the new end.
+    fn align(&mut self, align: u64) -> Result<u64> {
+        let start = self.len.div_ceil(align) * align;
+        if start != self.len {
+            let path = self.path.clone();
+            self.file()?
+                .as_file()
+                .set_len(start)
+                .map_err(|e| Error::io(&path, e))?;
+            self.len = start;
+        }
+        Ok(start)
+    }
+
+    /// Copies all of `source` to the end (page aligned); returns where it starts.
+    fn append_file(&mut self, source: &Path) -> Result<u64> {
+        let start = self.align(4096)?;
+        let mut src = File::open(source).map_err(|e| Error::io(source, e))?;
+        let path = self.path.clone();
+        let dst = self.file()?.as_file_mut();
+        dst.seek(SeekFrom::Start(start))
+            .map_err(|e| Error::io(&path, e))?;
+        // File-to-file `io::copy` uses copy_file_range/sendfile on Linux.
+        let n = std::io::copy(&mut src, dst).map_err(|e| Error::io(source, e))?;
+        self.len = start + n;
+        self.copied += n;
+        Ok(start)
+    }
+
+    /// Appends a tensor's bytes (aligned for mmap); returns its offset.
+    fn append(&mut self, bytes: &[u8]) -> Result<u64> {
+        let align = if bytes.len() >= 64 * 1024 { 4096 } else { 64 };
+        let start = self.align(align)?;
+        self.write_at(bytes, start)?;
+        self.len = self.len.max(start + bytes.len() as u64);
+        Ok(start)
+    }
+
+    fn write_at(&mut self, bytes: &[u8], offset: u64) -> Result<()> {
+        let path = self.path.clone();
+        self.file()?
+            .as_file()
+            .write_all_at(bytes, offset)
+            .map_err(|e| Error::io(&path, e))?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Syncs and renames the side file into place, if one was written.
+    fn finish(&mut self, sync: bool) -> Result<Option<(u64, u64)>> {
+        let Some(tmp) = self.tmp.take() else {
+            return Ok(None);
+        };
+        if sync {
+            tmp.as_file()
+                .sync_all()
+                .map_err(|e| Error::io(&self.path, e))?;
+        }
+        tmp.persist(&self.path)
+            .map_err(|e| Error::io(&self.path, e.error))?;
+        Ok(Some((self.written, self.len)))
+    }
+}
+
+fn refuse_to_overwrite_input(base: &OnnxModel, out: &Path) -> Result<()> {
+    if same_file(base.path(), out) {
+        return Err(Error::field(
+            out,
+            "output path",
+            "is the input model; inputs are never modified, choose another output",
+        ));
+    }
+    Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn canonical(p: &Path) -> Result<PathBuf> {
+    p.canonicalize().map_err(|e| Error::io(p, e))
+}
+
+fn entry(key: &str, value: String) -> StringStringEntryProto {
+    StringStringEntryProto {
+        key: Some(key.to_string()),
+        value: Some(value),
+    }
+}
+
+fn set_external(tensor: &mut TensorProto, location: &str, offset: u64, length: u64) {
+    tensor.raw_data = None;
+    tensor.float_data.clear();
+    tensor.double_data.clear();
+    tensor.int32_data.clear();
+    tensor.int64_data.clear();
+    tensor.uint64_data.clear();
+    tensor.data_location = Some(DataLocation::External as i32);
+    tensor.external_data = vec![
+        entry("location", location.to_string()),
+        entry("offset", offset.to_string()),
+        entry("length", length.to_string()),
+    ];
+}
+
+fn set_inline(tensor: &mut TensorProto, bytes: Vec<u8>) {
+    let typed = tensor.raw_data.is_none()
+        && (!tensor.float_data.is_empty()
+            || !tensor.double_data.is_empty()
+            || !tensor.int32_data.is_empty());
+    tensor.data_location = None;
+    tensor.external_data.clear();
+    match tensor::FloatType::from_onnx(tensor.data_type()) {
+        // Keep a tensor that used typed fields in typed fields.
+        Some(ty) if typed => tensor::set_typed_float_values(tensor, ty, &ty.decode(&bytes)),
+        _ => {
+            tensor.float_data.clear();
+            tensor.double_data.clear();
+            tensor.int32_data.clear();
+            tensor.raw_data = Some(Bytes::from(bytes));
+        }
+    }
+}
+
+fn inline_bytes(tensor: &TensorProto) -> Option<Vec<u8>> {
+    if let Some(raw) = &tensor.raw_data {
+        return Some(raw.to_vec());
+    }
+    let ty = tensor::FloatType::from_onnx(tensor.data_type())?;
+    tensor::typed_float_values(tensor, ty).map(|v| ty.encode(&v))
+}
+
+fn lookup<'a>(tensor: &'a TensorProto, key: &str) -> Option<&'a str> {
+    tensor
+        .external_data
+        .iter()
+        .find(|e| e.key() == key)
+        .map(|e| e.value())
+}
+
+fn tensor_location(tensor: &TensorProto) -> Option<&str> {
+    lookup(tensor, "location")
+}
+
+fn tensor_offset(tensor: &TensorProto) -> Option<u64> {
+    lookup(tensor, "offset").and_then(|v| v.parse().ok())
+}
+
+fn tensor_length(tensor: &TensorProto) -> Option<u64> {
+    lookup(tensor, "length").and_then(|v| v.parse().ok())
+}
+
+fn strip_checksum(tensor: &mut TensorProto) {
+    tensor.external_data.retain(|e| e.key() != "checksum");
+}

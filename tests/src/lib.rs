@@ -1,0 +1,81 @@
+//! Shared helpers for the cross-crate integration tests: where the
+//! committed fixtures are and how to read the expected outputs that
+//! `tools/fixtures/make_merge_fixtures.py` recorded from PyTorch/PEFT.
+
+use std::path::{Path, PathBuf};
+
+use emogate_engine::backend::Tensor;
+use serde::Deserialize;
+
+/// `tests/fixtures`.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// One `expected/<base>-<kind>.json` file: PEFT's logits for an adapter.
+#[derive(Debug, Deserialize)]
+pub struct Expected {
+    pub base: String,
+    pub kind: String,
+    pub adapter_dir: String,
+    pub input: serde_json::Value,
+    pub input_dtype: String,
+    pub shape: Vec<usize>,
+    pub base_logits: Vec<f32>,
+    pub merged_logits: Vec<f32>,
+}
+
+impl Expected {
+    /// Reads every expected-output file of the merge fixtures.
+    pub fn all() -> Vec<Expected> {
+        let dir = fixtures().join("merge/expected");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("fixtures/merge/expected")
+            .map(|e| e.expect("dir entry").path())
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|f| serde_json::from_slice(&std::fs::read(f).expect("read")).expect("expected JSON"))
+            .collect()
+    }
+
+    /// The model input as a backend tensor.
+    pub fn input_tensor(&self) -> Tensor {
+        let rows: Vec<Vec<serde_json::Value>> = serde_json::from_value(self.input.clone()).expect("2-D input");
+        let shape = vec![rows.len(), rows[0].len()];
+        let flat = rows.into_iter().flatten();
+        if self.input_dtype == "int64" {
+            Tensor::i64(shape, flat.map(|v| v.as_i64().expect("int")).collect())
+        } else {
+            Tensor::f32(shape, flat.map(|v| v.as_f64().expect("float") as f32).collect())
+        }
+    }
+
+    /// Every exported model directory of this fixture's base model.
+    pub fn model_dirs(&self) -> Vec<PathBuf> {
+        let root = fixtures().join("merge");
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+            .expect("fixtures/merge")
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.split_once('.'))
+                    .is_some_and(|(base, _)| base == self.base)
+            })
+            .collect();
+        dirs.sort();
+        dirs
+    }
+
+    pub fn adapter(&self) -> PathBuf {
+        fixtures().join("merge").join(&self.adapter_dir)
+    }
+}
+
+/// Largest absolute difference of two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
