@@ -6,6 +6,7 @@
 //! reference; their bytes are read on demand, one tensor at a time, so a
 //! multi-gigabyte model never has to fit in memory.
 
+pub mod build;
 pub mod proto;
 mod save;
 mod tensor;

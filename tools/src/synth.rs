@@ -1,0 +1,339 @@
+//! Synthetic models of real shapes, for benchmarks that must not ship
+//! gigabytes of weights: the model is written on the fly, its weights
+//! streamed to a side file, with seeded pseudo-random values.
+//!
+//! [`DecoderSpec::qwen2_5_0_5b`] is shaped like Qwen2.5-0.5B (24 layers,
+//! hidden 896, intermediate 4864, 14 query and 2 key/value heads, vocab
+//! 151 936): about 2 GB of f32 weights. The graph is a real, runnable
+//! decoder (RMSNorm, grouped-query attention without rotary or mask, SwiGLU
+//! MLP, a 7-way emotion head) with the legacy exporter's naming
+//! (`/model/layers.0/mlp/gate_proj/MatMul`, weights `onnx::MatMul_N`
+//! stored `[in, out]`), so converters resolve it like a real export.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use emogate_models::onnx::build::{attr_int, attr_ints, entry, model, node, tensor_header, tensor_raw, value_info};
+use emogate_models::onnx::proto::{GraphProto, NodeProto, TensorProto, tensor_proto::DataLocation};
+use prost::Message;
+
+const FLOAT: i32 = 1;
+const INT64: i32 = 7;
+
+/// The shape of a synthetic decoder.
+#[derive(Debug, Clone, Copy)]
+pub struct DecoderSpec {
+    pub layers: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub vocab: usize,
+    pub labels: usize,
+    pub seq_len: usize,
+}
+
+impl DecoderSpec {
+    /// Qwen2.5-0.5B's shape (about 2 GB of f32 weights).
+    pub fn qwen2_5_0_5b() -> Self {
+        DecoderSpec {
+            layers: 24,
+            hidden: 896,
+            intermediate: 4864,
+            heads: 14,
+            kv_heads: 2,
+            vocab: 151_936,
+            labels: 7,
+            seq_len: 16,
+        }
+    }
+
+    /// A tiny model of the same structure, for tests.
+    pub fn tiny() -> Self {
+        DecoderSpec {
+            layers: 2,
+            hidden: 32,
+            intermediate: 64,
+            heads: 4,
+            kv_heads: 2,
+            vocab: 64,
+            labels: 7,
+            seq_len: 8,
+        }
+    }
+
+    /// Number of f32 weights.
+    pub fn parameters(&self) -> usize {
+        let h = self.hidden;
+        let kv = h / self.heads * self.kv_heads;
+        let attn = h * h * 2 + h * kv * 2 + h + kv * 2;
+        let mlp = 3 * h * self.intermediate;
+        self.vocab * h + self.layers * (attn + mlp + 2 * h) + h + h * self.labels
+    }
+}
+
+/// splitmix64: fast, seeded, good enough for weights nobody trains.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-bound, bound).
+    fn uniform(&mut self, bound: f32) -> f32 {
+        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        (unit * 2.0 - 1.0) * bound
+    }
+}
+
+/// Writes weights to the side file and records their headers.
+struct Weights {
+    out: BufWriter<File>,
+    location: String,
+    offset: u64,
+    rng: Rng,
+    initializers: Vec<TensorProto>,
+    counter: usize,
+}
+
+impl Weights {
+    fn add(&mut self, name: &str, dims: &[i64], bound: f32) -> Result<String> {
+        let count: i64 = dims.iter().product();
+        let mut buf = Vec::with_capacity(64 * 1024);
+        for _ in 0..count {
+            buf.extend_from_slice(&self.rng.uniform(bound).to_le_bytes());
+            if buf.len() >= 64 * 1024 {
+                self.out.write_all(&buf)?;
+                buf.clear();
+            }
+        }
+        self.out.write_all(&buf)?;
+        let length = count as u64 * 4;
+        let mut t = tensor_header(name, FLOAT, dims);
+        t.data_location = Some(DataLocation::External as i32);
+        t.external_data = vec![
+            entry("location", &self.location),
+            entry("offset", &self.offset.to_string()),
+            entry("length", &length.to_string()),
+        ];
+        self.offset += length;
+        // Keep tensors page-aligned, as ONNX Runtime's own writer does.
+        let pad = self.offset.next_multiple_of(4096) - self.offset;
+        self.out.write_all(&vec![0u8; pad as usize])?;
+        self.offset += pad;
+        self.initializers.push(t);
+        Ok(name.to_string())
+    }
+
+    /// A weight named like the legacy exporter's anonymous initializers.
+    fn anonymous(&mut self, op: &str, dims: &[i64], bound: f32) -> Result<String> {
+        self.counter += 1;
+        self.add(&format!("onnx::{op}_{}", self.counter), dims, bound)
+    }
+}
+
+/// Writes a decoder of `spec` to `dir/model.onnx` + `dir/model.onnx.data`,
+/// calling `progress(layer)` as layers are written. Returns the model path.
+pub fn write_decoder(dir: &Path, spec: &DecoderSpec, seed: u64, progress: &mut dyn FnMut(usize)) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let data_path = dir.join("model.onnx.data");
+    let file = File::create(&data_path).with_context(|| format!("creating {}", data_path.display()))?;
+    let mut w = Weights {
+        out: BufWriter::with_capacity(8 << 20, file),
+        location: "model.onnx.data".into(),
+        offset: 0,
+        rng: Rng(seed),
+        initializers: Vec::new(),
+        counter: 0,
+    };
+    let (h, i_dim) = (spec.hidden as i64, spec.intermediate as i64);
+    let head_dim = h / spec.heads as i64;
+    let kv = head_dim * spec.kv_heads as i64;
+    let group = (spec.heads / spec.kv_heads) as i64;
+    let mut nodes: Vec<NodeProto> = Vec::new();
+    let mut consts: Vec<TensorProto> = Vec::new();
+    let int_const = |consts: &mut Vec<TensorProto>, name: &str, values: &[i64]| -> String {
+        let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        consts.push(tensor_raw(name, INT64, &[values.len() as i64], raw));
+        name.to_string()
+    };
+    let f32_scalar = |consts: &mut Vec<TensorProto>, name: &str, v: f32| -> String {
+        consts.push(tensor_raw(name, FLOAT, &[], v.to_le_bytes().to_vec()));
+        name.to_string()
+    };
+    let two = f32_scalar(&mut consts, "const.two", 2.0);
+    let eps = f32_scalar(&mut consts, "const.eps", 1e-6);
+    let inv_sqrt_d = f32_scalar(&mut consts, "const.inv_sqrt_head_dim", 1.0 / (head_dim as f32).sqrt());
+    let q_shape = int_const(&mut consts, "const.q_shape", &[1, -1, spec.heads as i64, head_dim]);
+    let kv_shape = int_const(&mut consts, "const.kv_shape", &[1, -1, spec.kv_heads as i64, 1, head_dim]);
+    let kv_expand = int_const(&mut consts, "const.kv_expand", &[1, 1, 1, group, 1]);
+    let merged_heads = int_const(&mut consts, "const.merged_heads", &[1, -1, spec.heads as i64, head_dim]);
+    let flat = int_const(&mut consts, "const.flat", &[1, -1, h]);
+
+    let embed = w.add("model.embed_tokens.weight", &[spec.vocab as i64, h], 0.02)?;
+    nodes.push(node("/model/embed_tokens/Gather", "Gather", &[&embed, "input_ids"], &["h.0"]));
+    let mut hidden = "h.0".to_string();
+
+    let rms = |nodes: &mut Vec<NodeProto>, w: &mut Weights, scope: &str, x: &str| -> Result<String> {
+        let p = |s: &str| format!("{scope}/{s}");
+        let weight = w.add(&format!("{}.weight", scope.trim_start_matches('/').replace('/', ".")), &[h], 1.0)?;
+        nodes.push(node(&p("Pow"), "Pow", &[x, &two], &[&p("Pow_out")]));
+        let mut mean = node(&p("ReduceMean"), "ReduceMean", &[&p("Pow_out")], &[&p("ReduceMean_out")]);
+        mean.attribute = vec![attr_ints("axes", &[-1]), attr_int("keepdims", 1)];
+        nodes.push(mean);
+        nodes.push(node(&p("Add"), "Add", &[&p("ReduceMean_out"), &eps], &[&p("Add_out")]));
+        nodes.push(node(&p("Sqrt"), "Sqrt", &[&p("Add_out")], &[&p("Sqrt_out")]));
+        nodes.push(node(&p("Div"), "Div", &[x, &p("Sqrt_out")], &[&p("Div_out")]));
+        nodes.push(node(&p("Mul"), "Mul", &[&p("Div_out"), &weight], &[&p("Mul_out")]));
+        Ok(p("Mul_out"))
+    };
+    let linear = |nodes: &mut Vec<NodeProto>, w: &mut Weights, scope: &str, x: &str, din: i64, dout: i64, bias: bool| -> Result<String> {
+        let weight = w.anonymous("MatMul", &[din, dout], 1.0 / (din as f32).sqrt())?;
+        let mm = format!("{scope}/MatMul");
+        nodes.push(node(&mm, "MatMul", &[x, &weight], &[&format!("{mm}_out")]));
+        if !bias {
+            return Ok(format!("{mm}_out"));
+        }
+        let b = w.add(&format!("{}.bias", scope.trim_start_matches('/').replace('/', ".")), &[dout], 0.02)?;
+        let add = format!("{scope}/Add");
+        nodes.push(node(&add, "Add", &[&b, &format!("{mm}_out")], &[&format!("{add}_out")]));
+        Ok(format!("{add}_out"))
+    };
+
+    for layer in 0..spec.layers {
+        let s = format!("/model/layers.{layer}");
+        let p = |x: &str| format!("{s}/{x}");
+        let normed = rms(&mut nodes, &mut w, &p("input_layernorm"), &hidden)?;
+        let q = linear(&mut nodes, &mut w, &p("self_attn/q_proj"), &normed, h, h, true)?;
+        let k = linear(&mut nodes, &mut w, &p("self_attn/k_proj"), &normed, h, kv, true)?;
+        let v = linear(&mut nodes, &mut w, &p("self_attn/v_proj"), &normed, h, kv, true)?;
+        let a = |x: &str| format!("{s}/self_attn/{x}");
+        // q: [1,T,H] → [1,heads,T,d]; k, v: [1,T,kv] → repeated to [1,heads,T,d].
+        nodes.push(node(&a("q_reshape"), "Reshape", &[&q, &q_shape], &[&a("q4")]));
+        let mut tq = node(&a("q_transpose"), "Transpose", &[&a("q4")], &[&a("qh")]);
+        tq.attribute = vec![attr_ints("perm", &[0, 2, 1, 3])];
+        nodes.push(tq);
+        for (name, src) in [("k", &k), ("v", &v)] {
+            nodes.push(node(&a(&format!("{name}_reshape")), "Reshape", &[src, &kv_shape], &[&a(&format!("{name}5"))]));
+            nodes.push(node(&a(&format!("{name}_expand")), "Expand", &[&a(&format!("{name}5")), &kv_expand], &[&a(&format!("{name}x"))]));
+            nodes.push(node(&a(&format!("{name}_merge")), "Reshape", &[&a(&format!("{name}x")), &merged_heads], &[&a(&format!("{name}4"))]));
+            let mut t = node(&a(&format!("{name}_transpose")), "Transpose", &[&a(&format!("{name}4"))], &[&a(&format!("{name}h"))]);
+            t.attribute = vec![attr_ints("perm", if name == "k" { &[0, 2, 3, 1] } else { &[0, 2, 1, 3] })];
+            nodes.push(t);
+        }
+        nodes.push(node(&a("scores"), "MatMul", &[&a("qh"), &a("kh")], &[&a("scores_out")]));
+        nodes.push(node(&a("scale"), "Mul", &[&a("scores_out"), &inv_sqrt_d], &[&a("scaled")]));
+        let mut sm = node(&a("Softmax"), "Softmax", &[&a("scaled")], &[&a("probs")]);
+        sm.attribute = vec![attr_int("axis", -1)];
+        nodes.push(sm);
+        nodes.push(node(&a("context"), "MatMul", &[&a("probs"), &a("vh")], &[&a("ctx")]));
+        let mut tc = node(&a("ctx_transpose"), "Transpose", &[&a("ctx")], &[&a("ctx_t")]);
+        tc.attribute = vec![attr_ints("perm", &[0, 2, 1, 3])];
+        nodes.push(tc);
+        nodes.push(node(&a("ctx_flat"), "Reshape", &[&a("ctx_t"), &flat], &[&a("ctx_f")]));
+        let o = linear(&mut nodes, &mut w, &p("self_attn/o_proj"), &a("ctx_f"), h, h, false)?;
+        nodes.push(node(&p("attn_residual"), "Add", &[&hidden, &o], &[&p("attn_res")]));
+        let normed2 = rms(&mut nodes, &mut w, &p("post_attention_layernorm"), &p("attn_res"))?;
+        let gate = linear(&mut nodes, &mut w, &p("mlp/gate_proj"), &normed2, h, i_dim, false)?;
+        let up = linear(&mut nodes, &mut w, &p("mlp/up_proj"), &normed2, h, i_dim, false)?;
+        nodes.push(node(&p("mlp/act_fn/Sigmoid"), "Sigmoid", &[&gate], &[&p("mlp/sig")]));
+        nodes.push(node(&p("mlp/act_fn/Mul"), "Mul", &[&gate, &p("mlp/sig")], &[&p("mlp/silu")]));
+        nodes.push(node(&p("mlp/Mul"), "Mul", &[&p("mlp/silu"), &up], &[&p("mlp/gated")]));
+        let down = linear(&mut nodes, &mut w, &p("mlp/down_proj"), &p("mlp/gated"), i_dim, h, false)?;
+        nodes.push(node(&p("mlp_residual"), "Add", &[&p("attn_res"), &down], &[&p("out")]));
+        hidden = p("out");
+        progress(layer + 1);
+    }
+    let normed = rms(&mut nodes, &mut w, "/model/norm", &hidden)?;
+    let score = w.anonymous("MatMul", &[h, spec.labels as i64], 1.0 / (h as f32).sqrt())?;
+    nodes.push(node("/score/MatMul", "MatMul", &[&normed, &score], &["logits"]));
+    w.out.flush().context("writing model.onnx.data")?;
+    w.out
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|f| f.sync_all())
+        .context("finishing model.onnx.data")?;
+
+    let mut initializers = consts;
+    initializers.extend(w.initializers);
+    let graph = GraphProto {
+        name: Some("synthetic_decoder".into()),
+        node: nodes,
+        initializer: initializers,
+        input: vec![value_info("input_ids", INT64, &[Some(1), Some(spec.seq_len as i64)])],
+        output: vec![value_info("logits", FLOAT, &[Some(1), Some(spec.seq_len as i64), Some(spec.labels as i64)])],
+        ..Default::default()
+    };
+    let path = dir.join("model.onnx");
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(&model(graph, 17).encode_to_vec())?;
+    tmp.persist(&path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Writes a PEFT LoRA adapter on every layer's `gate_proj` of `spec`,
+/// as `save_pretrained` lays it out.
+pub fn write_gate_proj_adapter(dir: &Path, spec: &DecoderSpec, rank: usize, alpha: f64, seed: u64) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "r": rank,
+        "lora_alpha": alpha,
+        "target_modules": ["gate_proj"],
+        "use_rslora": false,
+        "use_dora": false,
+        "lora_bias": false,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "modules_to_save": null,
+        "task_type": "SEQ_CLS",
+    });
+    std::fs::write(dir.join("adapter_config.json"), serde_json::to_vec_pretty(&config)?)?;
+    let mut rng = Rng(seed);
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for layer in 0..spec.layers {
+        let key = format!("base_model.model.model.layers.{layer}.mlp.gate_proj");
+        let a: Vec<u8> = (0..rank * spec.hidden)
+            .flat_map(|_| rng.uniform(1.0 / (spec.hidden as f32).sqrt()).to_le_bytes())
+            .collect();
+        let b: Vec<u8> = (0..spec.intermediate * rank).flat_map(|_| rng.uniform(0.01).to_le_bytes()).collect();
+        tensors.push((format!("{key}.lora_A.weight"), vec![rank, spec.hidden], a));
+        tensors.push((format!("{key}.lora_B.weight"), vec![spec.intermediate, rank], b));
+    }
+    write_safetensors(&dir.join("adapter_model.safetensors"), &tensors)
+}
+
+/// Writes f32 tensors in the safetensors format (header length, JSON header, data).
+pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)]) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0usize;
+    for (name, shape, bytes) in tensors {
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes.len()]}),
+        );
+        offset += bytes.len();
+    }
+    let mut text = serde_json::to_vec(&header)?;
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
+    out.write_all(&(text.len() as u64).to_le_bytes())?;
+    out.write_all(&text)?;
+    for (_, _, bytes) in tensors {
+        out.write_all(bytes)?;
+    }
+    out.flush()?;
+    Ok(())
+}
