@@ -145,6 +145,7 @@ impl<'a> MergePlan<'a> {
             jobs,
         };
         plan.check_shapes()?;
+        plan.sort_by_storage();
         plan.unshare_weights();
         Ok(plan)
     }
@@ -166,6 +167,23 @@ impl<'a> MergePlan<'a> {
             .iter()
             .find(|t| t.name() == name)
             .ok_or_else(|| Error::field(self.model.path(), format!("initializer `{name}`"), "is not in the graph"))
+    }
+
+    /// Orders the work by where each weight sits in its side file, so the
+    /// writer streams the output front to back.
+    fn sort_by_storage(&mut self) {
+        let key = |job: &Job| -> (Option<std::path::PathBuf>, u64) {
+            self.initializer(&job.site.weight)
+                .ok()
+                .and_then(|t| self.model.external_data(t).ok().flatten())
+                .map(|e| (Some(e.file), e.offset))
+                .unwrap_or((None, 0))
+        };
+        let keys: Vec<_> = self.jobs.iter().map(key).collect();
+        let mut order: Vec<usize> = (0..self.jobs.len()).collect();
+        order.sort_by(|a, b| keys[*a].cmp(&keys[*b]));
+        let mut jobs: Vec<Option<Job>> = self.jobs.drain(..).map(Some).collect();
+        self.jobs = order.into_iter().filter_map(|i| jobs[i].take()).collect();
     }
 
     fn check_shapes(&self) -> Result<()> {
@@ -241,10 +259,20 @@ impl<'a> MergePlan<'a> {
             if let Some(bias) = job.site.bias.clone() {
                 if uses.get(&bias).copied().unwrap_or(0) > 1 {
                     let new = rename(&bias, "bias", graph);
+                    // The node adding this layer's bias: the Gemm itself, or the Add
+                    // reading the MatMul's output (not another layer's Add that
+                    // reads the same shared bias).
+                    let linear = linear_node(graph, job.site.reader);
+                    let linear_out = graph.node[linear].output.first().cloned().unwrap_or_default();
                     let node = graph
                         .node
                         .iter_mut()
-                        .find(|n| n.input.contains(&bias) && (n.name() == job.site.node_name || n.op_type() == "Add"));
+                        .enumerate()
+                        .find(|(i, n)| {
+                            n.input.contains(&bias)
+                                && (*i == linear || (n.op_type() == "Add" && n.input.contains(&linear_out)))
+                        })
+                        .map(|(_, n)| n);
                     if let Some(node) = node {
                         replace_input(node, &bias, &new);
                         *uses.get_mut(&bias).expect("counted") -= 1;
@@ -339,6 +367,8 @@ impl<'a> MergePlan<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct MergeOptions {
     pub save: SaveOptions,
+    /// Merge threads (default: the machine's cores).
+    pub threads: Option<usize>,
 }
 
 /// Merges `adapter` into `model` and writes the result to `out`, calling
@@ -369,30 +399,64 @@ pub fn merge_to_file(
         ),
     });
     let total = plan.len();
-    let mut reports = Vec::with_capacity(total);
-    let mut pending: std::collections::VecDeque<TensorUpdate> = Default::default();
-    let mut jobs = plan.updates();
-    let mut failure = None;
-    let updates = std::iter::from_fn(|| {
-        loop {
-            if let Some(u) = pending.pop_front() {
-                return Some(Ok(u));
-            }
-            match jobs.next()? {
-                Ok((updates, report)) => {
-                    pending.extend(updates);
-                    reports.push(report);
-                    progress(reports.len(), total);
-                }
-                Err(e) => {
-                    failure = Some(());
-                    return Some(Err(e));
-                }
-            }
-        }
+    let threads = options.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     });
-    let save = save_model(model, proto, updates, out, &options.save)?;
-    debug_assert!(failure.is_none());
+    let threads = threads.clamp(1, total.max(1));
+    let jobs = &plan.jobs;
+    let plan_ref = &plan;
+    let (reports, save) = std::thread::scope(|scope| {
+        // Worker `w` merges jobs w, w+T, w+2T, … and hands each result over a
+        // one-slot channel: results come back in order, at most two per
+        // worker are alive at once, and merging overlaps with writing.
+        let receivers: Vec<_> = (0..threads)
+            .map(|w| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                scope.spawn(move || {
+                    for job in jobs.iter().skip(w).step_by(threads) {
+                        if tx.send(plan_ref.merge_job(job)).is_err() {
+                            break;
+                        }
+                    }
+                });
+                rx
+            })
+            .collect();
+        let mut reports = Vec::with_capacity(total);
+        let mut pending: std::collections::VecDeque<TensorUpdate> = Default::default();
+        let mut next = 0;
+        let updates = std::iter::from_fn(|| {
+            loop {
+                if let Some(u) = pending.pop_front() {
+                    return Some(Ok(u));
+                }
+                if next == total {
+                    return None;
+                }
+                let received = receivers[next % threads].recv();
+                next += 1;
+                match received {
+                    Ok(Ok((updates, report))) => {
+                        pending.extend(updates);
+                        reports.push(report);
+                        progress(reports.len(), total);
+                    }
+                    Ok(Err(e)) => return Some(Err(e)),
+                    Err(_) => {
+                        return Some(Err(Error::field(
+                            model.path(),
+                            "merge",
+                            "a merge worker stopped unexpectedly",
+                        )));
+                    }
+                }
+            }
+        });
+        let save = save_model(model, proto, updates, out, &options.save);
+        // Dropping the receivers lets workers blocked on `send` finish.
+        drop(receivers);
+        save.map(|s| (reports, s))
+    })?;
     Ok(MergeReport {
         model: model.path().to_path_buf(),
         adapter: adapter.dir.clone(),
@@ -415,46 +479,55 @@ fn logical_dims(dims: &[i64], layout: Layout) -> (i64, i64) {
 /// ‖ΔW‖/‖W‖.
 fn apply_lora(w: &mut [f32], layout: Layout, out: usize, inp: usize, lora: &LoraModule) -> f64 {
     let r = lora.rank;
-    let before_norm = w.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+    let before_norm = w.chunks(4096).map(sum_of_squares).sum::<f64>().sqrt();
     let original = lora.magnitude.is_some().then(|| w.to_vec());
     let scale = lora.scale as f32;
     let mut delta_sq = 0f64;
-    match layout {
-        Layout::OutIn => {
-            // Row o of W (contiguous over `in`) += Σ_k (s·B[o,k]) · A[k, :].
-            for o in 0..out {
-                let row = &mut w[o * inp..(o + 1) * inp];
-                let mut d = vec![0f32; inp];
-                for k in 0..r {
-                    let c = scale * lora.b[o * r + k];
-                    let a = &lora.a[k * inp..(k + 1) * inp];
-                    d.iter_mut().zip(a).for_each(|(d, a)| *d += c * a);
-                }
-                row.iter_mut().zip(&d).for_each(|(w, d)| *w += d);
-                delta_sq += d.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
-            }
-        }
+    // Rows are contiguous in memory: accumulate each row's update in a
+    // scratch buffer (vectorizes), then add it to the weight.
+    let (rows, cols) = match layout {
+        Layout::OutIn => (out, inp),
+        Layout::InOut => (inp, out),
+    };
+    // `coef(row, k)` multiplies row `k` of `basis`, a [r, cols] matrix.
+    let (basis, coef): (Vec<f32>, Box<dyn Fn(usize, usize) -> f32>) = match layout {
+        Layout::OutIn => (lora.a.clone(), Box::new(|o, k| scale * lora.b[o * r + k])),
         Layout::InOut => {
-            // Row i of W (contiguous over `out`) += Σ_k (s·A[k,i]) · Bᵀ[k, :].
             let mut bt = vec![0f32; r * out];
             for o in 0..out {
                 for k in 0..r {
                     bt[k * out + o] = lora.b[o * r + k];
                 }
             }
-            let mut d = vec![0f32; out];
-            for i in 0..inp {
-                d.iter_mut().for_each(|v| *v = 0.0);
-                for k in 0..r {
-                    let c = scale * lora.a[k * inp + i];
-                    let b = &bt[k * out..(k + 1) * out];
-                    d.iter_mut().zip(b).for_each(|(d, b)| *d += c * b);
-                }
-                let row = &mut w[i * out..(i + 1) * out];
-                row.iter_mut().zip(&d).for_each(|(w, d)| *w += d);
-                delta_sq += d.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
-            }
+            (bt, Box::new(|i, k| scale * lora.a[k * inp + i]))
         }
+    };
+    // Register blocking: a block of LANES output values stays in registers
+    // while the r basis rows stream past, instead of a load/store per k.
+    const LANES: usize = 32;
+    let mut coefs = vec![0f32; r];
+    // Per-lane Σ ΔW² for the current row (vectorizes; summed in f64 per row).
+    let mut squares = [0f32; LANES];
+    for row_index in 0..rows {
+        coefs.iter_mut().enumerate().for_each(|(k, c)| *c = coef(row_index, k));
+        let row = &mut w[row_index * cols..(row_index + 1) * cols];
+        let mut start = 0;
+        while start < cols {
+            let width = LANES.min(cols - start);
+            let mut acc = [0f32; LANES];
+            for (k, c) in coefs.iter().enumerate() {
+                let b = &basis[k * cols + start..k * cols + start + width];
+                acc[..width].iter_mut().zip(b).for_each(|(a, b)| *a += c * b);
+            }
+            row[start..start + width]
+                .iter_mut()
+                .zip(&acc[..width])
+                .for_each(|(w, d)| *w += d);
+            squares.iter_mut().zip(&acc).for_each(|(s, d)| *s += d * d);
+            start += width;
+        }
+        delta_sq += squares.iter().map(|s| *s as f64).sum::<f64>();
+        squares.fill(0.0);
     }
     if let (Some(m), Some(original)) = (&lora.magnitude, original) {
         // DoRA: each output row of W + ΔW is rescaled to the learned magnitude.
@@ -469,6 +542,18 @@ fn apply_lora(w: &mut [f32], layout: Layout, out: usize, inp: usize, lora: &Lora
         return relative_diff(&original, w);
     }
     if before_norm == 0.0 { 0.0 } else { delta_sq.sqrt() / before_norm }
+}
+
+/// Σ v² of a short slice, in eight independent lanes so it vectorizes
+/// (a single running sum must keep IEEE order and cannot).
+fn sum_of_squares(values: &[f32]) -> f64 {
+    let mut lanes = [0f32; 8];
+    let mut chunks = values.chunks_exact(8);
+    for c in &mut chunks {
+        lanes.iter_mut().zip(c).for_each(|(l, v)| *l += v * v);
+    }
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    lanes.iter().map(|l| *l as f64).sum::<f64>() + tail as f64
 }
 
 /// The output channel of flat index `idx`.
@@ -526,6 +611,21 @@ fn count_uses(graph: &GraphProto) -> HashMap<String, usize> {
     let mut uses = HashMap::new();
     walk(graph, &mut uses);
     uses
+}
+
+/// The MatMul/Gemm a site's `reader` feeds: the reader itself, or the
+/// consumer of its output when the reader is the weight's Transpose.
+fn linear_node(graph: &GraphProto, reader: usize) -> usize {
+    let node = &graph.node[reader];
+    if node.op_type() != "Transpose" {
+        return reader;
+    }
+    let out = node.output.first();
+    graph
+        .node
+        .iter()
+        .position(|n| matches!(n.op_type(), "MatMul" | "Gemm") && out.is_some_and(|o| n.input.get(1) == Some(o)))
+        .unwrap_or(reader)
 }
 
 fn replace_input(node: &mut crate::onnx::proto::NodeProto, from: &str, to: &str) {

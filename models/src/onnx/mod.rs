@@ -292,12 +292,25 @@ pub fn is_external(tensor: &TensorProto) -> bool {
 }
 
 pub(crate) fn read_range(file: &Path, offset: u64, length: u64) -> Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
+    use std::io::{Read, Seek, SeekFrom};
     let f = File::open(file).map_err(|e| Error::io(file, e))?;
     let len = usize::try_from(length).map_err(|_| {
         Error::field(file, "length", format!("{length} bytes do not fit in memory"))
     })?;
-    let mut buf = vec![0u8; len];
-    f.read_exact_at(&mut buf, offset).map_err(|e| Error::io(file, e))?;
+    // `read_to_end` fills spare capacity without zeroing it first.
+    let mut buf = Vec::with_capacity(len);
+    let mut reader = &f;
+    reader.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(file, e))?;
+    reader
+        .take(length)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io(file, e))?;
+    if buf.len() != len {
+        return Err(Error::field(
+            file,
+            "length",
+            format!("expected {length} bytes at offset {offset}, the file ended after {}", buf.len()),
+        ));
+    }
     Ok(buf)
 }

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -109,6 +109,16 @@ pub fn save_model(
     if base.uses_external_data() {
         for tensor in &base.graph().initializer {
             if let Some(ext) = base.external_data(tensor)? {
+                if same_file(&ext.file, out) {
+                    return Err(Error::field(
+                        out,
+                        "output path",
+                        format!(
+                            "is the input's external data file {}; inputs are never modified, choose another output",
+                            ext.file.display()
+                        ),
+                    ));
+                }
                 if same_file(&ext.file, &data_path) {
                     return Err(Error::field(
                         out,
@@ -133,6 +143,8 @@ pub fn save_model(
         .collect();
 
     // 1. Lay out the side file for tensors that were external in the input.
+    let mut sources: Vec<Source> = Vec::new();
+    let mut origin: HashMap<String, (usize, u64)> = HashMap::new();
     if base.uses_external_data() && options.share_base_data {
         let base_dir = canonical(base.dir())?;
         if canonical(out_dir)? != base_dir {
@@ -146,18 +158,20 @@ pub fn save_model(
             ));
         }
     } else if base.uses_external_data() {
-        let mut bases: HashMap<PathBuf, u64> = HashMap::new();
+        // Every input side file gets a page-aligned span of ours, copied
+        // lazily in file order so changed tensors are written in between
+        // instead of being copied and then overwritten.
         for tensor in graph.initializer.iter_mut() {
             let Some(ext) = base.external_data(tensor)? else { continue };
-            let start = match bases.get(&ext.file) {
-                Some(start) => *start,
+            let source = match sources.iter().position(|s| s.file == ext.file) {
+                Some(i) => i,
                 None => {
-                    let start = data.append_file(&ext.file)?;
-                    bases.insert(ext.file.clone(), start);
-                    start
+                    sources.push(Source::open(&ext.file, data.reserve_aligned(&ext.file)?)?);
+                    sources.len() - 1
                 }
             };
-            set_external(tensor, &data_name, start + ext.offset, ext.length);
+            origin.insert(tensor.name().to_string(), (source, ext.offset));
+            set_external(tensor, &data_name, sources[source].base + ext.offset, ext.length);
         }
     }
 
@@ -168,19 +182,27 @@ pub fn save_model(
             Error::field(base.path(), format!("initializer `{name}`"), "is not in the graph")
         })?;
         let tensor = &mut graph.initializer[i];
-        let was_external = is_external(tensor);
-        let in_our_file = was_external && tensor_location(tensor) == Some(data_name.as_str());
-        if in_our_file && tensor_length(tensor) == Some(bytes.len() as u64) {
-            // Same size, already in our copy: overwrite in place.
-            let offset = tensor_offset(tensor).unwrap_or(0);
-            data.write_at(&bytes, offset)?;
+        let same_size = tensor_length(tensor) == Some(bytes.len() as u64);
+        if let (Some(&(source, offset)), true) = (origin.get(&name), same_size) {
+            // In our copy of an input side file: copy up to it, then write it.
+            let src = &mut sources[source];
+            if offset >= src.cursor {
+                data.copy_from(src, offset)?;
+                src.cursor = offset + bytes.len() as u64;
+            }
+            data.write_at(&bytes, src.base + offset)?;
             strip_checksum(tensor);
-        } else if was_external || (data.is_used() && bytes.len() >= options.external_threshold) {
+        } else if is_external(tensor) || (data.is_used() && bytes.len() >= options.external_threshold) {
             let offset = data.append(&bytes)?;
             set_external(tensor, &data_name, offset, bytes.len() as u64);
         } else {
             set_inline(tensor, bytes);
         }
+    }
+    for src in &mut sources {
+        let end = src.size;
+        data.copy_from(src, end)?;
+        src.cursor = end;
     }
 
     // 3. Keep the protobuf under its size limit.
@@ -205,6 +227,14 @@ pub fn save_model(
         .map(|g| g.initializer.iter().filter(|t| is_external(t)).count())
         .unwrap_or(0);
     let mut model_tmp = NamedTempFile::new_in(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    // Temp files are created 0600; give outputs the input model's mode.
+    let mode = std::fs::metadata(base.path()).map(|m| m.permissions()).ok();
+    if let Some(mode) = &mode {
+        model_tmp
+            .as_file()
+            .set_permissions(mode.clone())
+            .map_err(|e| Error::io(model_tmp.path(), e))?;
+    }
     model_tmp
         .write_all(&proto.encode_to_vec())
         .map_err(|e| Error::io(model_tmp.path(), e))?;
@@ -214,7 +244,7 @@ pub fn save_model(
             .sync_all()
             .map_err(|e| Error::io(model_tmp.path(), e))?;
     }
-    let summary_data = data.finish(options.sync)?;
+    let summary_data = data.finish(options.sync, mode)?;
     model_tmp
         .persist(out)
         .map_err(|e| Error::io(out, e.error))?;
@@ -225,6 +255,31 @@ pub fn save_model(
         bytes_copied: data.copied,
         external_tensors,
     })
+}
+
+/// An input side file being copied into the output's.
+struct Source {
+    file: PathBuf,
+    handle: File,
+    /// Where its span starts in the output's side file.
+    base: u64,
+    size: u64,
+    /// Bytes before this are already in the output.
+    cursor: u64,
+}
+
+impl Source {
+    fn open(file: &Path, base: u64) -> Result<Self> {
+        let handle = File::open(file).map_err(|e| Error::io(file, e))?;
+        let size = handle.metadata().map_err(|e| Error::io(file, e))?.len();
+        Ok(Source {
+            file: file.to_path_buf(),
+            handle,
+            base,
+            size,
+            cursor: 0,
+        })
+    }
 }
 
 /// The output's side file, created on first use.
@@ -280,19 +335,46 @@ impl DataFile {
         Ok(start)
     }
 
-    /// Copies all of `source` to the end (page aligned); returns where it starts.
-    fn append_file(&mut self, source: &Path) -> Result<u64> {
+    /// Reserves a page-aligned span the size of `source`; returns its start.
+    fn reserve_aligned(&mut self, source: &Path) -> Result<u64> {
+        let size = std::fs::metadata(source).map_err(|e| Error::io(source, e))?.len();
         let start = self.align(4096)?;
-        let mut src = File::open(source).map_err(|e| Error::io(source, e))?;
+        self.len = start + size;
         let path = self.path.clone();
-        let dst = self.file()?.as_file_mut();
-        dst.seek(SeekFrom::Start(start))
+        self.file()?
+            .as_file()
+            .set_len(start + size)
             .map_err(|e| Error::io(&path, e))?;
-        // File-to-file `io::copy` uses copy_file_range/sendfile on Linux.
-        let n = std::io::copy(&mut src, dst).map_err(|e| Error::io(source, e))?;
-        self.len = start + n;
-        self.copied += n;
         Ok(start)
+    }
+
+    /// Copies `src` from its cursor up to `until` into its span of ours.
+    fn copy_from(&mut self, src: &mut Source, until: u64) -> Result<()> {
+        if until <= src.cursor {
+            return Ok(());
+        }
+        let len = until - src.cursor;
+        let path = self.path.clone();
+        let mut dst: &File = self.file()?.as_file();
+        dst.seek(SeekFrom::Start(src.base + src.cursor))
+            .map_err(|e| Error::io(&path, e))?;
+        let mut reader: &File = &src.handle;
+        reader
+            .seek(SeekFrom::Start(src.cursor))
+            .map_err(|e| Error::io(&src.file, e))?;
+        // File-to-file `io::copy` uses copy_file_range on Linux: the bytes
+        // never pass through user space.
+        let n = std::io::copy(&mut reader.take(len), &mut dst).map_err(|e| Error::io(&src.file, e))?;
+        if n != len {
+            return Err(Error::field(
+                &src.file,
+                "size",
+                format!("shrank while being copied: expected {len} more bytes from offset {}, got {n}", src.cursor),
+            ));
+        }
+        src.cursor = until;
+        self.copied += n;
+        Ok(())
     }
 
     /// Appends a tensor's bytes (aligned for mmap); returns its offset.
@@ -315,10 +397,15 @@ impl DataFile {
     }
 
     /// Syncs and renames the side file into place, if one was written.
-    fn finish(&mut self, sync: bool) -> Result<Option<(u64, u64)>> {
+    fn finish(&mut self, sync: bool, mode: Option<std::fs::Permissions>) -> Result<Option<(u64, u64)>> {
         let Some(tmp) = self.tmp.take() else {
             return Ok(None);
         };
+        if let Some(mode) = mode {
+            tmp.as_file()
+                .set_permissions(mode)
+                .map_err(|e| Error::io(&self.path, e))?;
+        }
         if sync {
             tmp.as_file()
                 .sync_all()
@@ -407,14 +494,6 @@ fn lookup<'a>(tensor: &'a TensorProto, key: &str) -> Option<&'a str> {
         .iter()
         .find(|e| e.key() == key)
         .map(|e| e.value())
-}
-
-fn tensor_location(tensor: &TensorProto) -> Option<&str> {
-    lookup(tensor, "location")
-}
-
-fn tensor_offset(tensor: &TensorProto) -> Option<u64> {
-    lookup(tensor, "offset").and_then(|v| v.parse().ok())
 }
 
 fn tensor_length(tensor: &TensorProto) -> Option<u64> {

@@ -78,11 +78,16 @@ impl FloatType {
     /// Encodes `f32` values as little-endian bytes of this type (rounding to
     /// nearest even for the 16-bit types).
     pub fn encode(self, values: &[f32]) -> Vec<u8> {
+        if self == FloatType::F32 {
+            let mut out = vec![0u8; values.len() * 4];
+            for (c, v) in out.chunks_exact_mut(4).zip(values) {
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+            return out;
+        }
         let mut out = Vec::with_capacity(values.len() * self.size());
         match self {
-            FloatType::F32 => values
-                .iter()
-                .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+            FloatType::F32 => unreachable!("handled above"),
             FloatType::F16 => values
                 .iter()
                 .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),

@@ -61,6 +61,9 @@ enum Command {
         /// cut right after may leave an empty file).
         #[arg(long)]
         no_sync: bool,
+        /// Merge threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
     },
 }
 
@@ -85,6 +88,7 @@ fn run(command: Command) -> Result<()> {
             report,
             share_base_data,
             no_sync,
+            threads,
         } => {
             let base = OnnxModel::load(&model).with_context(|| format!("loading base model {}", model.display()))?;
             let lora = Adapter::load(&adapter).with_context(|| format!("loading adapter {}", adapter.display()))?;
@@ -94,7 +98,12 @@ fn run(command: Command) -> Result<()> {
                     sync: !no_sync,
                     ..SaveOptions::default()
                 },
+                threads,
             };
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating the output folder {}", parent.display()))?;
+            }
             let total = (lora.modules.len() + lora.replacements.len()) as u64;
             let bar = cli::progress(total, "merging");
             let started = std::time::Instant::now();
