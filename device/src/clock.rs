@@ -23,7 +23,9 @@ impl CaptureClock {
         static CLOCK: OnceLock<CaptureClock> = OnceLock::new();
         CLOCK.get_or_init(|| CaptureClock {
             origin: Instant::now(),
-            origin_unix: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default(),
+            origin_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
         })
     }
 
@@ -54,8 +56,14 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         let b = clock.now();
         assert!(b >= a + 2_000_000, "{a} then {b}");
-        let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
         let mapped = clock.to_unix_nanos(clock.now());
-        assert!(mapped.abs_diff(unix) < 50_000_000, "mapped {mapped} vs system {unix}");
+        assert!(
+            mapped.abs_diff(unix) < 50_000_000,
+            "mapped {mapped} vs system {unix}"
+        );
     }
 }

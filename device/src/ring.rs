@@ -39,7 +39,10 @@ pub struct AudioConsumer {
 /// # Panics
 /// If `capacity` is 0.
 pub fn audio_ring(capacity: usize) -> (AudioProducer, AudioConsumer) {
-    assert!(capacity > 0, "an audio ring needs room for at least one sample");
+    assert!(
+        capacity > 0,
+        "an audio ring needs room for at least one sample"
+    );
     let shared = Arc::new(Shared {
         slots: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
         head: AtomicU64::new(0),
@@ -89,7 +92,8 @@ impl AudioConsumer {
         let head = s.head.load(Ordering::Acquire);
         let n = ((head - tail) as usize).min(out.len());
         for (i, o) in out[..n].iter_mut().enumerate() {
-            *o = f32::from_bits(s.slots[((tail + i as u64) % cap) as usize].load(Ordering::Relaxed));
+            *o =
+                f32::from_bits(s.slots[((tail + i as u64) % cap) as usize].load(Ordering::Relaxed));
         }
         s.tail.store(tail + n as u64, Ordering::Release);
         n
@@ -111,7 +115,10 @@ impl AudioConsumer {
     /// time may belong to a chunk one callback newer than the count.
     pub fn progress(&self) -> (u64, Nanos) {
         let s = &*self.shared;
-        (s.head.load(Ordering::Acquire), s.newest_at.load(Ordering::Relaxed))
+        (
+            s.head.load(Ordering::Acquire),
+            s.newest_at.load(Ordering::Relaxed),
+        )
     }
 }
 

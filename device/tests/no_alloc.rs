@@ -33,5 +33,8 @@ fn push_never_allocates_even_when_overrunning() {
     }
     let after = ALLOCATIONS.load(Ordering::SeqCst);
     assert_eq!(after, before, "the producer allocated");
-    assert!(rx.overruns() > 0, "the test must exercise the full-ring path");
+    assert!(
+        rx.overruns() > 0,
+        "the test must exercise the full-ring path"
+    );
 }

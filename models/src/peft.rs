@@ -96,14 +96,38 @@ pub struct Replacement {
 /// Config fields whose non-default value changes what "merged" means in a
 /// way emogate does not reproduce. Each entry: field, why.
 const REFUSED: &[(&str, &str)] = &[
-    ("layer_replication", "it duplicates base layers, which changes the graph itself"),
-    ("target_parameters", "LoRA on raw nn.Parameters is not a linear layer emogate can locate"),
-    ("trainable_token_indices", "it trains embedding rows, not gate_proj"),
-    ("alora_invocation_tokens", "activated LoRA only applies after invocation tokens and cannot be merged"),
-    ("arrow_config", "Arrow routing mixes adapters per token and cannot be merged"),
-    ("kasa_config", "KaSA rescales singular values of the base weight"),
-    ("monteclora_config", "MonteCLoRA samples its update and has no single merged weight"),
-    ("use_bdlora", "block-diagonal LoRA is not a plain low-rank update"),
+    (
+        "layer_replication",
+        "it duplicates base layers, which changes the graph itself",
+    ),
+    (
+        "target_parameters",
+        "LoRA on raw nn.Parameters is not a linear layer emogate can locate",
+    ),
+    (
+        "trainable_token_indices",
+        "it trains embedding rows, not gate_proj",
+    ),
+    (
+        "alora_invocation_tokens",
+        "activated LoRA only applies after invocation tokens and cannot be merged",
+    ),
+    (
+        "arrow_config",
+        "Arrow routing mixes adapters per token and cannot be merged",
+    ),
+    (
+        "kasa_config",
+        "KaSA rescales singular values of the base weight",
+    ),
+    (
+        "monteclora_config",
+        "MonteCLoRA samples its update and has no single merged weight",
+    ),
+    (
+        "use_bdlora",
+        "block-diagonal LoRA is not a plain low-rank update",
+    ),
     ("velora_config", "VeLoRA changes the layer's computation"),
 ];
 
@@ -134,7 +158,11 @@ impl Adapter {
             }
         })?;
         let tensors = SafeTensors::deserialize(&bytes).map_err(|e| {
-            Error::field(&weights_path, "safetensors header", format!("not a valid safetensors file: {e}"))
+            Error::field(
+                &weights_path,
+                "safetensors header",
+                format!("not a valid safetensors file: {e}"),
+            )
         })?;
 
         let mut parts: BTreeMap<String, Parts> = BTreeMap::new();
@@ -161,13 +189,19 @@ impl Adapter {
             .into_iter()
             .find_map(|(suffix, part)| stripped.strip_suffix(suffix).map(|m| (m, part)));
             if let Some((module, part)) = lora_part {
-                parts
-                    .entry(module.to_string())
-                    .or_default()
-                    .set(part, shape, values, &weights_path, &key)?;
+                parts.entry(module.to_string()).or_default().set(
+                    part,
+                    shape,
+                    values,
+                    &weights_path,
+                    &key,
+                )?;
                 continue;
             }
-            let (module, is_bias) = match (stripped.strip_suffix(".weight"), stripped.strip_suffix(".bias")) {
+            let (module, is_bias) = match (
+                stripped.strip_suffix(".weight"),
+                stripped.strip_suffix(".bias"),
+            ) {
                 (Some(m), _) => (m, false),
                 (_, Some(m)) => (m, true),
                 _ => {
@@ -178,7 +212,10 @@ impl Adapter {
                     ));
                 }
             };
-            if !saved.iter().any(|s| module == s || module.ends_with(&format!(".{s}"))) {
+            if !saved
+                .iter()
+                .any(|s| module == s || module.ends_with(&format!(".{s}")))
+            {
                 return Err(Error::field(
                     &weights_path,
                     key.clone(),
@@ -188,10 +225,12 @@ impl Adapter {
                     ),
                 ));
             }
-            let entry = replacements.entry(module.to_string()).or_insert(Replacement {
-                weight: None,
-                bias: None,
-            });
+            let entry = replacements
+                .entry(module.to_string())
+                .or_insert(Replacement {
+                    weight: None,
+                    bias: None,
+                });
             if is_bias {
                 entry.bias = Some(values);
             } else {
@@ -205,7 +244,11 @@ impl Adapter {
             modules.insert(module, lora);
         }
         if modules.is_empty() && replacements.is_empty() {
-            return Err(Error::field(&weights_path, "tensors", "the adapter holds no LoRA factors"));
+            return Err(Error::field(
+                &weights_path,
+                "tensors",
+                "the adapter holds no LoRA factors",
+            ));
         }
         Ok(Adapter {
             dir,
@@ -220,7 +263,10 @@ fn parse_config(path: &Path, raw: &Value) -> Result<AdapterConfig> {
     let obj = raw
         .as_object()
         .ok_or_else(|| Error::field(path, "JSON", "expected an object"))?;
-    let peft_type = obj.get("peft_type").and_then(Value::as_str).unwrap_or("LORA");
+    let peft_type = obj
+        .get("peft_type")
+        .and_then(Value::as_str)
+        .unwrap_or("LORA");
     if peft_type != "LORA" {
         return Err(Error::field(
             path,
@@ -236,7 +282,11 @@ fn parse_config(path: &Path, raw: &Value) -> Result<AdapterConfig> {
             Some(_) => true,
         };
         if set {
-            return Err(Error::field(path, *field, format!("is set; cannot merge exactly because {why}")));
+            return Err(Error::field(
+                path,
+                *field,
+                format!("is set; cannot merge exactly because {why}"),
+            ));
         }
     }
     if obj.get("use_qalora").and_then(Value::as_bool) == Some(true) {
@@ -252,7 +302,9 @@ fn parse_config(path: &Path, raw: &Value) -> Result<AdapterConfig> {
             return Err(Error::field(
                 path,
                 "bias",
-                format!("is \"{other}\"; trained base-layer biases are not merged by emogate, expected \"none\" (use lora_bias for a LoRA bias)"),
+                format!(
+                    "is \"{other}\"; trained base-layer biases are not merged by emogate, expected \"none\" (use lora_bias for a LoRA bias)"
+                ),
             ));
         }
     }
@@ -269,9 +321,17 @@ fn parse_config(path: &Path, raw: &Value) -> Result<AdapterConfig> {
     if config.r == 0 {
         return Err(Error::field(path, "r", "is 0; expected a positive rank"));
     }
-    for key in config.rank_pattern.keys().chain(config.alpha_pattern.keys()) {
+    for key in config
+        .rank_pattern
+        .keys()
+        .chain(config.alpha_pattern.keys())
+    {
         regex::Regex::new(&pattern_regex(key)).map_err(|e| {
-            Error::field(path, format!("rank_pattern/alpha_pattern key `{key}`"), format!("is not a valid regex: {e}"))
+            Error::field(
+                path,
+                format!("rank_pattern/alpha_pattern key `{key}`"),
+                format!("is not a valid regex: {e}"),
+            )
         })?;
     }
     Ok(config)
@@ -285,10 +345,18 @@ fn pattern_regex(key: &str) -> String {
 }
 
 /// The first pattern key (in the config's order) that matches `module`.
-fn find_pattern<'a, T>(patterns: &'a BTreeMap<String, T>, order: &[String], module: &str) -> Option<&'a T> {
+fn find_pattern<'a, T>(
+    patterns: &'a BTreeMap<String, T>,
+    order: &[String],
+    module: &str,
+) -> Option<&'a T> {
     order.iter().find_map(|key| {
         let re = regex::Regex::new(&pattern_regex(key)).ok()?;
-        if re.is_match(module) { patterns.get(key) } else { None }
+        if re.is_match(module) {
+            patterns.get(key)
+        } else {
+            None
+        }
     })
 }
 
@@ -311,7 +379,14 @@ struct Parts {
 }
 
 impl Parts {
-    fn set(&mut self, part: Part, shape: Vec<usize>, values: Vec<f32>, path: &Path, key: &str) -> Result<()> {
+    fn set(
+        &mut self,
+        part: Part,
+        shape: Vec<usize>,
+        values: Vec<f32>,
+        path: &Path,
+        key: &str,
+    ) -> Result<()> {
         let slot = match part {
             Part::A => &mut self.a,
             Part::B => &mut self.b,
@@ -337,11 +412,17 @@ impl Parts {
             return Err(Error::field(
                 path,
                 key("lora_A.weight"),
-                format!("has shape {a_shape:?}; expected [r, in] (a conv LoRA cannot be merged into gate_proj)"),
+                format!(
+                    "has shape {a_shape:?}; expected [r, in] (a conv LoRA cannot be merged into gate_proj)"
+                ),
             ));
         };
         let [out_features, b_rank] = b_shape[..] else {
-            return Err(Error::field(path, key("lora_B.weight"), format!("has shape {b_shape:?}; expected [out, r]")));
+            return Err(Error::field(
+                path,
+                key("lora_B.weight"),
+                format!("has shape {b_shape:?}; expected [out, r]"),
+            ));
         };
         if b_rank != rank {
             return Err(Error::field(
@@ -350,7 +431,8 @@ impl Parts {
                 format!("has rank {b_rank} but lora_A.weight has rank {rank}"),
             ));
         }
-        let expected_rank = *find_pattern(&config.rank_pattern, &config.rank_pattern_order, module).unwrap_or(&config.r);
+        let expected_rank = *find_pattern(&config.rank_pattern, &config.rank_pattern_order, module)
+            .unwrap_or(&config.r);
         if expected_rank != rank {
             return Err(Error::field(
                 path,
@@ -358,7 +440,8 @@ impl Parts {
                 format!("has rank {rank} but the config (r / rank_pattern) gives {expected_rank}"),
             ));
         }
-        let alpha = *find_pattern(&config.alpha_pattern, &config.alpha_pattern_order, module).unwrap_or(&config.lora_alpha);
+        let alpha = *find_pattern(&config.alpha_pattern, &config.alpha_pattern_order, module)
+            .unwrap_or(&config.lora_alpha);
         let scale = if config.use_rslora {
             alpha / (rank as f64).sqrt()
         } else {
@@ -367,12 +450,26 @@ impl Parts {
         let bias = match (self.bias, config.lora_bias) {
             (Some((shape, v)), true) if shape == [out_features] => Some(v),
             (Some((shape, _)), true) => {
-                return Err(Error::field(path, key("lora_B.bias"), format!("has shape {shape:?}; expected [{out_features}]")));
+                return Err(Error::field(
+                    path,
+                    key("lora_B.bias"),
+                    format!("has shape {shape:?}; expected [{out_features}]"),
+                ));
             }
             (Some(_), false) => {
-                return Err(Error::field(path, "lora_bias", "is false but the adapter has lora_B.bias tensors"));
+                return Err(Error::field(
+                    path,
+                    "lora_bias",
+                    "is false but the adapter has lora_B.bias tensors",
+                ));
             }
-            (None, true) => return Err(Error::field(path, key("lora_B.bias"), "is missing although lora_bias is true")),
+            (None, true) => {
+                return Err(Error::field(
+                    path,
+                    key("lora_B.bias"),
+                    "is missing although lora_bias is true",
+                ));
+            }
             (None, false) => None,
         };
         let magnitude = match (self.magnitude, config.use_dora) {
@@ -385,10 +482,18 @@ impl Parts {
                 ));
             }
             (Some(_), false) => {
-                return Err(Error::field(path, "use_dora", "is false but the adapter has DoRA magnitude vectors"));
+                return Err(Error::field(
+                    path,
+                    "use_dora",
+                    "is false but the adapter has DoRA magnitude vectors",
+                ));
             }
             (None, true) => {
-                return Err(Error::field(path, key("lora_magnitude_vector"), "is missing although use_dora is true"));
+                return Err(Error::field(
+                    path,
+                    key("lora_magnitude_vector"),
+                    "is missing although use_dora is true",
+                ));
             }
             (None, false) => None,
         };
@@ -414,7 +519,11 @@ fn to_f32(path: &Path, key: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>>
         Dtype::BF16 => FloatType::Bf16,
         Dtype::F64 => FloatType::F64,
         other => {
-            return Err(Error::field(path, key, format!("has dtype {other:?}; expected F32, F16, BF16 or F64")));
+            return Err(Error::field(
+                path,
+                key,
+                format!("has dtype {other:?}; expected F32, F16, BF16 or F64"),
+            ));
         }
     };
     Ok(ty.decode(data))

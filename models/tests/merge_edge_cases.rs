@@ -1180,6 +1180,7 @@ fn rslora_scale_is_alpha_over_sqrt_rank() {
 
 /// DoRA by the paper's formula, on `[out, in]`: `V = W + s·B·A`, then each
 /// output row of `V` is scaled to length `m[o]`.
+#[allow(clippy::too_many_arguments)] // mirrors the arithmetic's own inputs
 fn reference_dora(
     w: &[f32],
     a: &[f32],
@@ -1510,4 +1511,156 @@ fn merge_plan_wrong_shape_names_module_weight_and_dims() {
     );
     assert!(msg.contains("weight `W`"), "{msg}");
     assert!(!case.out().exists());
+}
+
+#[test]
+fn gemm_alpha_and_beta_scale_the_stored_weight_and_bias() {
+    // Gemm computes alpha·x·Wᵀ + beta·b: the module's effective weight is
+    // alpha·W_stored, so the merged stored weight must be (alpha·W + ΔW)/alpha,
+    // and the bias (beta·b + s·b_B)/beta.
+    const N: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let (alpha, beta) = (0.5f32, 2.0f32);
+    let w = random(N * N, 30);
+    let bias = random(N, 31);
+    let (a, b) = (random(2 * N, 32), random(N * 2, 33));
+    let lora_b_bias = random(N, 34);
+    let mut gemm = node(
+        "/mlp/gate_proj/Gemm",
+        "Gemm",
+        &["x", "mlp.gate_proj.weight", "mlp.gate_proj.bias"],
+        &["y"],
+    );
+    let float_attr = |name: &str, v: f32| emogate_models::onnx::proto::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(1),
+        f: Some(v),
+        ..Default::default()
+    };
+    gemm.attribute = vec![
+        attr_int("transB", 1),
+        float_attr("alpha", alpha),
+        float_attr("beta", beta),
+    ];
+    let g = graph(
+        vec![gemm],
+        vec![
+            f32_tensor("mlp.gate_proj.weight", &[4, 4], &w),
+            f32_tensor("mlp.gate_proj.bias", &[4], &bias),
+        ],
+        &["x"],
+        &["y"],
+    );
+    let model = write_model(&dir.path().join("model.onnx"), g);
+    let mut tensors = lora_tensors("mlp.gate_proj", &a, &b, 2, N, N);
+    tensors.push((
+        format!("{PREFIX}mlp.gate_proj.lora_B.bias"),
+        Dtype::F32,
+        vec![N],
+        f32_bytes(&lora_b_bias),
+    ));
+    let adapter = write_adapter(
+        &dir.path().join("adapter"),
+        &lora_config(2, 2.0, r#", "lora_bias": true"#),
+        &tensors,
+    );
+    let out = dir.path().join("merged.onnx");
+    merge(&model, &adapter, &out);
+    let merged = OnnxModel::load(&out).unwrap();
+    let effective: Vec<f32> = w.iter().map(|v| v * alpha).collect();
+    let expected: Vec<f32> = reference_merge(&effective, &a, &b, 2, N, N, 1.0)
+        .iter()
+        .map(|v| v / alpha)
+        .collect();
+    assert_close(
+        &values(&merged, "mlp.gate_proj.weight"),
+        &expected,
+        1e-5,
+        "Gemm alpha",
+    );
+    let expected_bias: Vec<f32> = bias
+        .iter()
+        .zip(&lora_b_bias)
+        .map(|(b, d)| (beta * b + 1.0 * d) / beta)
+        .collect();
+    assert_close(
+        &values(&merged, "mlp.gate_proj.bias"),
+        &expected_bias,
+        1e-5,
+        "Gemm beta",
+    );
+}
+
+#[test]
+fn external_initializer_inside_a_subgraph_follows_the_output() {
+    // An If body owns an initializer stored in the side file. Merging into
+    // another folder must carry it into the new side file, or the output
+    // would point at data that is not there.
+    let dir = tempfile::tempdir().unwrap();
+    let w = random(IN * OUT, 40);
+    let inner = random(IN, 41);
+    let (a, b) = (random(RANK * IN, 42), random(OUT * RANK, 43));
+    let mut data = f32_bytes(&w);
+    let inner_offset = data.len();
+    data.extend(f32_bytes(&inner));
+    std::fs::write(dir.path().join("model.onnx.data"), &data).unwrap();
+    let then_branch = graph(
+        vec![node("/then/Add", "Add", &["x", "inner"], &["t"])],
+        vec![external_tensor(
+            "inner",
+            &[IN as i64],
+            "model.onnx.data",
+            inner_offset,
+            IN * 4,
+        )],
+        &[],
+        &["t"],
+    );
+    let else_branch = graph(
+        vec![node("/else/Identity", "Identity", &["x"], &["e"])],
+        vec![],
+        &[],
+        &["e"],
+    );
+    let mut if_node = node("/branch/If", "If", &["cond"], &["branch_out"]);
+    if_node.attribute = vec![
+        attr_graph("then_branch", then_branch),
+        attr_graph("else_branch", else_branch),
+    ];
+    let mut g = graph(
+        vec![matmul(MODULE, "x", "W", "gate"), if_node],
+        vec![external_tensor(
+            "W",
+            &[IN as i64, OUT as i64],
+            "model.onnx.data",
+            0,
+            IN * OUT * 4,
+        )],
+        &["x"],
+        &["gate", "branch_out"],
+    );
+    g.input.push(value_info("cond", BOOL, &[]));
+    let model = write_model(&dir.path().join("model.onnx"), g);
+    let adapter = write_adapter(
+        &dir.path().join("adapter"),
+        &lora_config(RANK, 4.0, ""),
+        &lora_tensors(MODULE, &a, &b, RANK, OUT, IN),
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = elsewhere.path().join("merged.onnx");
+    merge(&model, &adapter, &out);
+
+    let merged = OnnxModel::load(&out).expect("every external reference resolves");
+    let nested = merged
+        .all_initializers()
+        .into_iter()
+        .find(|t| t.name() == "inner")
+        .cloned()
+        .expect("nested initializer kept");
+    let ext = merged
+        .external_data(&nested)
+        .unwrap()
+        .expect("still external");
+    assert_eq!(ext.location, "merged.onnx.data");
+    assert_eq!(merged.float_values(&nested).unwrap().1, inner);
 }

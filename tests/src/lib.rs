@@ -36,19 +36,25 @@ impl Expected {
         files.sort();
         files
             .iter()
-            .map(|f| serde_json::from_slice(&std::fs::read(f).expect("read")).expect("expected JSON"))
+            .map(|f| {
+                serde_json::from_slice(&std::fs::read(f).expect("read")).expect("expected JSON")
+            })
             .collect()
     }
 
     /// The model input as a backend tensor.
     pub fn input_tensor(&self) -> Tensor {
-        let rows: Vec<Vec<serde_json::Value>> = serde_json::from_value(self.input.clone()).expect("2-D input");
+        let rows: Vec<Vec<serde_json::Value>> =
+            serde_json::from_value(self.input.clone()).expect("2-D input");
         let shape = vec![rows.len(), rows[0].len()];
         let flat = rows.into_iter().flatten();
         if self.input_dtype == "int64" {
             Tensor::i64(shape, flat.map(|v| v.as_i64().expect("int")).collect())
         } else {
-            Tensor::f32(shape, flat.map(|v| v.as_f64().expect("float") as f32).collect())
+            Tensor::f32(
+                shape,
+                flat.map(|v| v.as_f64().expect("float") as f32).collect(),
+            )
         }
     }
 
@@ -77,5 +83,8 @@ impl Expected {
 /// Largest absolute difference of two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

@@ -18,14 +18,27 @@ fn merged_models_match_peft_logits() {
             let model = OnnxModel::load(dir.join("model.onnx")).expect("base loads");
             let out_dir = tempfile::tempdir().expect("tempdir");
             let out = out_dir.path().join("merged.onnx");
-            let report = merge_to_file(&model, &adapter, &out, &MergeOptions::default(), &mut |_, _| {})
-                .unwrap_or_else(|e| panic!("{label}: merge failed: {e}"));
-            assert_eq!(report.modules.len(), adapter.modules.len() + adapter.replacements.len(), "{label}");
+            let report = merge_to_file(
+                &model,
+                &adapter,
+                &out,
+                &MergeOptions::default(),
+                &mut |_, _| {},
+            )
+            .unwrap_or_else(|e| panic!("{label}: merge failed: {e}"));
+            assert_eq!(
+                report.modules.len(),
+                adapter.modules.len() + adapter.replacements.len(),
+                "{label}"
+            );
 
             let mut base = TractBackend::load(&dir.join("model.onnx")).expect("tract loads base");
             let base_out = base.run(&[expected.input_tensor()]).expect("base runs");
             let base_logits = base_out[0].as_f32().unwrap();
-            assert!(max_abs_diff(base_logits, &expected.base_logits) < 1e-4, "{label}: base model disagrees with torch");
+            assert!(
+                max_abs_diff(base_logits, &expected.base_logits) < 1e-4,
+                "{label}: base model disagrees with torch"
+            );
 
             let mut merged = TractBackend::load(&out).unwrap_or_else(|e| panic!("{label}: {e}"));
             let outputs = merged.run(&[expected.input_tensor()]).expect("merged runs");
@@ -34,9 +47,15 @@ fn merged_models_match_peft_logits() {
             let diff = max_abs_diff(logits, &expected.merged_logits);
             assert!(diff <= 1e-4, "{label}: max |emogate - PEFT| = {diff}");
             // The adapter must actually have changed something.
-            assert!(max_abs_diff(logits, &expected.base_logits) > 1e-2, "{label}: merge had no effect");
+            assert!(
+                max_abs_diff(logits, &expected.base_logits) > 1e-2,
+                "{label}: merge had no effect"
+            );
             checked += 1;
         }
     }
-    assert!(checked >= 20, "only {checked} model/adapter pairs were checked");
+    assert!(
+        checked >= 20,
+        "only {checked} model/adapter pairs were checked"
+    );
 }

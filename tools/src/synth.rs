@@ -15,7 +15,9 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use emogate_models::onnx::build::{attr_int, attr_ints, entry, model, node, tensor_header, tensor_raw, value_info};
+use emogate_models::onnx::build::{
+    attr_int, attr_ints, entry, model, node, tensor_header, tensor_raw, value_info,
+};
 use emogate_models::onnx::proto::{GraphProto, NodeProto, TensorProto, tensor_proto::DataLocation};
 use prost::Message;
 
@@ -141,10 +143,16 @@ impl Weights {
 
 /// Writes a decoder of `spec` to `dir/model.onnx` + `dir/model.onnx.data`,
 /// calling `progress(layer)` as layers are written. Returns the model path.
-pub fn write_decoder(dir: &Path, spec: &DecoderSpec, seed: u64, progress: &mut dyn FnMut(usize)) -> Result<PathBuf> {
+pub fn write_decoder(
+    dir: &Path,
+    spec: &DecoderSpec,
+    seed: u64,
+    progress: &mut dyn FnMut(usize),
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let data_path = dir.join("model.onnx.data");
-    let file = File::create(&data_path).with_context(|| format!("creating {}", data_path.display()))?;
+    let file =
+        File::create(&data_path).with_context(|| format!("creating {}", data_path.display()))?;
     let mut w = Weights {
         out: BufWriter::with_capacity(8 << 20, file),
         location: "model.onnx.data".into(),
@@ -170,40 +178,107 @@ pub fn write_decoder(dir: &Path, spec: &DecoderSpec, seed: u64, progress: &mut d
     };
     let two = f32_scalar(&mut consts, "const.two", 2.0);
     let eps = f32_scalar(&mut consts, "const.eps", 1e-6);
-    let inv_sqrt_d = f32_scalar(&mut consts, "const.inv_sqrt_head_dim", 1.0 / (head_dim as f32).sqrt());
-    let q_shape = int_const(&mut consts, "const.q_shape", &[1, -1, spec.heads as i64, head_dim]);
-    let kv_shape = int_const(&mut consts, "const.kv_shape", &[1, -1, spec.kv_heads as i64, 1, head_dim]);
+    let inv_sqrt_d = f32_scalar(
+        &mut consts,
+        "const.inv_sqrt_head_dim",
+        1.0 / (head_dim as f32).sqrt(),
+    );
+    let q_shape = int_const(
+        &mut consts,
+        "const.q_shape",
+        &[1, -1, spec.heads as i64, head_dim],
+    );
+    let kv_shape = int_const(
+        &mut consts,
+        "const.kv_shape",
+        &[1, -1, spec.kv_heads as i64, 1, head_dim],
+    );
     let kv_expand = int_const(&mut consts, "const.kv_expand", &[1, 1, 1, group, 1]);
-    let merged_heads = int_const(&mut consts, "const.merged_heads", &[1, -1, spec.heads as i64, head_dim]);
+    let merged_heads = int_const(
+        &mut consts,
+        "const.merged_heads",
+        &[1, -1, spec.heads as i64, head_dim],
+    );
     let flat = int_const(&mut consts, "const.flat", &[1, -1, h]);
 
     let embed = w.add("model.embed_tokens.weight", &[spec.vocab as i64, h], 0.02)?;
-    nodes.push(node("/model/embed_tokens/Gather", "Gather", &[&embed, "input_ids"], &["h.0"]));
+    nodes.push(node(
+        "/model/embed_tokens/Gather",
+        "Gather",
+        &[&embed, "input_ids"],
+        &["h.0"],
+    ));
     let mut hidden = "h.0".to_string();
 
-    let rms = |nodes: &mut Vec<NodeProto>, w: &mut Weights, scope: &str, x: &str| -> Result<String> {
-        let p = |s: &str| format!("{scope}/{s}");
-        let weight = w.add(&format!("{}.weight", scope.trim_start_matches('/').replace('/', ".")), &[h], 1.0)?;
-        nodes.push(node(&p("Pow"), "Pow", &[x, &two], &[&p("Pow_out")]));
-        let mut mean = node(&p("ReduceMean"), "ReduceMean", &[&p("Pow_out")], &[&p("ReduceMean_out")]);
-        mean.attribute = vec![attr_ints("axes", &[-1]), attr_int("keepdims", 1)];
-        nodes.push(mean);
-        nodes.push(node(&p("Add"), "Add", &[&p("ReduceMean_out"), &eps], &[&p("Add_out")]));
-        nodes.push(node(&p("Sqrt"), "Sqrt", &[&p("Add_out")], &[&p("Sqrt_out")]));
-        nodes.push(node(&p("Div"), "Div", &[x, &p("Sqrt_out")], &[&p("Div_out")]));
-        nodes.push(node(&p("Mul"), "Mul", &[&p("Div_out"), &weight], &[&p("Mul_out")]));
-        Ok(p("Mul_out"))
-    };
-    let linear = |nodes: &mut Vec<NodeProto>, w: &mut Weights, scope: &str, x: &str, din: i64, dout: i64, bias: bool| -> Result<String> {
+    let rms =
+        |nodes: &mut Vec<NodeProto>, w: &mut Weights, scope: &str, x: &str| -> Result<String> {
+            let p = |s: &str| format!("{scope}/{s}");
+            let weight = w.add(
+                &format!("{}.weight", scope.trim_start_matches('/').replace('/', ".")),
+                &[h],
+                1.0,
+            )?;
+            nodes.push(node(&p("Pow"), "Pow", &[x, &two], &[&p("Pow_out")]));
+            let mut mean = node(
+                &p("ReduceMean"),
+                "ReduceMean",
+                &[&p("Pow_out")],
+                &[&p("ReduceMean_out")],
+            );
+            mean.attribute = vec![attr_ints("axes", &[-1]), attr_int("keepdims", 1)];
+            nodes.push(mean);
+            nodes.push(node(
+                &p("Add"),
+                "Add",
+                &[&p("ReduceMean_out"), &eps],
+                &[&p("Add_out")],
+            ));
+            nodes.push(node(
+                &p("Sqrt"),
+                "Sqrt",
+                &[&p("Add_out")],
+                &[&p("Sqrt_out")],
+            ));
+            nodes.push(node(
+                &p("Div"),
+                "Div",
+                &[x, &p("Sqrt_out")],
+                &[&p("Div_out")],
+            ));
+            nodes.push(node(
+                &p("Mul"),
+                "Mul",
+                &[&p("Div_out"), &weight],
+                &[&p("Mul_out")],
+            ));
+            Ok(p("Mul_out"))
+        };
+    let linear = |nodes: &mut Vec<NodeProto>,
+                  w: &mut Weights,
+                  scope: &str,
+                  x: &str,
+                  din: i64,
+                  dout: i64,
+                  bias: bool|
+     -> Result<String> {
         let weight = w.anonymous("MatMul", &[din, dout], 1.0 / (din as f32).sqrt())?;
         let mm = format!("{scope}/MatMul");
         nodes.push(node(&mm, "MatMul", &[x, &weight], &[&format!("{mm}_out")]));
         if !bias {
             return Ok(format!("{mm}_out"));
         }
-        let b = w.add(&format!("{}.bias", scope.trim_start_matches('/').replace('/', ".")), &[dout], 0.02)?;
+        let b = w.add(
+            &format!("{}.bias", scope.trim_start_matches('/').replace('/', ".")),
+            &[dout],
+            0.02,
+        )?;
         let add = format!("{scope}/Add");
-        nodes.push(node(&add, "Add", &[&b, &format!("{mm}_out")], &[&format!("{add}_out")]));
+        nodes.push(node(
+            &add,
+            "Add",
+            &[&b, &format!("{mm}_out")],
+            &[&format!("{add}_out")],
+        ));
         Ok(format!("{add}_out"))
     };
 
@@ -211,49 +286,197 @@ pub fn write_decoder(dir: &Path, spec: &DecoderSpec, seed: u64, progress: &mut d
         let s = format!("/model/layers.{layer}");
         let p = |x: &str| format!("{s}/{x}");
         let normed = rms(&mut nodes, &mut w, &p("input_layernorm"), &hidden)?;
-        let q = linear(&mut nodes, &mut w, &p("self_attn/q_proj"), &normed, h, h, true)?;
-        let k = linear(&mut nodes, &mut w, &p("self_attn/k_proj"), &normed, h, kv, true)?;
-        let v = linear(&mut nodes, &mut w, &p("self_attn/v_proj"), &normed, h, kv, true)?;
+        let q = linear(
+            &mut nodes,
+            &mut w,
+            &p("self_attn/q_proj"),
+            &normed,
+            h,
+            h,
+            true,
+        )?;
+        let k = linear(
+            &mut nodes,
+            &mut w,
+            &p("self_attn/k_proj"),
+            &normed,
+            h,
+            kv,
+            true,
+        )?;
+        let v = linear(
+            &mut nodes,
+            &mut w,
+            &p("self_attn/v_proj"),
+            &normed,
+            h,
+            kv,
+            true,
+        )?;
         let a = |x: &str| format!("{s}/self_attn/{x}");
         // q: [1,T,H] → [1,heads,T,d]; k, v: [1,T,kv] → repeated to [1,heads,T,d].
-        nodes.push(node(&a("q_reshape"), "Reshape", &[&q, &q_shape], &[&a("q4")]));
+        nodes.push(node(
+            &a("q_reshape"),
+            "Reshape",
+            &[&q, &q_shape],
+            &[&a("q4")],
+        ));
         let mut tq = node(&a("q_transpose"), "Transpose", &[&a("q4")], &[&a("qh")]);
         tq.attribute = vec![attr_ints("perm", &[0, 2, 1, 3])];
         nodes.push(tq);
         for (name, src) in [("k", &k), ("v", &v)] {
-            nodes.push(node(&a(&format!("{name}_reshape")), "Reshape", &[src, &kv_shape], &[&a(&format!("{name}5"))]));
-            nodes.push(node(&a(&format!("{name}_expand")), "Expand", &[&a(&format!("{name}5")), &kv_expand], &[&a(&format!("{name}x"))]));
-            nodes.push(node(&a(&format!("{name}_merge")), "Reshape", &[&a(&format!("{name}x")), &merged_heads], &[&a(&format!("{name}4"))]));
-            let mut t = node(&a(&format!("{name}_transpose")), "Transpose", &[&a(&format!("{name}4"))], &[&a(&format!("{name}h"))]);
-            t.attribute = vec![attr_ints("perm", if name == "k" { &[0, 2, 3, 1] } else { &[0, 2, 1, 3] })];
+            nodes.push(node(
+                &a(&format!("{name}_reshape")),
+                "Reshape",
+                &[src, &kv_shape],
+                &[&a(&format!("{name}5"))],
+            ));
+            nodes.push(node(
+                &a(&format!("{name}_expand")),
+                "Expand",
+                &[&a(&format!("{name}5")), &kv_expand],
+                &[&a(&format!("{name}x"))],
+            ));
+            nodes.push(node(
+                &a(&format!("{name}_merge")),
+                "Reshape",
+                &[&a(&format!("{name}x")), &merged_heads],
+                &[&a(&format!("{name}4"))],
+            ));
+            let mut t = node(
+                &a(&format!("{name}_transpose")),
+                "Transpose",
+                &[&a(&format!("{name}4"))],
+                &[&a(&format!("{name}h"))],
+            );
+            t.attribute = vec![attr_ints(
+                "perm",
+                if name == "k" {
+                    &[0, 2, 3, 1]
+                } else {
+                    &[0, 2, 1, 3]
+                },
+            )];
             nodes.push(t);
         }
-        nodes.push(node(&a("scores"), "MatMul", &[&a("qh"), &a("kh")], &[&a("scores_out")]));
-        nodes.push(node(&a("scale"), "Mul", &[&a("scores_out"), &inv_sqrt_d], &[&a("scaled")]));
+        nodes.push(node(
+            &a("scores"),
+            "MatMul",
+            &[&a("qh"), &a("kh")],
+            &[&a("scores_out")],
+        ));
+        nodes.push(node(
+            &a("scale"),
+            "Mul",
+            &[&a("scores_out"), &inv_sqrt_d],
+            &[&a("scaled")],
+        ));
         let mut sm = node(&a("Softmax"), "Softmax", &[&a("scaled")], &[&a("probs")]);
         sm.attribute = vec![attr_int("axis", -1)];
         nodes.push(sm);
-        nodes.push(node(&a("context"), "MatMul", &[&a("probs"), &a("vh")], &[&a("ctx")]));
-        let mut tc = node(&a("ctx_transpose"), "Transpose", &[&a("ctx")], &[&a("ctx_t")]);
+        nodes.push(node(
+            &a("context"),
+            "MatMul",
+            &[&a("probs"), &a("vh")],
+            &[&a("ctx")],
+        ));
+        let mut tc = node(
+            &a("ctx_transpose"),
+            "Transpose",
+            &[&a("ctx")],
+            &[&a("ctx_t")],
+        );
         tc.attribute = vec![attr_ints("perm", &[0, 2, 1, 3])];
         nodes.push(tc);
-        nodes.push(node(&a("ctx_flat"), "Reshape", &[&a("ctx_t"), &flat], &[&a("ctx_f")]));
-        let o = linear(&mut nodes, &mut w, &p("self_attn/o_proj"), &a("ctx_f"), h, h, false)?;
-        nodes.push(node(&p("attn_residual"), "Add", &[&hidden, &o], &[&p("attn_res")]));
-        let normed2 = rms(&mut nodes, &mut w, &p("post_attention_layernorm"), &p("attn_res"))?;
-        let gate = linear(&mut nodes, &mut w, &p("mlp/gate_proj"), &normed2, h, i_dim, false)?;
-        let up = linear(&mut nodes, &mut w, &p("mlp/up_proj"), &normed2, h, i_dim, false)?;
-        nodes.push(node(&p("mlp/act_fn/Sigmoid"), "Sigmoid", &[&gate], &[&p("mlp/sig")]));
-        nodes.push(node(&p("mlp/act_fn/Mul"), "Mul", &[&gate, &p("mlp/sig")], &[&p("mlp/silu")]));
-        nodes.push(node(&p("mlp/Mul"), "Mul", &[&p("mlp/silu"), &up], &[&p("mlp/gated")]));
-        let down = linear(&mut nodes, &mut w, &p("mlp/down_proj"), &p("mlp/gated"), i_dim, h, false)?;
-        nodes.push(node(&p("mlp_residual"), "Add", &[&p("attn_res"), &down], &[&p("out")]));
+        nodes.push(node(
+            &a("ctx_flat"),
+            "Reshape",
+            &[&a("ctx_t"), &flat],
+            &[&a("ctx_f")],
+        ));
+        let o = linear(
+            &mut nodes,
+            &mut w,
+            &p("self_attn/o_proj"),
+            &a("ctx_f"),
+            h,
+            h,
+            false,
+        )?;
+        nodes.push(node(
+            &p("attn_residual"),
+            "Add",
+            &[&hidden, &o],
+            &[&p("attn_res")],
+        ));
+        let normed2 = rms(
+            &mut nodes,
+            &mut w,
+            &p("post_attention_layernorm"),
+            &p("attn_res"),
+        )?;
+        let gate = linear(
+            &mut nodes,
+            &mut w,
+            &p("mlp/gate_proj"),
+            &normed2,
+            h,
+            i_dim,
+            false,
+        )?;
+        let up = linear(
+            &mut nodes,
+            &mut w,
+            &p("mlp/up_proj"),
+            &normed2,
+            h,
+            i_dim,
+            false,
+        )?;
+        nodes.push(node(
+            &p("mlp/act_fn/Sigmoid"),
+            "Sigmoid",
+            &[&gate],
+            &[&p("mlp/sig")],
+        ));
+        nodes.push(node(
+            &p("mlp/act_fn/Mul"),
+            "Mul",
+            &[&gate, &p("mlp/sig")],
+            &[&p("mlp/silu")],
+        ));
+        nodes.push(node(
+            &p("mlp/Mul"),
+            "Mul",
+            &[&p("mlp/silu"), &up],
+            &[&p("mlp/gated")],
+        ));
+        let down = linear(
+            &mut nodes,
+            &mut w,
+            &p("mlp/down_proj"),
+            &p("mlp/gated"),
+            i_dim,
+            h,
+            false,
+        )?;
+        nodes.push(node(
+            &p("mlp_residual"),
+            "Add",
+            &[&p("attn_res"), &down],
+            &[&p("out")],
+        ));
         hidden = p("out");
         progress(layer + 1);
     }
     let normed = rms(&mut nodes, &mut w, "/model/norm", &hidden)?;
     let score = w.anonymous("MatMul", &[h, spec.labels as i64], 1.0 / (h as f32).sqrt())?;
-    nodes.push(node("/score/MatMul", "MatMul", &[&normed, &score], &["logits"]));
+    nodes.push(node(
+        "/score/MatMul",
+        "MatMul",
+        &[&normed, &score],
+        &["logits"],
+    ));
     w.out.flush().context("writing model.onnx.data")?;
     w.out
         .into_inner()
@@ -267,20 +490,35 @@ pub fn write_decoder(dir: &Path, spec: &DecoderSpec, seed: u64, progress: &mut d
         name: Some("synthetic_decoder".into()),
         node: nodes,
         initializer: initializers,
-        input: vec![value_info("input_ids", INT64, &[Some(1), Some(spec.seq_len as i64)])],
-        output: vec![value_info("logits", FLOAT, &[Some(1), Some(spec.seq_len as i64), Some(spec.labels as i64)])],
+        input: vec![value_info(
+            "input_ids",
+            INT64,
+            &[Some(1), Some(spec.seq_len as i64)],
+        )],
+        output: vec![value_info(
+            "logits",
+            FLOAT,
+            &[Some(1), Some(spec.seq_len as i64), Some(spec.labels as i64)],
+        )],
         ..Default::default()
     };
     let path = dir.join("model.onnx");
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(&model(graph, 17).encode_to_vec())?;
-    tmp.persist(&path).with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
 
 /// Writes a PEFT LoRA adapter on every layer's `gate_proj` of `spec`,
 /// as `save_pretrained` lays it out.
-pub fn write_gate_proj_adapter(dir: &Path, spec: &DecoderSpec, rank: usize, alpha: f64, seed: u64) -> Result<()> {
+pub fn write_gate_proj_adapter(
+    dir: &Path,
+    spec: &DecoderSpec,
+    rank: usize,
+    alpha: f64,
+    seed: u64,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let config = serde_json::json!({
         "peft_type": "LORA",
@@ -297,7 +535,10 @@ pub fn write_gate_proj_adapter(dir: &Path, spec: &DecoderSpec, rank: usize, alph
         "modules_to_save": null,
         "task_type": "SEQ_CLS",
     });
-    std::fs::write(dir.join("adapter_config.json"), serde_json::to_vec_pretty(&config)?)?;
+    std::fs::write(
+        dir.join("adapter_config.json"),
+        serde_json::to_vec_pretty(&config)?,
+    )?;
     let mut rng = Rng(seed);
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for layer in 0..spec.layers {
@@ -305,9 +546,15 @@ pub fn write_gate_proj_adapter(dir: &Path, spec: &DecoderSpec, rank: usize, alph
         let a: Vec<u8> = (0..rank * spec.hidden)
             .flat_map(|_| rng.uniform(1.0 / (spec.hidden as f32).sqrt()).to_le_bytes())
             .collect();
-        let b: Vec<u8> = (0..spec.intermediate * rank).flat_map(|_| rng.uniform(0.01).to_le_bytes()).collect();
+        let b: Vec<u8> = (0..spec.intermediate * rank)
+            .flat_map(|_| rng.uniform(0.01).to_le_bytes())
+            .collect();
         tensors.push((format!("{key}.lora_A.weight"), vec![rank, spec.hidden], a));
-        tensors.push((format!("{key}.lora_B.weight"), vec![spec.intermediate, rank], b));
+        tensors.push((
+            format!("{key}.lora_B.weight"),
+            vec![spec.intermediate, rank],
+            b,
+        ));
     }
     write_safetensors(&dir.join("adapter_model.safetensors"), &tensors)
 }
@@ -328,7 +575,8 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)])
     while text.len() % 8 != 0 {
         text.push(b' ');
     }
-    let mut out = BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
+    let mut out =
+        BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
     out.write_all(&(text.len() as u64).to_le_bytes())?;
     out.write_all(&text)?;
     for (_, _, bytes) in tensors {

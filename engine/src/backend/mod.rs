@@ -21,11 +21,17 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn f32(shape: Vec<usize>, values: Vec<f32>) -> Self {
-        Tensor { shape, data: TensorData::F32(values) }
+        Tensor {
+            shape,
+            data: TensorData::F32(values),
+        }
     }
 
     pub fn i64(shape: Vec<usize>, values: Vec<i64>) -> Self {
-        Tensor { shape, data: TensorData::I64(values) }
+        Tensor {
+            shape,
+            data: TensorData::I64(values),
+        }
     }
 
     /// The values as `f32`, if that is the element type.
@@ -43,7 +49,11 @@ pub enum BackendError {
     #[error("{}: cannot load model: {message}", path.display())]
     Load { path: PathBuf, message: String },
     #[error("{model}: input {index}: {message}")]
-    Input { model: String, index: usize, message: String },
+    Input {
+        model: String,
+        index: usize,
+        message: String,
+    },
     #[error("{model}: inference failed: {message}")]
     Run { model: String, message: String },
 }

@@ -102,7 +102,12 @@ impl<'a> MergePlan<'a> {
             .modules
             .iter()
             .map(|(m, l)| (m.clone(), Change::Lora(l.clone())))
-            .chain(adapter.replacements.iter().map(|(m, r)| (m.clone(), Change::Replace(r.clone()))));
+            .chain(
+                adapter
+                    .replacements
+                    .iter()
+                    .map(|(m, r)| (m.clone(), Change::Replace(r.clone()))),
+            );
         for (module, change) in changes {
             match index.resolve(&module) {
                 Resolution::Found(i) => {
@@ -135,7 +140,10 @@ impl<'a> MergePlan<'a> {
                 return Err(Error::field(
                     model.path(),
                     format!("node `{}`", job.site.node_name),
-                    format!("is matched by two adapter modules, `{other}` and `{}`", job.module),
+                    format!(
+                        "is matched by two adapter modules, `{other}` and `{}`",
+                        job.module
+                    ),
                 ));
             }
         }
@@ -166,7 +174,13 @@ impl<'a> MergePlan<'a> {
             .initializer
             .iter()
             .find(|t| t.name() == name)
-            .ok_or_else(|| Error::field(self.model.path(), format!("initializer `{name}`"), "is not in the graph"))
+            .ok_or_else(|| {
+                Error::field(
+                    self.model.path(),
+                    format!("initializer `{name}`"),
+                    "is not in the graph",
+                )
+            })
     }
 
     /// Orders the work by where each weight sits in its side file, so the
@@ -194,15 +208,20 @@ impl<'a> MergePlan<'a> {
                 Change::Lora(l) => (
                     l.out_features as i64,
                     l.in_features as i64,
-                    format!("lora_A is [{}, {}] and lora_B is [{}, {}]", l.rank, l.in_features, l.out_features, l.rank),
+                    format!(
+                        "lora_A is [{}, {}] and lora_B is [{}, {}]",
+                        l.rank, l.in_features, l.out_features, l.rank
+                    ),
                 ),
                 Change::Replace(r) => match &r.weight {
-                    Some((shape, _)) if shape.len() == 2 => {
-                        (shape[0] as i64, shape[1] as i64, format!("the saved weight is {shape:?}"))
-                    }
+                    Some((shape, _)) if shape.len() == 2 => (
+                        shape[0] as i64,
+                        shape[1] as i64,
+                        format!("the saved weight is {shape:?}"),
+                    ),
                     Some((shape, _)) => {
                         return Err(Error::field(
-                            &self.model.path(),
+                            self.model.path(),
                             format!("modules_to_save `{}`", job.module),
                             format!("weight has shape {shape:?}; expected a 2-D [out, in] weight"),
                         ));
@@ -212,7 +231,7 @@ impl<'a> MergePlan<'a> {
             };
             if (out, inp) != (want_out, want_in) {
                 return Err(Error::field(
-                    &self.model.path(),
+                    self.model.path(),
                     format!("adapter module `{}`", job.module),
                     format!(
                         "{what} (out={want_out}, in={want_in}), but weight `{}` of node `{}` has dims {:?}, \
@@ -227,9 +246,12 @@ impl<'a> MergePlan<'a> {
             };
             if needs_bias && job.site.bias.is_none() {
                 return Err(Error::field(
-                    &self.model.path(),
+                    self.model.path(),
                     format!("adapter module `{}`", job.module),
-                    format!("carries a bias but node `{}` has no bias initializer to merge it into", job.site.node_name),
+                    format!(
+                        "carries a bias but node `{}` has no bias initializer to merge it into",
+                        job.site.node_name
+                    ),
                 ));
             }
         }
@@ -245,7 +267,11 @@ impl<'a> MergePlan<'a> {
         for job in &mut self.jobs {
             let rename = |name: &str, what: &str, graph: &mut GraphProto| -> String {
                 let new = unique_name(graph, &format!("{name}.{}.{what}", job.module));
-                let original = graph.initializer.iter().find(|t| t.name() == name).expect("indexed");
+                let original = graph
+                    .initializer
+                    .iter()
+                    .find(|t| t.name() == name)
+                    .expect("indexed");
                 graph.initializer.push(empty_like(original, &new));
                 new
             };
@@ -256,25 +282,15 @@ impl<'a> MergePlan<'a> {
                 job.target_weight = new;
                 job.copied = true;
             }
-            if let Some(bias) = job.site.bias.clone() {
-                if uses.get(&bias).copied().unwrap_or(0) > 1 {
+            if let Some(bias) = job.site.bias.clone()
+                && uses.get(&bias).copied().unwrap_or(0) > 1
+            {
+                {
                     let new = rename(&bias, "bias", graph);
-                    // The node adding this layer's bias: the Gemm itself, or the Add
-                    // reading the MatMul's output (not another layer's Add that
-                    // reads the same shared bias).
-                    let linear = linear_node(graph, job.site.reader);
-                    let linear_out = graph.node[linear].output.first().cloned().unwrap_or_default();
-                    let node = graph
-                        .node
-                        .iter_mut()
-                        .enumerate()
-                        .find(|(i, n)| {
-                            n.input.contains(&bias)
-                                && (*i == linear || (n.op_type() == "Add" && n.input.contains(&linear_out)))
-                        })
-                        .map(|(_, n)| n);
-                    if let Some(node) = node {
-                        replace_input(node, &bias, &new);
+                    // Rewire only this layer's reader (the Gemm, or the Add
+                    // after the MatMul), not another layer's that shares it.
+                    if let Some(reader) = job.site.bias_reader {
+                        replace_input(&mut graph.node[reader], &bias, &new);
                         *uses.get_mut(&bias).expect("counted") -= 1;
                         job.target_bias = Some(new);
                     }
@@ -301,14 +317,34 @@ impl<'a> MergePlan<'a> {
         let mut updates = Vec::new();
         let (kind, rank, alpha, scale, relative_change) = match &job.change {
             Change::Lora(lora) => {
-                let rel = apply_lora(&mut w, job.site.layout, out, inp, lora);
-                let kind = if lora.magnitude.is_some() { "dora" } else { "lora" };
-                (kind, Some(lora.rank), Some(lora.alpha), Some(lora.scale), rel)
+                let rel = if job.site.alpha == 1.0 {
+                    apply_lora(&mut w, job.site.layout, out, inp, lora)
+                } else {
+                    // Gemm's alpha scales the stored weight: merge the effective
+                    // weight alpha·W, then store it divided by alpha again.
+                    w.iter_mut().for_each(|v| *v *= job.site.alpha);
+                    let rel = apply_lora(&mut w, job.site.layout, out, inp, lora);
+                    w.iter_mut().for_each(|v| *v /= job.site.alpha);
+                    rel
+                };
+                let kind = if lora.magnitude.is_some() {
+                    "dora"
+                } else {
+                    "lora"
+                };
+                (
+                    kind,
+                    Some(lora.rank),
+                    Some(lora.alpha),
+                    Some(lora.scale),
+                    rel,
+                )
             }
             Change::Replace(rep) => {
                 let before = w.clone();
                 if let Some((_, values)) = &rep.weight {
                     w = to_layout(values, out, inp, job.site.layout);
+                    w.iter_mut().for_each(|v| *v /= job.site.alpha);
                 }
                 ("replace", None, None, None, relative_diff(&before, &w))
             }
@@ -328,13 +364,24 @@ impl<'a> MergePlan<'a> {
                 return Err(Error::field(
                     self.model.path(),
                     format!("bias `{bias_name}`"),
-                    format!("has {} values but the adapter's bias for `{}` has {}", bias.len(), job.module, delta.len()),
+                    format!(
+                        "has {} values but the adapter's bias for `{}` has {}",
+                        bias.len(),
+                        job.module,
+                        delta.len()
+                    ),
                 ));
             }
+            // Gemm adds beta·b: store the module's bias divided by beta.
+            let beta = job.site.beta as f64;
             if scale.is_nan() {
-                bias.copy_from_slice(delta);
+                bias.iter_mut()
+                    .zip(delta)
+                    .for_each(|(b, d)| *b = (*d as f64 / beta) as f32);
             } else {
-                bias.iter_mut().zip(delta).for_each(|(b, d)| *b += (scale * *d as f64) as f32);
+                bias.iter_mut()
+                    .zip(delta)
+                    .for_each(|(b, d)| *b += (scale * *d as f64 / beta) as f32);
             }
             updates.push(TensorUpdate {
                 name: job.target_bias.clone().unwrap_or_else(|| bias_name.clone()),
@@ -386,7 +433,9 @@ pub fn merge_to_file(
 ) -> Result<MergeReport> {
     let plan = MergePlan::new(model, adapter)?;
     let mut proto = plan.proto.clone();
-    proto.metadata_props.retain(|p| p.key() != "emogate.merged_adapter");
+    proto
+        .metadata_props
+        .retain(|p| p.key() != "emogate.merged_adapter");
     proto.metadata_props.push(StringStringEntryProto {
         key: Some("emogate.merged_adapter".into()),
         value: Some(
@@ -400,7 +449,9 @@ pub fn merge_to_file(
     });
     let total = plan.len();
     let threads = options.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     });
     let threads = threads.clamp(1, total.max(1));
     let jobs = &plan.jobs;
@@ -468,7 +519,10 @@ pub fn merge_to_file(
 
 /// `(out, in)` of a stored 2-D weight.
 fn logical_dims(dims: &[i64], layout: Layout) -> (i64, i64) {
-    let (d0, d1) = (dims.first().copied().unwrap_or(0), dims.get(1).copied().unwrap_or(0));
+    let (d0, d1) = (
+        dims.first().copied().unwrap_or(0),
+        dims.get(1).copied().unwrap_or(0),
+    );
     match layout {
         Layout::InOut => (d1, d0),
         Layout::OutIn => (d0, d1),
@@ -490,7 +544,8 @@ fn apply_lora(w: &mut [f32], layout: Layout, out: usize, inp: usize, lora: &Lora
         Layout::InOut => (inp, out),
     };
     // `coef(row, k)` multiplies row `k` of `basis`, a [r, cols] matrix.
-    let (basis, coef): (Vec<f32>, Box<dyn Fn(usize, usize) -> f32>) = match layout {
+    type Coef<'a> = Box<dyn Fn(usize, usize) -> f32 + 'a>;
+    let (basis, coef): (Vec<f32>, Coef) = match layout {
         Layout::OutIn => (lora.a.clone(), Box::new(|o, k| scale * lora.b[o * r + k])),
         Layout::InOut => {
             let mut bt = vec![0f32; r * out];
@@ -509,7 +564,10 @@ fn apply_lora(w: &mut [f32], layout: Layout, out: usize, inp: usize, lora: &Lora
     // Per-lane Σ ΔW² for the current row (vectorizes; summed in f64 per row).
     let mut squares = [0f32; LANES];
     for row_index in 0..rows {
-        coefs.iter_mut().enumerate().for_each(|(k, c)| *c = coef(row_index, k));
+        coefs
+            .iter_mut()
+            .enumerate()
+            .for_each(|(k, c)| *c = coef(row_index, k));
         let row = &mut w[row_index * cols..(row_index + 1) * cols];
         let mut start = 0;
         while start < cols {
@@ -517,7 +575,10 @@ fn apply_lora(w: &mut [f32], layout: Layout, out: usize, inp: usize, lora: &Lora
             let mut acc = [0f32; LANES];
             for (k, c) in coefs.iter().enumerate() {
                 let b = &basis[k * cols + start..k * cols + start + width];
-                acc[..width].iter_mut().zip(b).for_each(|(a, b)| *a += c * b);
+                acc[..width]
+                    .iter_mut()
+                    .zip(b)
+                    .for_each(|(a, b)| *a += c * b);
             }
             row[start..start + width]
                 .iter_mut()
@@ -535,13 +596,21 @@ fn apply_lora(w: &mut [f32], layout: Layout, out: usize, inp: usize, lora: &Lora
         for (idx, v) in w.iter().enumerate() {
             norms[row_of(idx, layout, out, inp)] += (*v as f64).powi(2);
         }
-        let factors: Vec<f64> = norms.iter().zip(m).map(|(n, m)| *m as f64 / n.sqrt()).collect();
+        let factors: Vec<f64> = norms
+            .iter()
+            .zip(m)
+            .map(|(n, m)| *m as f64 / n.sqrt())
+            .collect();
         for (idx, v) in w.iter_mut().enumerate() {
             *v = (*v as f64 * factors[row_of(idx, layout, out, inp)]) as f32;
         }
         return relative_diff(&original, w);
     }
-    if before_norm == 0.0 { 0.0 } else { delta_sq.sqrt() / before_norm }
+    if before_norm == 0.0 {
+        0.0
+    } else {
+        delta_sq.sqrt() / before_norm
+    }
 }
 
 /// Σ v² of a short slice, in eight independent lanes so it vectorizes
@@ -586,7 +655,11 @@ fn relative_diff(before: &[f32], after: &[f32]) -> f64 {
         num += (*a as f64 - *b as f64).powi(2);
         den += (*b as f64).powi(2);
     }
-    if den == 0.0 { num.sqrt() } else { (num / den).sqrt() }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
 }
 
 /// How many times each value name is read: by nodes of the graph and of
@@ -613,21 +686,6 @@ fn count_uses(graph: &GraphProto) -> HashMap<String, usize> {
     uses
 }
 
-/// The MatMul/Gemm a site's `reader` feeds: the reader itself, or the
-/// consumer of its output when the reader is the weight's Transpose.
-fn linear_node(graph: &GraphProto, reader: usize) -> usize {
-    let node = &graph.node[reader];
-    if node.op_type() != "Transpose" {
-        return reader;
-    }
-    let out = node.output.first();
-    graph
-        .node
-        .iter()
-        .position(|n| matches!(n.op_type(), "MatMul" | "Gemm") && out.is_some_and(|o| n.input.get(1) == Some(o)))
-        .unwrap_or(reader)
-}
-
 fn replace_input(node: &mut crate::onnx::proto::NodeProto, from: &str, to: &str) {
     for input in node.input.iter_mut().filter(|i| *i == from) {
         *input = to.to_string();
@@ -635,7 +693,10 @@ fn replace_input(node: &mut crate::onnx::proto::NodeProto, from: &str, to: &str)
 }
 
 fn unique_name(graph: &GraphProto, base: &str) -> String {
-    let taken = |n: &str| graph.initializer.iter().any(|t| t.name() == n) || graph.node.iter().any(|x| x.output.iter().any(|o| o == n));
+    let taken = |n: &str| {
+        graph.initializer.iter().any(|t| t.name() == n)
+            || graph.node.iter().any(|x| x.output.iter().any(|o| o == n))
+    };
     let mut name = base.to_string();
     let mut i = 1;
     while taken(&name) {

@@ -37,6 +37,8 @@ pub struct LinearSite {
     /// Index in `graph.node` of the node that reads the initializer
     /// (the `Transpose` when the weight passes through one).
     pub reader: usize,
+    /// Index in `graph.node` of the `MatMul`/`Gemm` itself.
+    pub linear: usize,
     /// Name of the `MatMul`/`Gemm` node.
     pub node_name: String,
     pub op: String,
@@ -44,6 +46,12 @@ pub struct LinearSite {
     pub layout: Layout,
     /// The bias initializer: `Gemm`'s third input, or the `Add` right after a `MatMul`.
     pub bias: Option<String>,
+    /// Index in `graph.node` of the node that reads the bias.
+    pub bias_reader: Option<usize>,
+    /// `Gemm` computes `alpha·x·W + beta·b`: the stored weight and bias are
+    /// the module's divided by these (1 for `MatMul`).
+    pub alpha: f32,
+    pub beta: f32,
     /// Module paths this layer is known by.
     pub paths: BTreeSet<String>,
 }
@@ -78,12 +86,16 @@ impl LinearIndex {
             if op != "MatMul" && op != "Gemm" {
                 continue;
             }
-            let Some(w_input) = node.input.get(1) else { continue };
+            let Some(w_input) = node.input.get(1) else {
+                continue;
+            };
             let (weight, reader, mut layout, via) = if inits.contains_key(w_input.as_str()) {
                 (w_input.clone(), i, Layout::InOut, None)
             } else if let Some(t) = producer_transpose(graph, w_input, &inits) {
                 // MatMul(x, Transpose(W)) with W stored [out, in] (unfolded exports).
-                let only_reader = consumers.get(w_input.as_str()).is_some_and(|c| c.len() == 1);
+                let only_reader = consumers
+                    .get(w_input.as_str())
+                    .is_some_and(|c| c.len() == 1);
                 if !only_reader {
                     continue;
                 }
@@ -102,16 +114,37 @@ impl LinearIndex {
                     // x is transposed, W still multiplies from the right: layout unchanged.
                 }
             }
-            let bias = if op == "Gemm" {
-                node.input.get(2).filter(|b| !b.is_empty() && inits.contains_key(b.as_str())).cloned()
+            let (bias, bias_reader) = if op == "Gemm" {
+                let b = node
+                    .input
+                    .get(2)
+                    .filter(|b| !b.is_empty() && inits.contains_key(b.as_str()))
+                    .cloned();
+                let reader = b.as_ref().map(|_| i);
+                (b, reader)
             } else {
-                add_bias(graph, node, &consumers, &inits)
+                match add_bias(graph, node, &consumers, &inits) {
+                    Some((b, add)) => (Some(b), Some(add)),
+                    None => (None, None),
+                }
             };
             // The dynamo exporter may put the module's scope on the bias `Add`
             // rather than on the MatMul, so the Add names the layer too.
-            let bias_add = (op == "MatMul" && bias.is_some())
-                .then(|| node.output.first().and_then(|o| consumers.get(o.as_str())).and_then(|c| c.first().copied()))
-                .flatten();
+            let bias_add = if op == "MatMul" { bias_reader } else { None };
+            let float_attr = |name: &str| {
+                node.attribute
+                    .iter()
+                    .find(|a| a.name() == name)
+                    .and_then(|a| a.f)
+            };
+            let (alpha, beta) = if op == "Gemm" {
+                (
+                    float_attr("alpha").unwrap_or(1.0),
+                    float_attr("beta").unwrap_or(1.0),
+                )
+            } else {
+                (1.0, 1.0)
+            };
             let mut paths = BTreeSet::new();
             for n in std::iter::once(node)
                 .chain(via.map(|t| &graph.node[t]))
@@ -124,12 +157,20 @@ impl LinearIndex {
                 paths.extend(path_from_parameter_name(t.name()));
                 for e in &t.metadata_props {
                     if e.key() == "pkg.onnxscript.optimizer.folded_from" {
-                        paths.extend(parse_name_list(e.value()).iter().filter_map(|n| path_from_parameter_name(n)));
+                        paths.extend(
+                            parse_name_list(e.value())
+                                .iter()
+                                .filter_map(|n| path_from_parameter_name(n)),
+                        );
                     }
                 }
             }
             sites.push(LinearSite {
                 reader,
+                linear: i,
+                bias_reader,
+                alpha,
+                beta,
                 node_name: node.name().to_string(),
                 op: op.to_string(),
                 weight,
@@ -173,7 +214,12 @@ impl LinearIndex {
     /// A human-readable name for a site, for messages and reports.
     pub fn describe(&self, site: usize) -> String {
         let s = &self.sites[site];
-        let path = s.paths.iter().max_by_key(|p| p.len()).cloned().unwrap_or_default();
+        let path = s
+            .paths
+            .iter()
+            .max_by_key(|p| p.len())
+            .cloned()
+            .unwrap_or_default();
         format!("{} (node `{}`, weight `{}`)", path, s.node_name, s.weight)
     }
 }
@@ -186,15 +232,24 @@ fn flip(layout: Layout) -> Layout {
 }
 
 fn int_attr(node: &NodeProto, name: &str) -> Option<i64> {
-    node.attribute.iter().find(|a| a.name() == name).map(|a| a.i())
+    node.attribute
+        .iter()
+        .find(|a| a.name() == name)
+        .map(|a| a.i())
 }
 
 /// The index of a `Transpose(perm=[1,0])` node of an initializer producing `value`.
-fn producer_transpose(graph: &GraphProto, value: &str, inits: &HashMap<&str, &TensorProto>) -> Option<usize> {
+fn producer_transpose(
+    graph: &GraphProto,
+    value: &str,
+    inits: &HashMap<&str, &TensorProto>,
+) -> Option<usize> {
     graph.node.iter().position(|n| {
         n.op_type() == "Transpose"
             && n.output.first().is_some_and(|o| o == value)
-            && n.input.first().is_some_and(|i| inits.contains_key(i.as_str()))
+            && n.input
+                .first()
+                .is_some_and(|i| inits.contains_key(i.as_str()))
             && n.attribute
                 .iter()
                 .find(|a| a.name() == "perm")
@@ -203,13 +258,13 @@ fn producer_transpose(graph: &GraphProto, value: &str, inits: &HashMap<&str, &Te
 }
 
 /// The bias of `MatMul → Add(bias)`, when the `Add` is the MatMul's only
-/// consumer and its other input is a 1-D initializer.
+/// consumer and its other input is a 1-D initializer; with the Add's index.
 fn add_bias(
     graph: &GraphProto,
     matmul: &NodeProto,
     consumers: &HashMap<&str, Vec<usize>>,
     inits: &HashMap<&str, &TensorProto>,
-) -> Option<String> {
+) -> Option<(String, usize)> {
     let out = matmul.output.first()?;
     let [only] = consumers.get(out.as_str())?.as_slice() else {
         return None;
@@ -221,13 +276,16 @@ fn add_bias(
     add.input
         .iter()
         .find(|i| *i != out && inits.get(i.as_str()).is_some_and(|t| t.dims.len() == 1))
-        .cloned()
+        .map(|b| (b.clone(), *only))
 }
 
 /// `['', 'm', 'm.model', …, 'm.model.layers.0.mlp.gate_proj', 'linear_4']`:
 /// the module is the end of the chain where each scope extends the one before.
 fn path_from_name_scopes(props: &[StringStringEntryProto]) -> Option<String> {
-    let value = props.iter().find(|p| p.key() == "pkg.torch.onnx.name_scopes")?.value();
+    let value = props
+        .iter()
+        .find(|p| p.key() == "pkg.torch.onnx.name_scopes")?
+        .value();
     let scopes = parse_name_list(value);
     let mut current = String::new();
     for scope in scopes {
@@ -254,7 +312,8 @@ fn path_from_node_name(name: &str) -> Option<String> {
 /// `model.layers.0.mlp.gate_proj.weight` → `model.layers.0.mlp.gate_proj`.
 fn path_from_parameter_name(name: &str) -> Option<String> {
     let module = name.strip_suffix(".weight")?;
-    (!module.is_empty() && !module.contains('/') && !module.contains("::")).then(|| module.to_string())
+    (!module.is_empty() && !module.contains('/') && !module.contains("::"))
+        .then(|| module.to_string())
 }
 
 /// Parses a Python-style list of strings (`['a', "b"]`) or a bare name.
@@ -271,14 +330,21 @@ fn parse_name_list(value: &str) -> Vec<String> {
 }
 
 fn common_suffix(a: &[&str], b: &[&str]) -> usize {
-    a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x == y).count()
+    a.iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count()
 }
 
 /// How many trailing components of `module` a match must share: from the
 /// container of its last numeric index (`layers.5…`) to the end, or the last
 /// component when it has no index.
 fn required_suffix(module: &[&str]) -> usize {
-    match module.iter().rposition(|c| c.chars().all(|ch| ch.is_ascii_digit())) {
+    match module
+        .iter()
+        .rposition(|c| c.chars().all(|ch| ch.is_ascii_digit()))
+    {
         Some(i) if i > 0 => module.len() - (i - 1),
         Some(i) => module.len() - i,
         None => 1,
@@ -300,7 +366,10 @@ mod tests {
             key: Some("pkg.torch.onnx.name_scopes".into()),
             value: Some("['', 'm', 'm.model', 'm.model.layers.0', 'm.model.layers.0.mlp', 'm.model.layers.0.mlp.gate_proj', 'linear_4']".into()),
         };
-        assert_eq!(path_from_name_scopes(&[scopes]).as_deref(), Some("m.model.layers.0.mlp.gate_proj"));
+        assert_eq!(
+            path_from_name_scopes(&[scopes]).as_deref(),
+            Some("m.model.layers.0.mlp.gate_proj")
+        );
         assert_eq!(
             path_from_parameter_name("model.layers.0.mlp.gate_proj.weight").as_deref(),
             Some("model.layers.0.mlp.gate_proj")

@@ -107,7 +107,7 @@ pub fn save_model(
     let data_name = format!("{out_name}.data");
     let data_path = out_dir.join(&data_name);
     if base.uses_external_data() {
-        for tensor in &base.graph().initializer {
+        for tensor in base.all_initializers() {
             if let Some(ext) = base.external_data(tensor)? {
                 if same_file(&ext.file, out) {
                     return Err(Error::field(
@@ -123,7 +123,10 @@ pub fn save_model(
                     return Err(Error::field(
                         out,
                         "output path",
-                        format!("its side file {} would overwrite the input's data", data_path.display()),
+                        format!(
+                            "its side file {} would overwrite the input's data",
+                            data_path.display()
+                        ),
                     ));
                 }
             }
@@ -161,8 +164,11 @@ pub fn save_model(
         // Every input side file gets a page-aligned span of ours, copied
         // lazily in file order so changed tensors are written in between
         // instead of being copied and then overwritten.
-        for tensor in graph.initializer.iter_mut() {
-            let Some(ext) = base.external_data(tensor)? else { continue };
+        // Nested subgraphs' initializers too: their side files must follow.
+        super::visit_initializers_mut(graph, &mut |tensor| -> Result<()> {
+            let Some(ext) = base.external_data(tensor)? else {
+                return Ok(());
+            };
             let source = match sources.iter().position(|s| s.file == ext.file) {
                 Some(i) => i,
                 None => {
@@ -170,16 +176,30 @@ pub fn save_model(
                     sources.len() - 1
                 }
             };
-            origin.insert(tensor.name().to_string(), (source, ext.offset));
-            set_external(tensor, &data_name, sources[source].base + ext.offset, ext.length);
-        }
+            // Top-level initializers are visited first; a nested one that
+            // shadows a name must not take its place.
+            origin
+                .entry(tensor.name().to_string())
+                .or_insert((source, ext.offset));
+            set_external(
+                tensor,
+                &data_name,
+                sources[source].base + ext.offset,
+                ext.length,
+            );
+            Ok(())
+        })?;
     }
 
     // 2. Apply the updates, one tensor at a time.
     for update in updates {
         let TensorUpdate { name, bytes } = update?;
         let i = *index.get(&name).ok_or_else(|| {
-            Error::field(base.path(), format!("initializer `{name}`"), "is not in the graph")
+            Error::field(
+                base.path(),
+                format!("initializer `{name}`"),
+                "is not in the graph",
+            )
         })?;
         let tensor = &mut graph.initializer[i];
         let same_size = tensor_length(tensor) == Some(bytes.len() as u64);
@@ -192,7 +212,9 @@ pub fn save_model(
             }
             data.write_at(&bytes, src.base + offset)?;
             strip_checksum(tensor);
-        } else if is_external(tensor) || (data.is_used() && bytes.len() >= options.external_threshold) {
+        } else if is_external(tensor)
+            || (data.is_used() && bytes.len() >= options.external_threshold)
+        {
             let offset = data.append(&bytes)?;
             set_external(tensor, &data_name, offset, bytes.len() as u64);
         } else {
@@ -212,7 +234,9 @@ pub fn save_model(
             if is_external(tensor) {
                 continue;
             }
-            let Some(bytes) = inline_bytes(tensor) else { continue };
+            let Some(bytes) = inline_bytes(tensor) else {
+                continue;
+            };
             if bytes.len() >= options.external_threshold {
                 let offset = data.append(&bytes)?;
                 set_external(tensor, &data_name, offset, bytes.len() as u64);
@@ -337,7 +361,9 @@ impl DataFile {
 
     /// Reserves a page-aligned span the size of `source`; returns its start.
     fn reserve_aligned(&mut self, source: &Path) -> Result<u64> {
-        let size = std::fs::metadata(source).map_err(|e| Error::io(source, e))?.len();
+        let size = std::fs::metadata(source)
+            .map_err(|e| Error::io(source, e))?
+            .len();
         let start = self.align(4096)?;
         self.len = start + size;
         let path = self.path.clone();
@@ -364,12 +390,16 @@ impl DataFile {
             .map_err(|e| Error::io(&src.file, e))?;
         // File-to-file `io::copy` uses copy_file_range on Linux: the bytes
         // never pass through user space.
-        let n = std::io::copy(&mut reader.take(len), &mut dst).map_err(|e| Error::io(&src.file, e))?;
+        let n =
+            std::io::copy(&mut reader.take(len), &mut dst).map_err(|e| Error::io(&src.file, e))?;
         if n != len {
             return Err(Error::field(
                 &src.file,
                 "size",
-                format!("shrank while being copied: expected {len} more bytes from offset {}, got {n}", src.cursor),
+                format!(
+                    "shrank while being copied: expected {len} more bytes from offset {}, got {n}",
+                    src.cursor
+                ),
             ));
         }
         src.cursor = until;
@@ -397,7 +427,11 @@ impl DataFile {
     }
 
     /// Syncs and renames the side file into place, if one was written.
-    fn finish(&mut self, sync: bool, mode: Option<std::fs::Permissions>) -> Result<Option<(u64, u64)>> {
+    fn finish(
+        &mut self,
+        sync: bool,
+        mode: Option<std::fs::Permissions>,
+    ) -> Result<Option<(u64, u64)>> {
         let Some(tmp) = self.tmp.take() else {
             return Ok(None);
         };

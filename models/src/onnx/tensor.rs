@@ -174,7 +174,12 @@ mod tests {
     #[test]
     fn round_trips_each_float_type() {
         let values = [0.0f32, 1.5, -2.25, 1024.0];
-        for ty in [FloatType::F32, FloatType::F16, FloatType::Bf16, FloatType::F64] {
+        for ty in [
+            FloatType::F32,
+            FloatType::F16,
+            FloatType::Bf16,
+            FloatType::F64,
+        ] {
             let bytes = ty.encode(&values);
             assert_eq!(bytes.len(), values.len() * ty.size());
             assert_eq!(ty.decode(&bytes), values, "{ty:?}");

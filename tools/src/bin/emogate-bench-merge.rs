@@ -51,7 +51,11 @@ struct Sample {
 fn main() -> Result<()> {
     let args = Args::parse();
     cli::init_logging(false);
-    let spec = if args.tiny { synth::DecoderSpec::tiny() } else { synth::DecoderSpec::qwen2_5_0_5b() };
+    let spec = if args.tiny {
+        synth::DecoderSpec::tiny()
+    } else {
+        synth::DecoderSpec::qwen2_5_0_5b()
+    };
     let base_dir = args.dir.join("base");
     let adapter_dir = args.dir.join("adapter");
     let model = base_dir.join("model.onnx");
@@ -61,11 +65,21 @@ fn main() -> Result<()> {
         synth::write_decoder(&base_dir, &spec, 7, &mut |l| bar.set_position(l as u64))?;
         bar.finish_and_clear();
         synth::write_gate_proj_adapter(&adapter_dir, &spec, 16, 32.0, 11)?;
-        println!("generated {} ({} parameters) in {:.1} s", model.display(), spec.parameters(), started.elapsed().as_secs_f64());
+        println!(
+            "generated {} ({} parameters) in {:.1} s",
+            model.display(),
+            spec.parameters(),
+            started.elapsed().as_secs_f64()
+        );
     }
     let data = base_dir.join("model.onnx.data");
     let size = std::fs::metadata(&data)?.len() + std::fs::metadata(&model)?.len();
-    println!("model: {} ({:.2} GB), adapter: rank 16 on {} gate_proj", model.display(), size as f64 / 1e9, spec.layers);
+    println!(
+        "model: {} ({:.2} GB), adapter: rank 16 on {} gate_proj",
+        model.display(),
+        size as f64 / 1e9,
+        spec.layers
+    );
     warm(&[&model, &data])?;
 
     let convert = sibling("emogate-convert")?;
@@ -77,10 +91,14 @@ fn main() -> Result<()> {
             .status()
             .is_ok_and(|s| s.success());
     if !python_ok && args.python != "none" {
-        println!("python baseline skipped: `{}` lacks onnx/numpy/safetensors (pip install -r tools/bench/requirements.txt)", args.python);
+        println!(
+            "python baseline skipped: `{}` lacks onnx/numpy/safetensors (pip install -r tools/bench/requirements.txt)",
+            args.python
+        );
     }
 
-    let (mut cp, mut merge, mut merge_sync, mut share, mut python) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut cp, mut merge, mut merge_sync, mut share, mut python) =
+        (vec![], vec![], vec![], vec![], vec![]);
     let merged = out_dir.join("merged.onnx");
     let model_s = model.to_str().context("path")?;
     let adapter_s = adapter_dir.to_str().context("path")?;
@@ -88,21 +106,59 @@ fn main() -> Result<()> {
     let shared = base_dir.join("shared.onnx");
     for run in 0..args.runs {
         fresh(&out_dir)?;
-        cp.push(time(Command::new("cp").arg(&model).arg(&data).arg(&out_dir))?);
+        cp.push(time(
+            Command::new("cp").arg(&model).arg(&data).arg(&out_dir),
+        )?);
         fresh(&out_dir)?;
-        merge.push(time(Command::new(&convert).args(["merge", "--model", model_s, "--adapter", adapter_s, "--out", merged_s, "--no-sync"]))?);
+        merge.push(time(Command::new(&convert).args([
+            "merge",
+            "--model",
+            model_s,
+            "--adapter",
+            adapter_s,
+            "--out",
+            merged_s,
+            "--no-sync",
+        ]))?);
         fresh(&out_dir)?;
-        merge_sync.push(time(Command::new(&convert).args(["merge", "--model", model_s, "--adapter", adapter_s, "--out", merged_s]))?);
+        merge_sync.push(time(Command::new(&convert).args([
+            "merge",
+            "--model",
+            model_s,
+            "--adapter",
+            adapter_s,
+            "--out",
+            merged_s,
+        ]))?);
         let _ = std::fs::remove_file(&shared);
         let _ = std::fs::remove_file(base_dir.join("shared.onnx.data"));
         fresh(&out_dir)?;
-        share.push(time(Command::new(&convert).args(["merge", "--model", model_s, "--adapter", adapter_s, "--out"]).arg(&shared).arg("--share-base-data"))?);
+        share.push(time(
+            Command::new(&convert)
+                .args(["merge", "--model", model_s, "--adapter", adapter_s, "--out"])
+                .arg(&shared)
+                .arg("--share-base-data"),
+        )?);
         if python_ok && run < args.runs.min(3) {
             fresh(&out_dir)?;
             // Ours again, for the agreement check below.
-            time(Command::new(&convert).args(["merge", "--model", model_s, "--adapter", adapter_s, "--out", merged_s, "--no-sync"]))?;
+            time(Command::new(&convert).args([
+                "merge",
+                "--model",
+                model_s,
+                "--adapter",
+                adapter_s,
+                "--out",
+                merged_s,
+                "--no-sync",
+            ]))?;
             let py_out = out_dir.join("python.onnx");
-            python.push(time(Command::new(&args.python).arg(&script).args(["--model", model_s, "--adapter", adapter_s, "--out"]).arg(&py_out))?);
+            python.push(time(
+                Command::new(&args.python)
+                    .arg(&script)
+                    .args(["--model", model_s, "--adapter", adapter_s, "--out"])
+                    .arg(&py_out),
+            )?);
             check_agreement(&merged, &py_out)?;
         }
         eprintln!("run {}/{} done", run + 1, args.runs);
@@ -110,7 +166,10 @@ fn main() -> Result<()> {
 
     let cp_t = median(&cp);
     let merge_t = median(&merge);
-    println!("\n{:<34} {:>10} {:>14} {:>10}", "contender (median)", "wall s", "peak RSS MB", "vs cp");
+    println!(
+        "\n{:<34} {:>10} {:>14} {:>10}",
+        "contender (median)", "wall s", "peak RSS MB", "vs cp"
+    );
     for (name, s) in [
         ("cp model files", &cp),
         ("emogate merge --no-sync", &merge),
@@ -121,13 +180,27 @@ fn main() -> Result<()> {
         if s.is_empty() {
             continue;
         }
-        println!("{name:<34} {:>10.3} {:>14.1} {:>9.2}x", median(s), max_rss_mb(s), median(s) / cp_t);
+        println!(
+            "{name:<34} {:>10.3} {:>14.1} {:>9.2}x",
+            median(s),
+            max_rss_mb(s),
+            median(s) / cp_t
+        );
     }
     println!("\ntargets:");
-    println!("  merge / cp            = {:.2}  (target <= 1.5)", merge_t / cp_t);
-    println!("  merge peak RSS        = {:.0} MB  (target < 512 MB)", max_rss_mb(&merge));
+    println!(
+        "  merge / cp            = {:.2}  (target <= 1.5)",
+        merge_t / cp_t
+    );
+    println!(
+        "  merge peak RSS        = {:.0} MB  (target < 512 MB)",
+        max_rss_mb(&merge)
+    );
     if !python.is_empty() {
-        println!("  python / merge        = {:.1}x (target >= 6x)", median(&python) / merge_t);
+        println!(
+            "  python / merge        = {:.1}x (target >= 6x)",
+            median(&python) / merge_t
+        );
     }
     Ok(())
 }
@@ -135,7 +208,10 @@ fn main() -> Result<()> {
 /// Runs a command to completion, timing it and reading its peak RSS.
 fn time(cmd: &mut Command) -> Result<Sample> {
     let started = Instant::now();
-    let child = cmd.stdout(std::process::Stdio::null()).spawn().with_context(|| format!("starting {cmd:?}"))?;
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: rusage is plain data; wait4 fills it for our own child.
@@ -149,13 +225,20 @@ fn time(cmd: &mut Command) -> Result<Sample> {
     if !exit.success() {
         bail!("{cmd:?} failed: {exit}");
     }
-    Ok(Sample { seconds, max_rss_kb: usage.ru_maxrss })
+    Ok(Sample {
+        seconds,
+        max_rss_kb: usage.ru_maxrss,
+    })
 }
 
 fn median(samples: &[Sample]) -> f64 {
     let mut v: Vec<f64> = samples.iter().map(|s| s.seconds).collect();
     v.sort_by(f64::total_cmp);
-    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
 }
 
 fn max_rss_mb(samples: &[Sample]) -> f64 {
@@ -185,7 +268,10 @@ fn sibling(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.with_file_name(name);
     if !path.exists() {
-        bail!("{} not found: build it with `cargo build --release -p emogate-tools`", path.display());
+        bail!(
+            "{} not found: build it with `cargo build --release -p emogate-tools`",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -201,10 +287,21 @@ fn check_agreement(ours: &Path, theirs: &Path) -> Result<()> {
         .find(|n| n.name() == "/model/layers.0/mlp/gate_proj/MatMul")
         .map(|n| n.input[1].clone())
         .context("gate_proj of layer 0 not found")?;
-    let find = |m: &OnnxModel| m.graph().initializer.iter().find(|t| t.name() == name).cloned().context("weight missing");
+    let find = |m: &OnnxModel| {
+        m.graph()
+            .initializer
+            .iter()
+            .find(|t| t.name() == name)
+            .cloned()
+            .context("weight missing")
+    };
     let (_, wa) = a.float_values(&find(&a)?)?;
     let (_, wb) = b.float_values(&find(&b)?)?;
-    let diff = wa.iter().zip(&wb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let diff = wa
+        .iter()
+        .zip(&wb)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     if diff > 1e-5 {
         bail!("emogate and python merges disagree on {name}: max abs diff {diff}");
     }

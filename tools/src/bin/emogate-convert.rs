@@ -90,8 +90,10 @@ fn run(command: Command) -> Result<()> {
             no_sync,
             threads,
         } => {
-            let base = OnnxModel::load(&model).with_context(|| format!("loading base model {}", model.display()))?;
-            let lora = Adapter::load(&adapter).with_context(|| format!("loading adapter {}", adapter.display()))?;
+            let base = OnnxModel::load(&model)
+                .with_context(|| format!("loading base model {}", model.display()))?;
+            let lora = Adapter::load(&adapter)
+                .with_context(|| format!("loading adapter {}", adapter.display()))?;
             let options = MergeOptions {
                 save: SaveOptions {
                     share_base_data,
@@ -107,11 +109,16 @@ fn run(command: Command) -> Result<()> {
             let total = (lora.modules.len() + lora.replacements.len()) as u64;
             let bar = cli::progress(total, "merging");
             let started = std::time::Instant::now();
-            let result = merge_to_file(&base, &lora, &out, &options, &mut |done, _| bar.set_position(done as u64))
-                .with_context(|| format!("merging {} into {}", adapter.display(), model.display()));
+            let result = merge_to_file(&base, &lora, &out, &options, &mut |done, _| {
+                bar.set_position(done as u64)
+            })
+            .with_context(|| format!("merging {} into {}", adapter.display(), model.display()));
             bar.finish_and_clear();
             let result = result?;
-            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "merge done");
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "merge done"
+            );
             print_table(&result);
             if let Some(path) = report {
                 cli::write_json_atomic(&path, &result)?;
@@ -137,7 +144,9 @@ fn print_table(report: &MergeReport) {
             m.kind,
             weight,
             m.rank.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
-            m.scale.map(|s| format!("{s:.4}")).unwrap_or_else(|| "-".into()),
+            m.scale
+                .map(|s| format!("{s:.4}"))
+                .unwrap_or_else(|| "-".into()),
             m.relative_change
         );
     }
