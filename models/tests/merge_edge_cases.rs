@@ -1405,11 +1405,11 @@ fn save_model_update_for_unknown_tensor_leaves_no_file() {
     let updates = vec![
         Ok(TensorUpdate {
             name: "W".into(),
-            bytes: f32_bytes(&case.expected()),
+            bytes: f32_bytes(&case.expected()).into(),
         }),
         Ok(TensorUpdate {
             name: "no_such_tensor".into(),
-            bytes: vec![0; 8],
+            bytes: vec![0; 8].into(),
         }),
     ];
     let err = save_model(

@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::onnx::proto::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
-use crate::onnx::{FloatType, OnnxModel, SaveOptions, SaveSummary, TensorUpdate, save_model};
+use crate::onnx::{
+    FloatType, OnnxModel, SaveOptions, SaveSummary, TensorBytes, TensorUpdate, save_model,
+};
 use crate::peft::{Adapter, LoraModule, Replacement};
 use resolve::{Layout, LinearIndex, Resolution};
 
@@ -351,7 +353,11 @@ impl<'a> MergePlan<'a> {
         };
         updates.push(TensorUpdate {
             name: job.target_weight.clone(),
-            bytes: dtype.encode(&w),
+            bytes: if dtype == FloatType::F32 {
+                TensorBytes::F32(w)
+            } else {
+                dtype.encode(&w).into()
+            },
         });
         let new_bias = match &job.change {
             Change::Lora(l) => l.bias.as_ref().map(|b| (b, l.scale)),
@@ -385,7 +391,7 @@ impl<'a> MergePlan<'a> {
             }
             updates.push(TensorUpdate {
                 name: job.target_bias.clone().unwrap_or_else(|| bias_name.clone()),
-                bytes: bias_type.encode(&bias),
+                bytes: bias_type.encode(&bias).into(),
             });
         }
         Ok((

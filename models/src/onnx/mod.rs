@@ -21,7 +21,7 @@ use std::path::{Component, Path, PathBuf};
 use bytes::Bytes;
 use prost::Message;
 
-pub use save::{SaveOptions, SaveSummary, TensorUpdate, save_model};
+pub use save::{SaveOptions, SaveSummary, TensorBytes, TensorUpdate, save_model};
 pub use tensor::{FloatType, element_count, onnx_type_name};
 
 use crate::error::{Error, Result};
@@ -178,6 +178,19 @@ impl OnnxModel {
     pub fn float_values(&self, tensor: &TensorProto) -> Result<(FloatType, Vec<f32>)> {
         let ty = self.float_type(tensor)?;
         let expected = self.expected_len(tensor)?;
+        #[cfg(target_endian = "little")]
+        if ty == FloatType::F32
+            && let Some(ext) = self.external_data(tensor)?
+            && ext.length == expected as u64 * 4
+        {
+            // Straight from the side file into f32 storage: no decode pass.
+            use std::os::unix::fs::FileExt;
+            let file = File::open(&ext.file).map_err(|e| Error::io(&ext.file, e))?;
+            let mut values = vec![0f32; expected];
+            file.read_exact_at(bytemuck::cast_slice_mut(&mut values), ext.offset)
+                .map_err(|e| Error::io(&ext.file, e))?;
+            return Ok((ty, values));
+        }
         let values = match self.raw_bytes(tensor)? {
             Some(bytes) => {
                 if bytes.len() != expected * ty.size() {

@@ -60,12 +60,52 @@ impl Default for SaveOptions {
     }
 }
 
-/// New values for one initializer: raw little-endian bytes in the tensor's own
-/// `data_type`, which the caller has already set in the proto.
+/// New values for one initializer, in the tensor's own `data_type`, which
+/// the caller has already set in the proto.
 #[derive(Debug, Clone)]
 pub struct TensorUpdate {
     pub name: String,
-    pub bytes: Vec<u8>,
+    pub bytes: TensorBytes,
+}
+
+/// A tensor's new values: little-endian bytes, or `f32` values written out
+/// as they are (no encoding pass over a large weight on little-endian CPUs).
+#[derive(Debug, Clone)]
+pub enum TensorBytes {
+    Raw(Vec<u8>),
+    F32(Vec<f32>),
+}
+
+impl From<Vec<u8>> for TensorBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        TensorBytes::Raw(bytes)
+    }
+}
+
+impl TensorBytes {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            TensorBytes::Raw(b) => b.len(),
+            TensorBytes::F32(v) => v.len() * 4,
+        }
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The little-endian bytes, borrowed where the CPU is little-endian.
+    pub fn as_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            TensorBytes::Raw(b) => b.as_slice().into(),
+            #[cfg(target_endian = "little")]
+            TensorBytes::F32(v) => bytemuck::cast_slice::<f32, u8>(v).into(),
+            #[cfg(not(target_endian = "little"))]
+            TensorBytes::F32(v) => tensor::FloatType::F32.encode(v).into(),
+        }
+    }
 }
 
 /// What [`save_model`] wrote.
@@ -210,15 +250,15 @@ pub fn save_model(
                 data.copy_from(src, offset)?;
                 src.cursor = offset + bytes.len() as u64;
             }
-            data.write_at(&bytes, src.base + offset)?;
+            data.write_at(&bytes.as_bytes(), src.base + offset)?;
             strip_checksum(tensor);
         } else if is_external(tensor)
             || (data.is_used() && bytes.len() >= options.external_threshold)
         {
-            let offset = data.append(&bytes)?;
+            let offset = data.append(&bytes.as_bytes())?;
             set_external(tensor, &data_name, offset, bytes.len() as u64);
         } else {
-            set_inline(tensor, bytes);
+            set_inline(tensor, bytes.as_bytes().into_owned());
         }
     }
     for src in &mut sources {
