@@ -7,3 +7,6 @@
 //! * [`backend::Tensor`] — the dense tensors that cross the backend seam.
 
 pub mod backend;
+pub mod model;
+pub mod post;
+pub mod pre;

@@ -8,6 +8,8 @@
 //! * [`onnx::OnnxModel`] — an ONNX model file decoded, with its external
 //!   data (side files) checked and readable one tensor at a time;
 //!   [`onnx::save_model`] writes an edited model back atomically.
+//! * [`manifest::Manifest`] — how a model describes its inputs (video,
+//!   audio features) and outputs, embedded in the ONNX file or as a sidecar.
 //! * [`peft::Adapter`] — a Hugging Face PEFT LoRA adapter folder
 //!   (`adapter_config.json` + `adapter_model.safetensors`).
 //! * [`merge::MergePlan`] — an adapter resolved against a graph: which
@@ -16,6 +18,7 @@
 //! * [`Error`] — every failure names the file, the field and what was expected.
 
 pub mod error;
+pub mod manifest;
 pub mod merge;
 pub mod onnx;
 pub mod peft;

@@ -43,6 +43,13 @@ pub fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> anyhow::
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    {
+        // Temp files are created 0600; a report is for everyone to read.
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("setting permissions of {}", tmp.path().display()))?;
+    }
     serde_json::to_writer_pretty(&mut tmp, value).context("serializing the report")?;
     tmp.write_all(b"\n")?;
     tmp.persist(path)

@@ -1,6 +1,8 @@
 //! Inference backends. A [`Backend`] runs one ONNX model on named input
 //! tensors; the pipeline never knows which runtime is underneath.
 
+#[cfg(feature = "ort")]
+pub mod ort;
 pub mod tract;
 
 use std::path::PathBuf;
@@ -56,6 +58,8 @@ pub enum BackendError {
     },
     #[error("{model}: inference failed: {message}")]
     Run { model: String, message: String },
+    #[error("{field}: {message}")]
+    Config { field: String, message: String },
 }
 
 /// A loaded model that can be run.

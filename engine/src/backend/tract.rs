@@ -1,6 +1,7 @@
 //! The tract backend: pure Rust, no system libraries, the embedded default.
 
 use std::path::{Path, PathBuf};
+use std::sync::Once;
 
 use emogate_models::onnx::proto::ModelProto;
 use tract_onnx::prelude::*;
@@ -8,6 +9,24 @@ use tract_onnx::prelude::*;
 use super::{Backend, BackendError, Tensor, TensorData};
 
 type Plan = std::sync::Arc<TypedRunnableModel>;
+
+/// Element type and shape of one input, to bind symbolic dimensions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputFact {
+    F32(Vec<usize>),
+    I64(Vec<usize>),
+}
+
+/// How tract plans a model.
+#[derive(Debug, Clone, Default)]
+pub struct TractOptions {
+    /// Shapes of the inputs in graph order; binds dynamic dimensions so
+    /// tract can optimize for the sizes the manifest feeds.
+    pub inputs: Option<Vec<InputFact>>,
+    /// Threads for matrix products (tract is single-threaded by default;
+    /// big fusion blocks benefit, tiny convolutions do not). Process-wide.
+    pub threads: usize,
+}
 
 /// A model optimized and planned by tract.
 pub struct TractBackend {
@@ -21,6 +40,11 @@ impl TractBackend {
     /// # Errors
     /// [`BackendError::Load`] naming the file and tract's reason.
     pub fn load(path: &Path) -> Result<Self, BackendError> {
+        Self::load_with(path, &TractOptions::default())
+    }
+
+    /// [`TractBackend::load`] with options.
+    pub fn load_with(path: &Path, options: &TractOptions) -> Result<Self, BackendError> {
         let load = |message: String| BackendError::Load {
             path: path.to_path_buf(),
             message,
@@ -28,7 +52,7 @@ impl TractBackend {
         let model = tract_onnx::onnx()
             .model_for_path(path)
             .map_err(|e| load(format!("{e:#}")))?;
-        Self::plan(model, path.display().to_string()).map_err(|e| load(format!("{e:#}")))
+        Self::plan(model, path.display().to_string(), options).map_err(|e| load(format!("{e:#}")))
     }
 
     /// Loads an edited model from memory; external data still resolves
@@ -36,7 +60,7 @@ impl TractBackend {
     ///
     /// # Errors
     /// [`BackendError::Load`] naming `dir` and tract's reason.
-    pub fn from_proto(proto: &ModelProto, dir: &Path) -> Result<Self, BackendError> {
+    pub fn from_proto(proto: &ModelProto, dir: &Path, options: &TractOptions) -> Result<Self, BackendError> {
         use prost::Message;
         let load = |message: String| BackendError::Load {
             path: PathBuf::from(dir),
@@ -47,18 +71,31 @@ impl TractBackend {
         let bytes = proto.encode_to_vec();
         let tract_proto = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
             .map_err(|e| load(format!("re-decoding the edited model: {e}")))?;
-        let onnx = tract_onnx::onnx();
-        let dir_str = dir
-            .to_str()
-            .ok_or_else(|| load("folder is not UTF-8".into()))?;
-        let model = onnx
+        let dir_str = dir.to_str().ok_or_else(|| load("folder is not UTF-8".into()))?;
+        let model = tract_onnx::onnx()
             .parse(&tract_proto, Some(dir_str))
             .map(|parsed| parsed.model)
             .map_err(|e| load(format!("{e:#}")))?;
-        Self::plan(model, dir.display().to_string()).map_err(|e| load(format!("{e:#}")))
+        Self::plan(model, dir.display().to_string(), options).map_err(|e| load(format!("{e:#}")))
     }
 
-    fn plan(model: InferenceModel, label: String) -> TractResult<Self> {
+    fn plan(mut model: InferenceModel, label: String, options: &TractOptions) -> TractResult<Self> {
+        if options.threads > 1 {
+            static EXECUTOR: Once = Once::new();
+            let n = options.threads;
+            EXECUTOR.call_once(|| {
+                tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(n))
+            });
+        }
+        if let Some(inputs) = &options.inputs {
+            for (i, fact) in inputs.iter().enumerate() {
+                let fact = match fact {
+                    InputFact::F32(shape) => f32::fact(shape).into(),
+                    InputFact::I64(shape) => i64::fact(shape).into(),
+                };
+                model = model.with_input_fact(i, fact)?;
+            }
+        }
         let plan = model.into_optimized()?.into_runnable()?;
         Ok(TractBackend { label, plan })
     }
@@ -74,12 +111,10 @@ impl Backend for TractBackend {
         for (index, input) in inputs.iter().enumerate() {
             let t = match &input.data {
                 TensorData::F32(v) => {
-                    tract_ndarray::ArrayD::from_shape_vec(input.shape.clone(), v.clone())
-                        .map(|a| a.into_tensor())
+                    tract_ndarray::ArrayD::from_shape_vec(input.shape.clone(), v.clone()).map(|a| a.into_tensor())
                 }
                 TensorData::I64(v) => {
-                    tract_ndarray::ArrayD::from_shape_vec(input.shape.clone(), v.clone())
-                        .map(|a| a.into_tensor())
+                    tract_ndarray::ArrayD::from_shape_vec(input.shape.clone(), v.clone()).map(|a| a.into_tensor())
                 }
             }
             .map_err(|e| BackendError::Input {
@@ -99,10 +134,7 @@ impl Backend for TractBackend {
                 let shape = o.shape().to_vec();
                 let as_f32 = o.cast_to::<f32>().map_err(|e| BackendError::Run {
                     model: self.label.clone(),
-                    message: format!(
-                        "output of type {:?} cannot be read as f32: {e}",
-                        o.datum_type()
-                    ),
+                    message: format!("output of type {:?} cannot be read as f32: {e}", o.datum_type()),
                 })?;
                 let values = as_f32
                     .to_plain_array_view::<f32>()

@@ -416,6 +416,47 @@ impl<'a> MergePlan<'a> {
     }
 }
 
+impl MergePlan<'_> {
+    /// Merges in memory: the edited proto with every merged tensor inline
+    /// (`raw_data`), the rest untouched — external tensors keep pointing at
+    /// the base model's side files, so only the changed weights are held.
+    /// This is what the engine uses to switch adapters without a file.
+    ///
+    /// # Errors
+    /// Anything [`MergePlan::updates`] reports.
+    pub fn merged_proto(&self) -> Result<(ModelProto, Vec<TensorUpdate>, Vec<ModuleReport>)> {
+        let mut proto = self.proto.clone();
+        let mut all = Vec::new();
+        let mut reports = Vec::new();
+        for item in self.updates() {
+            let (updates, report) = item?;
+            all.extend(updates);
+            reports.push(report);
+        }
+        let graph = proto.graph.as_mut().expect("checked at load");
+        for update in &all {
+            let tensor = graph
+                .initializer
+                .iter_mut()
+                .find(|t| t.name() == update.name)
+                .ok_or_else(|| Error::field(self.model.path(), format!("initializer `{}`", update.name), "is not in the graph"))?;
+            tensor.data_location = None;
+            tensor.external_data.clear();
+            tensor.float_data.clear();
+            tensor.int32_data.clear();
+            tensor.double_data.clear();
+            tensor.raw_data = Some(update.bytes.as_bytes().into_owned().into());
+        }
+        Ok((proto, all, reports))
+    }
+
+    /// Whether the plan had to add weight copies (which changes the graph,
+    /// so the merged weights cannot simply override initializers).
+    pub fn changes_graph(&self) -> bool {
+        self.jobs.iter().any(|j| j.copied || j.target_bias != j.site.bias)
+    }
+}
+
 /// Options for [`merge_to_file`].
 #[derive(Debug, Clone, Default)]
 pub struct MergeOptions {

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use emogate_models::merge::{MergeOptions, MergeReport, merge_to_file};
-use emogate_models::onnx::{OnnxModel, SaveOptions};
+use emogate_models::manifest::{MANIFEST_KEY, Manifest};
+use emogate_models::onnx::{OnnxModel, SaveOptions, save_model};
 use emogate_models::peft::Adapter;
 use emogate_tools::cli;
 
@@ -65,6 +66,32 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Read or write the model manifest (schema emogate.manifest/1) that
+    /// tells the runtime how to feed the model and read its outputs.
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+}
+
+#[derive(Subcommand)]
+enum ManifestCommand {
+    /// Embed a manifest JSON file into a model (metadata key `emogate.manifest`),
+    /// after checking it against the model's real inputs and outputs.
+    Set {
+        /// The model to describe.
+        #[arg(long)]
+        model: PathBuf,
+        /// The manifest JSON file.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Where to write the model with the manifest.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print a model's embedded manifest as JSON.
+    Show {
+        /// The model.
+        model: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -81,6 +108,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
+        Command::Manifest(command) => run_manifest(command),
         Command::Merge {
             model,
             adapter,
@@ -123,6 +151,34 @@ fn run(command: Command) -> Result<()> {
             if let Some(path) = report {
                 cli::write_json_atomic(&path, &result)?;
             }
+            Ok(())
+        }
+    }
+}
+
+fn run_manifest(command: ManifestCommand) -> Result<()> {
+    match command {
+        ManifestCommand::Set { model, manifest, out } => {
+            let base = OnnxModel::load(&model).with_context(|| format!("loading {}", model.display()))?;
+            let manifest = Manifest::from_file(&manifest)?;
+            manifest
+                .check_against(&base)
+                .with_context(|| format!("the manifest does not fit {}", model.display()))?;
+            let mut proto = base.proto.clone();
+            manifest.embed(&mut proto);
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            }
+            save_model(&base, proto, std::iter::empty(), &out, &SaveOptions::default())
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} with manifest `{}`", out.display(), manifest.name);
+            Ok(())
+        }
+        ManifestCommand::Show { model } => {
+            let base = OnnxModel::load(&model).with_context(|| format!("loading {}", model.display()))?;
+            let manifest = Manifest::from_model(&base)?
+                .with_context(|| format!("{} has no embedded manifest (metadata key `{MANIFEST_KEY}`)", model.display()))?;
+            println!("{}", serde_json::to_string_pretty(&manifest)?);
             Ok(())
         }
     }

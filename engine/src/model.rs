@@ -1,0 +1,315 @@
+//! An affect model ready to run: the ONNX file, its manifest, a backend,
+//! and the gate_proj adapters it can switch between.
+//!
+//! Adapters are merged in memory with the converter's own merge code
+//! ([`emogate_models::merge::MergePlan`]). Switching builds the new backend
+//! first ([`AffectModel::prepare`], which may run on another thread while
+//! the current one keeps serving windows) and then swaps it in between two
+//! windows ([`AffectModel::install`]), so no window is lost or run twice.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use emogate_models::manifest::{InputSpec, Manifest};
+use emogate_models::merge::MergePlan;
+use emogate_models::onnx::OnnxModel;
+use emogate_models::peft::Adapter;
+
+use crate::backend::tract::{InputFact, TractBackend, TractOptions};
+use crate::backend::{Backend, BackendError, Tensor};
+
+/// Errors of the engine core.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] emogate_models::Error),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("{}: no manifest: embed one with `emogate-convert manifest set` or pass --manifest FILE.json", path.display())]
+    NoManifest { path: PathBuf },
+    #[error("adapter `{name}` is not loaded (loaded: {loaded})")]
+    UnknownAdapter { name: String, loaded: String },
+    #[error("--adapter `{spec}`: expected NAME=DIR")]
+    AdapterSpec { spec: String },
+}
+
+/// Which runtime runs the model.
+#[derive(Debug, Clone)]
+pub enum BackendChoice {
+    Tract { threads: usize },
+    #[cfg(feature = "ort")]
+    Ort(crate::backend::ort::OrtOptions),
+}
+
+impl Default for BackendChoice {
+    fn default() -> Self {
+        BackendChoice::Tract { threads: 1 }
+    }
+}
+
+/// What to load.
+#[derive(Debug, Clone, Default)]
+pub struct ModelSpec {
+    pub path: PathBuf,
+    /// A sidecar manifest, for models that carry none (or to override it).
+    pub manifest: Option<PathBuf>,
+    pub backend: BackendChoice,
+    /// Named adapter folders (`--adapter calm=DIR`).
+    pub adapters: Vec<(String, PathBuf)>,
+    /// The adapter active at start; `None` runs the base model.
+    pub active: Option<String>,
+}
+
+/// Parses `NAME=DIR`.
+pub fn parse_adapter_spec(spec: &str) -> Result<(String, PathBuf), EngineError> {
+    match spec.split_once('=') {
+        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => Ok((name.to_string(), PathBuf::from(dir))),
+        _ => Err(EngineError::AdapterSpec { spec: spec.into() }),
+    }
+}
+
+/// A loaded model.
+pub struct AffectModel {
+    parts: Parts,
+    active: Option<String>,
+    backend: Box<dyn Backend>,
+}
+
+/// Everything but the running backend: what a new backend is built from.
+struct Parts {
+    onnx: OnnxModel,
+    manifest: Manifest,
+    choice: BackendChoice,
+    adapters: BTreeMap<String, Adapter>,
+    /// `feed[i]` = index into the manifest's inputs for graph input `i`.
+    feed: Vec<usize>,
+    /// For each manifest output, its index among the graph's outputs.
+    outputs: Vec<usize>,
+}
+
+impl AffectModel {
+    /// Loads the model, its manifest (embedded or sidecar) and adapters,
+    /// checks the manifest against the graph, and plans the backend.
+    ///
+    /// # Errors
+    /// [`EngineError`] naming the file and field at fault.
+    pub fn load(spec: &ModelSpec) -> Result<Self, EngineError> {
+        let onnx = OnnxModel::load(&spec.path)?;
+        let manifest = match &spec.manifest {
+            Some(path) => Manifest::from_file(path)?,
+            None => Manifest::from_model(&onnx)?.ok_or_else(|| EngineError::NoManifest {
+                path: spec.path.clone(),
+            })?,
+        };
+        manifest.check_against(&onnx)?;
+        let graph = onnx.graph();
+        let inits: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();
+        let feed = graph
+            .input
+            .iter()
+            .filter(|i| !inits.contains(i.name()))
+            .map(|i| {
+                manifest
+                    .inputs
+                    .iter()
+                    .position(|m| m.name() == i.name())
+                    .expect("check_against verified every graph input is fed")
+            })
+            .collect();
+        let outputs = manifest
+            .outputs
+            .iter()
+            .map(|o| {
+                graph
+                    .output
+                    .iter()
+                    .position(|g| g.name() == o.name)
+                    .expect("check_against verified every output exists")
+            })
+            .collect();
+        let mut adapters = BTreeMap::new();
+        for (name, dir) in &spec.adapters {
+            adapters.insert(name.clone(), Adapter::load(dir)?);
+        }
+        let parts = Parts {
+            onnx,
+            manifest,
+            choice: spec.backend.clone(),
+            adapters,
+            feed,
+            outputs,
+        };
+        let backend = parts.prepare(spec.active.as_deref())?;
+        Ok(AffectModel {
+            parts,
+            active: spec.active.clone(),
+            backend,
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.parts.manifest
+    }
+
+    pub fn onnx(&self) -> &OnnxModel {
+        &self.parts.onnx
+    }
+
+    /// The active adapter.
+    pub fn active(&self) -> Option<&str> {
+        self.active.as_deref()
+    }
+
+    /// Names of the loaded adapters.
+    pub fn adapter_names(&self) -> Vec<String> {
+        self.parts.adapters.keys().cloned().collect()
+    }
+
+    /// The backend's name (`tract`, `ort`).
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Runs one window. `inputs` follow the manifest's input order; the
+    /// result follows the manifest's output order.
+    ///
+    /// # Errors
+    /// [`BackendError`] from the runtime.
+    pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
+        let ordered: Vec<Tensor> = self.parts.feed.iter().map(|i| inputs[*i].clone()).collect();
+        let outputs = self.backend.run(&ordered)?;
+        Ok(self
+            .parts
+            .outputs
+            .iter()
+            .map(|i| outputs.get(*i).cloned().unwrap_or_else(|| Tensor::f32(vec![0], vec![])))
+            .collect())
+    }
+
+    /// Builds a backend with `adapter` merged (or the base model for
+    /// `None`). Does not touch the running backend, so it can run while
+    /// windows are still being served.
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownAdapter`], merge errors, backend errors.
+    pub fn prepare(&self, adapter: Option<&str>) -> Result<Box<dyn Backend>, EngineError> {
+        self.parts.prepare(adapter)
+    }
+
+    /// Swaps in a backend made by [`AffectModel::prepare`].
+    pub fn install(&mut self, active: Option<String>, backend: Box<dyn Backend>) {
+        self.backend = backend;
+        self.active = active;
+    }
+
+    /// Prepares and installs `adapter`; returns how long the switch took.
+    pub fn switch(&mut self, adapter: Option<&str>) -> Result<Duration, EngineError> {
+        let started = Instant::now();
+        let backend = self.prepare(adapter)?;
+        self.install(adapter.map(str::to_string), backend);
+        Ok(started.elapsed())
+    }
+
+    /// The shape of manifest input `spec`.
+    pub fn input_shape(spec: &InputSpec) -> Vec<usize> {
+        Manifest::input_shape(spec)
+    }
+
+    /// The model file.
+    pub fn path(&self) -> &Path {
+        self.parts.onnx.path()
+    }
+}
+
+impl Parts {
+    fn prepare(&self, adapter: Option<&str>) -> Result<Box<dyn Backend>, EngineError> {
+        let inputs = self.input_facts();
+        let merged = match adapter {
+            None => None,
+            Some(name) => {
+                let adapter = self.adapters.get(name).ok_or_else(|| EngineError::UnknownAdapter {
+                    name: name.into(),
+                    loaded: if self.adapters.is_empty() {
+                        "none".into()
+                    } else {
+                        self.adapters.keys().cloned().collect::<Vec<_>>().join(", ")
+                    },
+                })?;
+                Some(MergePlan::new(&self.onnx, adapter)?)
+            }
+        };
+        match &self.choice {
+            BackendChoice::Tract { threads } => {
+                let options = TractOptions {
+                    inputs: Some(inputs),
+                    threads: *threads,
+                };
+                let backend = match merged {
+                    None => TractBackend::load_with(self.onnx.path(), &options)?,
+                    Some(plan) => {
+                        let (proto, _, _) = plan.merged_proto()?;
+                        TractBackend::from_proto(&proto, self.onnx.dir(), &options)?
+                    }
+                };
+                Ok(Box::new(backend))
+            }
+            #[cfg(feature = "ort")]
+            BackendChoice::Ort(options) => {
+                use crate::backend::ort::OrtBackend;
+                let Some(plan) = merged else {
+                    return Ok(Box::new(OrtBackend::load(self.onnx.path(), Vec::new(), options)?));
+                };
+                if plan.changes_graph() {
+                    // Weight copies changed the graph: give ONNX Runtime a file.
+                    return self.prepare_from_file(adapter.expect("merged implies a name"), options);
+                }
+                // Same graph: override just the merged initializers.
+                let (proto, updates, _) = plan.merged_proto()?;
+                let graph = proto.graph.as_ref().expect("checked at load");
+                let mut overrides = Vec::new();
+                for update in updates {
+                    let tensor = graph
+                        .initializer
+                        .iter()
+                        .find(|t| t.name() == update.name)
+                        .expect("merged_proto checked the name");
+                    let ty = self.onnx.float_type(tensor)?;
+                    if ty != emogate_models::onnx::FloatType::F32 {
+                        // Overrides must match the initializer's type; only
+                        // f32 is passed that way, others go through a file.
+                        return self.prepare_from_file(adapter.expect("merged implies a name"), options);
+                    }
+                    let shape = tensor.dims.iter().map(|d| *d as usize).collect();
+                    overrides.push((update.name.clone(), Tensor::f32(shape, ty.decode(&update.bytes.as_bytes()))));
+                }
+                Ok(Box::new(OrtBackend::load(self.onnx.path(), overrides, options)?))
+            }
+        }
+    }
+
+    /// Merges into a temp file and opens that with ONNX Runtime (which
+    /// maps the file; the temp folder can go once the session exists).
+    #[cfg(feature = "ort")]
+    fn prepare_from_file(
+        &self,
+        adapter: &str,
+        options: &crate::backend::ort::OrtOptions,
+    ) -> Result<Box<dyn Backend>, EngineError> {
+        let dir = tempfile::tempdir().map_err(|e| emogate_models::Error::Io {
+            path: std::env::temp_dir(),
+            source: e,
+        })?;
+        let out = dir.path().join("merged.onnx");
+        emogate_models::merge::merge_to_file(&self.onnx, &self.adapters[adapter], &out, &Default::default(), &mut |_, _| {})?;
+        Ok(Box::new(crate::backend::ort::OrtBackend::load(&out, Vec::new(), options)?))
+    }
+
+    /// Input shapes in graph order, from the manifest.
+    fn input_facts(&self) -> Vec<InputFact> {
+        self.feed
+            .iter()
+            .map(|i| InputFact::F32(Manifest::input_shape(&self.manifest.inputs[*i])))
+            .collect()
+    }
+}

@@ -1,0 +1,826 @@
+//! Camera frames to model input: pixel-format conversion, crop to a region
+//! of interest (usually a face), resize, colour order, normalization and
+//! tensor layout.
+//!
+//! YUV sources use BT.601 (what webcams and JPEG use). The range is a
+//! property of the source: [`YuvRange::Limited`] (Y in 16–235, the V4L2 and
+//! video default) unless the frame says [`YuvRange::Full`] (JPEG/MJPEG
+//! decoders, Y in 0–255). Chroma is read from the nearest sample, without
+//! interpolation. Conversion stays in f32 (clamped to 0–255), never
+//! rounding to 8 bits before the resize.
+//!
+//! Resizing is separable, chosen per axis: area averaging when shrinking
+//! (each output pixel is the coverage-weighted mean of the source pixels
+//! under it, like OpenCV `INTER_AREA`), so a small face crop does not
+//! alias; bilinear with half-pixel centres when enlarging or keeping the
+//! size (like OpenCV `INTER_LINEAR`).
+
+use std::borrow::Cow;
+
+use super::PreError;
+
+/// How a frame's bytes are laid out. All formats are tightly packed (no
+/// row padding); planar YUV has chroma planes of `ceil(w/2) × ceil(h/2)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelFormat {
+    Rgb8,
+    Bgr8,
+    Gray8,
+    /// I420: Y plane, then U plane, then V plane.
+    Yuv420p,
+    /// Packed 4:2:2, `Y0 U Y1 V` for each pixel pair.
+    Yuyv,
+    /// Y plane, then one plane of interleaved `U V` pairs.
+    Nv12,
+}
+
+/// The quantization range of a YUV source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum YuvRange {
+    /// Y in 16–235, chroma in 16–240 (BT.601 "studio swing").
+    #[default]
+    Limited,
+    /// Y and chroma in 0–255 (JFIF).
+    Full,
+}
+
+/// One captured image, owned or borrowed from a driver buffer.
+#[derive(Debug, Clone)]
+pub struct Frame<'a> {
+    pub width: usize,
+    pub height: usize,
+    pub format: PixelFormat,
+    /// Ignored for RGB, BGR and gray formats.
+    pub range: YuvRange,
+    pub data: Cow<'a, [u8]>,
+}
+
+impl<'a> Frame<'a> {
+    /// A frame with limited-range YUV, checking the buffer length.
+    ///
+    /// # Errors
+    /// [`PreError::Invalid`] for a zero dimension, [`PreError::BufferSize`]
+    /// if `data` is not [`Frame::expected_len`] bytes.
+    pub fn new(
+        width: usize,
+        height: usize,
+        format: PixelFormat,
+        data: impl Into<Cow<'a, [u8]>>,
+    ) -> Result<Self, PreError> {
+        let frame = Frame {
+            width,
+            height,
+            format,
+            range: YuvRange::Limited,
+            data: data.into(),
+        };
+        frame.check()?;
+        Ok(frame)
+    }
+
+    /// The same frame with another YUV range.
+    pub fn with_range(mut self, range: YuvRange) -> Self {
+        self.range = range;
+        self
+    }
+
+    /// Bytes in a tightly packed `width × height` frame of `format`.
+    pub fn expected_len(width: usize, height: usize, format: PixelFormat) -> usize {
+        let chroma = width.div_ceil(2) * height.div_ceil(2);
+        match format {
+            PixelFormat::Rgb8 | PixelFormat::Bgr8 => width * height * 3,
+            PixelFormat::Gray8 => width * height,
+            PixelFormat::Yuv420p | PixelFormat::Nv12 => width * height + 2 * chroma,
+            PixelFormat::Yuyv => width.div_ceil(2) * 4 * height,
+        }
+    }
+
+    fn check(&self) -> Result<(), PreError> {
+        if self.width == 0 || self.height == 0 {
+            return Err(PreError::invalid(
+                "frame size",
+                format!("{}x{}", self.width, self.height),
+                "both dimensions positive",
+            ));
+        }
+        let expected = Self::expected_len(self.width, self.height, self.format);
+        PreError::check_len("frame buffer", self.data.len(), expected)
+    }
+
+    /// Converts pixels `x0..x1` of row `y` to RGB f32 (0–255) into `out`.
+    fn row_rgb(&self, y: usize, x0: usize, x1: usize, out: &mut [f32]) {
+        let (w, d) = (self.width, &self.data[..]);
+        let px = out.chunks_exact_mut(3);
+        match self.format {
+            PixelFormat::Rgb8 | PixelFormat::Bgr8 => {
+                let src = &d[(y * w + x0) * 3..(y * w + x1) * 3];
+                let bgr = self.format == PixelFormat::Bgr8;
+                for (o, s) in px.zip(src.chunks_exact(3)) {
+                    let (r, b) = if bgr { (s[2], s[0]) } else { (s[0], s[2]) };
+                    o.copy_from_slice(&[f32::from(r), f32::from(s[1]), f32::from(b)]);
+                }
+            }
+            PixelFormat::Gray8 => {
+                for (o, s) in px.zip(&d[y * w + x0..y * w + x1]) {
+                    o.fill(f32::from(*s));
+                }
+            }
+            PixelFormat::Yuv420p | PixelFormat::Nv12 => {
+                let cw = w.div_ceil(2);
+                let plane = w * self.height;
+                let crow = (y / 2) * cw;
+                for (o, x) in px.zip(x0..x1) {
+                    let (u, v) = if self.format == PixelFormat::Nv12 {
+                        let at = plane + 2 * (crow + x / 2);
+                        (d[at], d[at + 1])
+                    } else {
+                        let chroma = cw * self.height.div_ceil(2);
+                        (d[plane + crow + x / 2], d[plane + chroma + crow + x / 2])
+                    };
+                    o.copy_from_slice(&yuv_to_rgb(d[y * w + x], u, v, self.range));
+                }
+            }
+            PixelFormat::Yuyv => {
+                let row = &d[y * w.div_ceil(2) * 4..];
+                for (o, x) in px.zip(x0..x1) {
+                    let pair = &row[(x / 2) * 4..(x / 2) * 4 + 4];
+                    let luma = pair[2 * (x % 2)];
+                    o.copy_from_slice(&yuv_to_rgb(luma, pair[1], pair[3], self.range));
+                }
+            }
+        }
+    }
+}
+
+/// BT.601 YUV to RGB in 0–255, from the luma weights Kr = 0.299, Kb = 0.114.
+pub fn yuv_to_rgb(y: u8, u: u8, v: u8, range: YuvRange) -> [f32; 3] {
+    const KR: f32 = 0.299;
+    const KB: f32 = 0.114;
+    const KG: f32 = 1.0 - KR - KB;
+    let (y_off, y_scale, c_scale) = match range {
+        YuvRange::Limited => (16.0, 255.0 / 219.0, 255.0 / 224.0),
+        YuvRange::Full => (0.0, 1.0, 1.0),
+    };
+    let l = (f32::from(y) - y_off) * y_scale;
+    let u = (f32::from(u) - 128.0) * c_scale;
+    let v = (f32::from(v) - 128.0) * c_scale;
+    let (rv, bu) = (2.0 * (1.0 - KR), 2.0 * (1.0 - KB));
+    let r = l + rv * v;
+    let g = l - bu * KB / KG * u - rv * KR / KG * v;
+    let b = l + bu * u;
+    [
+        r.clamp(0.0, 255.0),
+        g.clamp(0.0, 255.0),
+        b.clamp(0.0, 255.0),
+    ]
+}
+
+/// A region of interest in frame pixels; it may extend past the frame
+/// (a face at the edge), and is clamped to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rect {
+    pub x: i32,
+    pub y: i32,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Channel order of the model input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColorOrder {
+    Rgb,
+    Bgr,
+    /// One channel, `0.299 R + 0.587 G + 0.114 B` (BT.601 luma).
+    Gray,
+}
+
+impl ColorOrder {
+    pub fn channels(self) -> usize {
+        if self == ColorOrder::Gray { 1 } else { 3 }
+    }
+}
+
+/// Tensor layout; with `frames > 1` a time axis follows N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoLayout {
+    Nchw,
+    Nhwc,
+}
+
+/// What the model expects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoSpec {
+    pub height: usize,
+    pub width: usize,
+    pub color: ColorOrder,
+    pub layout: VideoLayout,
+    /// One value for all channels, or one per channel.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// Clip length; 1 for single images (no time axis).
+    pub frames: usize,
+}
+
+/// A video preprocessor for one model input. It keeps its scratch buffers
+/// and the last `frames` processed frames between calls.
+#[derive(Debug)]
+pub struct VideoPre {
+    spec: VideoSpec,
+    mean: [f32; 3],
+    std: [f32; 3],
+    cols: Axis,
+    rows: Axis,
+    /// One converted source row, RGB.
+    row: Vec<f32>,
+    /// The crop resized horizontally: `crop_height × width × 3`.
+    tmp: Vec<f32>,
+    /// `frames` processed frames, oldest at `head` once full.
+    ring: Vec<f32>,
+    head: usize,
+    seen: usize,
+}
+
+impl VideoPre {
+    /// # Errors
+    /// [`PreError::Invalid`] for a zero size or clip length, `mean`/`std`
+    /// not of length 1 or the channel count, or a `std` of 0 or not finite.
+    pub fn new(spec: VideoSpec) -> Result<Self, PreError> {
+        if spec.height == 0 || spec.width == 0 || spec.frames == 0 {
+            return Err(PreError::invalid(
+                "video input size (height x width, frames)",
+                format!("{}x{}, {}", spec.height, spec.width, spec.frames),
+                "all positive",
+            ));
+        }
+        let c = spec.color.channels();
+        let expand = |what: &'static str, v: &[f32]| -> Result<[f32; 3], PreError> {
+            match v {
+                [x] => Ok([*x; 3]),
+                [a, b, d] if c == 3 => Ok([*a, *b, *d]),
+                _ => Err(PreError::invalid(
+                    what,
+                    format!("{v:?} ({} values)", v.len()),
+                    format!("1 or {c} values (one per {:?} channel)", spec.color),
+                )),
+            }
+        };
+        let mean = expand("video mean", &spec.mean)?;
+        let std = expand("video std", &spec.std)?;
+        if std.iter().chain(&mean).any(|s| !s.is_finite()) || std.contains(&0.0) {
+            return Err(PreError::invalid(
+                "video mean/std",
+                format!("{:?} / {:?}", spec.mean, spec.std),
+                "finite values and a non-zero std",
+            ));
+        }
+        let per_frame = c * spec.height * spec.width;
+        let ring = if spec.frames > 1 {
+            vec![0.0; per_frame * spec.frames]
+        } else {
+            Vec::new()
+        };
+        Ok(VideoPre {
+            spec,
+            mean,
+            std,
+            cols: Axis::default(),
+            rows: Axis::default(),
+            row: Vec::new(),
+            tmp: Vec::new(),
+            ring,
+            head: 0,
+            seen: 0,
+        })
+    }
+
+    pub fn spec(&self) -> &VideoSpec {
+        &self.spec
+    }
+
+    /// The tensor shape: `[1, C, H, W]` / `[1, H, W, C]`, with `T` after
+    /// the 1 when `frames > 1`.
+    pub fn output_shape(&self) -> Vec<usize> {
+        let s = &self.spec;
+        let c = s.color.channels();
+        let mut shape = vec![1];
+        if s.frames > 1 {
+            shape.push(s.frames);
+        }
+        match s.layout {
+            VideoLayout::Nchw => shape.extend([c, s.height, s.width]),
+            VideoLayout::Nhwc => shape.extend([s.height, s.width, c]),
+        }
+        shape
+    }
+
+    /// Values in the output tensor.
+    pub fn output_len(&self) -> usize {
+        self.frame_len() * self.spec.frames
+    }
+
+    fn frame_len(&self) -> usize {
+        self.spec.color.channels() * self.spec.height * self.spec.width
+    }
+
+    /// Adds `frame` (cropped to `roi`, default the whole frame) and writes
+    /// the input tensor to `out`. With `frames > 1` it is the clip of the
+    /// last `frames` frames, oldest first; until that many have been seen
+    /// the oldest one is repeated at the start.
+    ///
+    /// # Errors
+    /// [`PreError::BufferSize`] for a frame buffer or `out` of the wrong
+    /// length; [`PreError::Invalid`] for a ROI that misses the frame.
+    pub fn process(
+        &mut self,
+        frame: &Frame,
+        roi: Option<Rect>,
+        out: &mut [f32],
+    ) -> Result<(), PreError> {
+        PreError::check_len("video output buffer", out.len(), self.output_len())?;
+        let t = self.spec.frames;
+        if t == 1 {
+            return self.render(frame, roi, out);
+        }
+        let n = self.frame_len();
+        let mut ring = std::mem::take(&mut self.ring);
+        // Until full, fill after the oldest; then overwrite it.
+        let slot = if self.seen < t {
+            (self.head + self.seen) % t
+        } else {
+            self.head
+        };
+        let rendered = self.render(frame, roi, &mut ring[slot * n..(slot + 1) * n]);
+        self.ring = ring;
+        rendered?;
+        if self.seen == t {
+            self.head = (self.head + 1) % t;
+        } else {
+            self.seen += 1;
+        }
+        for (i, block) in out.chunks_exact_mut(n).enumerate() {
+            let k = i.saturating_sub(t - self.seen);
+            let src = (self.head + k) % t;
+            block.copy_from_slice(&self.ring[src * n..(src + 1) * n]);
+        }
+        Ok(())
+    }
+
+    /// Writes the clip of the last `frames` of `clip` to `out`, each
+    /// cropped to `roi`. Independent of the frames [`VideoPre::process`] saw.
+    ///
+    /// # Errors
+    /// As [`VideoPre::process`]; [`PreError::Invalid`] if `clip` is shorter
+    /// than the clip length.
+    pub fn process_clip(
+        &mut self,
+        clip: &[&Frame],
+        roi: Option<Rect>,
+        out: &mut [f32],
+    ) -> Result<(), PreError> {
+        PreError::check_len("video output buffer", out.len(), self.output_len())?;
+        let t = self.spec.frames;
+        if clip.len() < t {
+            return Err(PreError::invalid(
+                "clip length",
+                clip.len(),
+                format!("at least {t} frames"),
+            ));
+        }
+        let n = self.frame_len();
+        for (frame, block) in clip[clip.len() - t..].iter().zip(out.chunks_exact_mut(n)) {
+            self.render(frame, roi, block)?;
+        }
+        Ok(())
+    }
+
+    /// One frame into `out` (`C·H·W` values in the spec's layout).
+    fn render(
+        &mut self,
+        frame: &Frame,
+        roi: Option<Rect>,
+        out: &mut [f32],
+    ) -> Result<(), PreError> {
+        frame.check()?;
+        let (x0, y0, x1, y1) = clamp_roi(frame, roi)?;
+        let (w, h) = (self.spec.width, self.spec.height);
+        self.cols.plan(x1 - x0, w);
+        self.rows.plan(y1 - y0, h);
+        self.row.resize((x1 - x0) * 3, 0.0);
+        self.tmp.resize((y1 - y0) * w * 3, 0.0);
+        for (y, tmp_row) in (y0..y1).zip(self.tmp.chunks_exact_mut(w * 3)) {
+            frame.row_rgb(y, x0, x1, &mut self.row);
+            for (ox, o) in tmp_row.chunks_exact_mut(3).enumerate() {
+                let mut acc = [0f32; 3];
+                for (sx, wt) in self.cols.taps(ox) {
+                    for (a, s) in acc.iter_mut().zip(&self.row[sx * 3..sx * 3 + 3]) {
+                        *a += wt * s;
+                    }
+                }
+                o.copy_from_slice(&acc);
+            }
+        }
+        let c = self.spec.color.channels();
+        for oy in 0..h {
+            for ox in 0..w {
+                let mut rgb = [0f32; 3];
+                for (sy, wt) in self.rows.taps(oy) {
+                    let at = (sy * w + ox) * 3;
+                    for (a, s) in rgb.iter_mut().zip(&self.tmp[at..at + 3]) {
+                        *a += wt * s;
+                    }
+                }
+                let [r, g, b] = rgb;
+                let values = match self.spec.color {
+                    ColorOrder::Rgb => [r, g, b],
+                    ColorOrder::Bgr => [b, g, r],
+                    // Exact for gray sources, where the weights' f32 sum is not 1.
+                    ColorOrder::Gray if r == g && g == b => [r; 3],
+                    ColorOrder::Gray => [0.299 * r + 0.587 * g + 0.114 * b; 3],
+                };
+                for (ch, p) in values.iter().take(c).enumerate() {
+                    let at = match self.spec.layout {
+                        VideoLayout::Nchw => (ch * h + oy) * w + ox,
+                        VideoLayout::Nhwc => (oy * w + ox) * c + ch,
+                    };
+                    out[at] = (p / 255.0 - self.mean[ch]) / self.std[ch];
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The ROI clamped to the frame, as half-open pixel bounds `(x0, y0, x1, y1)`.
+fn clamp_roi(frame: &Frame, roi: Option<Rect>) -> Result<(usize, usize, usize, usize), PreError> {
+    let Some(r) = roi else {
+        return Ok((0, 0, frame.width, frame.height));
+    };
+    let clamp = |start: i32, len: u32, max: usize| {
+        let lo = i64::from(start).clamp(0, max as i64) as usize;
+        let hi = (i64::from(start) + i64::from(len)).clamp(0, max as i64) as usize;
+        (lo, hi)
+    };
+    let (x0, x1) = clamp(r.x, r.width, frame.width);
+    let (y0, y1) = clamp(r.y, r.height, frame.height);
+    if x0 >= x1 || y0 >= y1 {
+        return Err(PreError::invalid(
+            "region of interest",
+            format!(
+                "{}x{} at ({}, {}) on a {}x{} frame",
+                r.width, r.height, r.x, r.y, frame.width, frame.height
+            ),
+            "a non-empty rectangle overlapping the frame",
+        ));
+    }
+    Ok((x0, y0, x1, y1))
+}
+
+/// Resize weights along one axis: for each output index, the source
+/// indices and weights (summing to 1) it is made of. Re-planned only when
+/// the crop size changes, reusing its buffers.
+#[derive(Debug, Default)]
+struct Axis {
+    src: usize,
+    dst: usize,
+    /// `dst + 1` offsets into `index`/`weight`.
+    start: Vec<usize>,
+    index: Vec<usize>,
+    weight: Vec<f32>,
+}
+
+impl Axis {
+    fn plan(&mut self, src: usize, dst: usize) {
+        if (self.src, self.dst) == (src, dst) && !self.start.is_empty() {
+            return;
+        }
+        (self.src, self.dst) = (src, dst);
+        self.start.clear();
+        self.index.clear();
+        self.weight.clear();
+        let scale = src as f64 / dst as f64;
+        for o in 0..dst {
+            self.start.push(self.index.len());
+            if src > dst {
+                // Area: the source interval [o·scale, (o+1)·scale) by coverage.
+                let (a, b) = (o as f64 * scale, (o + 1) as f64 * scale);
+                for s in a.floor() as usize..(b.ceil() as usize).min(src) {
+                    let cover = b.min((s + 1) as f64) - a.max(s as f64);
+                    if cover > 1e-9 {
+                        self.index.push(s);
+                        self.weight.push((cover / scale) as f32);
+                    }
+                }
+            } else {
+                // Bilinear with pixel centres at +0.5, clamped at the edges.
+                let x = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
+                let x0 = (x.floor() as usize).min(src - 1);
+                let f = x - x0 as f64;
+                if x0 + 1 < src && f > 0.0 {
+                    self.index.extend([x0, x0 + 1]);
+                    self.weight.extend([(1.0 - f) as f32, f as f32]);
+                } else {
+                    self.index.push(x0);
+                    self.weight.push(1.0);
+                }
+            }
+        }
+        self.start.push(self.index.len());
+    }
+
+    /// `(source index, weight)` pairs of output `o`.
+    fn taps(&self, o: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
+        let r = self.start[o]..self.start[o + 1];
+        self.index[r.clone()]
+            .iter()
+            .copied()
+            .zip(self.weight[r].iter().copied())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(height: usize, width: usize, color: ColorOrder, layout: VideoLayout) -> VideoSpec {
+        VideoSpec {
+            height,
+            width,
+            color,
+            layout,
+            mean: vec![0.0],
+            std: vec![1.0],
+            frames: 1,
+        }
+    }
+
+    fn run(pre: &mut VideoPre, frame: &Frame, roi: Option<Rect>) -> Vec<f32> {
+        let mut out = vec![0.0; pre.output_len()];
+        pre.process(frame, roi, &mut out).expect("valid frame");
+        out
+    }
+
+    fn gray(width: usize, height: usize, data: Vec<u8>) -> Frame<'static> {
+        Frame::new(width, height, PixelFormat::Gray8, data).expect("valid gray frame")
+    }
+
+    #[test]
+    fn constant_image_stays_constant_at_any_size() {
+        let frame =
+            Frame::new(7, 5, PixelFormat::Rgb8, [10u8, 120, 240].repeat(35)).expect("7x5 RGB");
+        for (h, w) in [(2, 3), (11, 13), (3, 20), (5, 7)] {
+            let mut pre =
+                VideoPre::new(spec(h, w, ColorOrder::Rgb, VideoLayout::Nhwc)).expect("valid spec");
+            let out = run(&mut pre, &frame, None);
+            for px in out.chunks_exact(3) {
+                for (v, e) in px.iter().zip([10.0, 120.0, 240.0]) {
+                    assert!((v * 255.0 - e).abs() < 1e-3, "{h}x{w}: {v} vs {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn area_downscale_of_checker_is_its_mean() {
+        let mut pre =
+            VideoPre::new(spec(1, 1, ColorOrder::Gray, VideoLayout::Nchw)).expect("valid spec");
+        assert_eq!(
+            run(&mut pre, &gray(2, 2, vec![0, 255, 255, 0]), None),
+            [0.5]
+        );
+        // 4 → 2 averages pairs; 3 → 2 weights by coverage (1, ½ | ½, 1).
+        let mut pre =
+            VideoPre::new(spec(1, 2, ColorOrder::Gray, VideoLayout::Nchw)).expect("valid spec");
+        let out = run(&mut pre, &gray(4, 1, vec![0, 60, 120, 180]), None);
+        assert_eq!(
+            out.iter().map(|v| v * 255.0).collect::<Vec<_>>(),
+            [30.0, 150.0]
+        );
+        let out = run(&mut pre, &gray(3, 1, vec![0, 90, 180]), None);
+        let px: Vec<f32> = out.iter().map(|v| v * 255.0).collect();
+        assert!(
+            (px[0] - 30.0).abs() < 1e-3 && (px[1] - 150.0).abs() < 1e-3,
+            "{px:?}"
+        );
+    }
+
+    #[test]
+    fn bilinear_upscale_uses_half_pixel_centres() {
+        let mut pre =
+            VideoPre::new(spec(1, 4, ColorOrder::Gray, VideoLayout::Nchw)).expect("valid spec");
+        let out = run(&mut pre, &gray(2, 1, vec![0, 100]), None);
+        let px: Vec<f32> = out.iter().map(|v| v * 255.0).collect();
+        for (v, e) in px.iter().zip([0.0, 25.0, 75.0, 100.0]) {
+            assert!((v - e).abs() < 1e-3, "{px:?}");
+        }
+    }
+
+    #[test]
+    fn layouts_put_channels_where_expected() {
+        // 2x2 RGB, pixel (x, y) channel c = 100y + 10x + c.
+        let data: Vec<u8> = (0..2)
+            .flat_map(|y| (0..2).flat_map(move |x| (0..3).map(move |c| 100 * y + 10 * x + c)))
+            .collect();
+        let frame = Frame::new(2, 2, PixelFormat::Rgb8, data).expect("2x2 RGB");
+        let value = |y: usize, x: usize, c: usize| (100 * y + 10 * x + c) as f32 / 255.0;
+        let mut nchw =
+            VideoPre::new(spec(2, 2, ColorOrder::Rgb, VideoLayout::Nchw)).expect("valid spec");
+        let mut nhwc =
+            VideoPre::new(spec(2, 2, ColorOrder::Rgb, VideoLayout::Nhwc)).expect("valid spec");
+        let mut bgr =
+            VideoPre::new(spec(2, 2, ColorOrder::Bgr, VideoLayout::Nchw)).expect("valid spec");
+        let (a, b, r) = (
+            run(&mut nchw, &frame, None),
+            run(&mut nhwc, &frame, None),
+            run(&mut bgr, &frame, None),
+        );
+        assert_eq!(nchw.output_shape(), [1, 3, 2, 2]);
+        assert_eq!(nhwc.output_shape(), [1, 2, 2, 3]);
+        for (y, x, c) in
+            (0..2).flat_map(|y| (0..2).flat_map(move |x| (0..3).map(move |c| (y, x, c))))
+        {
+            assert_eq!(a[c * 4 + y * 2 + x], value(y, x, c));
+            assert_eq!(b[(y * 2 + x) * 3 + c], value(y, x, c));
+            assert_eq!(r[(2 - c) * 4 + y * 2 + x], value(y, x, c));
+        }
+    }
+
+    #[test]
+    fn normalization_is_exact_and_broadcasts() {
+        let frame = Frame::new(1, 1, PixelFormat::Rgb8, vec![255u8, 0, 51]).expect("1x1 RGB");
+        let mut pre = VideoPre::new(VideoSpec {
+            mean: vec![0.5, 0.25, 0.2],
+            std: vec![0.25],
+            ..spec(1, 1, ColorOrder::Rgb, VideoLayout::Nchw)
+        })
+        .expect("valid spec");
+        assert_eq!(run(&mut pre, &frame, None), [2.0, -1.0, 0.0]);
+        let err = VideoPre::new(VideoSpec {
+            mean: vec![0.5, 0.5],
+            ..spec(1, 1, ColorOrder::Rgb, VideoLayout::Nchw)
+        })
+        .expect_err("two means for three channels");
+        assert_eq!(
+            err.to_string(),
+            "video mean is [0.5, 0.5] (2 values); expected 1 or 3 values (one per Rgb channel)"
+        );
+        assert!(
+            VideoPre::new(VideoSpec {
+                std: vec![0.0],
+                ..spec(1, 1, ColorOrder::Gray, VideoLayout::Nchw)
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn gray_target_uses_bt601_luma() {
+        let frame = Frame::new(1, 1, PixelFormat::Bgr8, vec![0u8, 0, 255]).expect("1x1 BGR red");
+        let mut pre =
+            VideoPre::new(spec(1, 1, ColorOrder::Gray, VideoLayout::Nchw)).expect("valid spec");
+        assert!((run(&mut pre, &frame, None)[0] - 0.299).abs() < 1e-6);
+    }
+
+    #[test]
+    fn yuv_known_colours() {
+        for range in [YuvRange::Limited, YuvRange::Full] {
+            let (black, white) = if range == YuvRange::Limited {
+                (16, 235)
+            } else {
+                (0, 255)
+            };
+            assert_eq!(yuv_to_rgb(black, 128, 128, range), [0.0; 3]);
+            assert_eq!(yuv_to_rgb(white, 128, 128, range), [255.0; 3]);
+        }
+        let close =
+            |got: [f32; 3], want: [f32; 3]| got.iter().zip(want).all(|(g, w)| (g - w).abs() <= 2.0);
+        // BT.601 red, limited (81, 90, 240) and full (76, 85, 255).
+        assert!(close(
+            yuv_to_rgb(81, 90, 240, YuvRange::Limited),
+            [255.0, 0.0, 0.0]
+        ));
+        assert!(close(
+            yuv_to_rgb(76, 85, 255, YuvRange::Full),
+            [255.0, 0.0, 0.0]
+        ));
+        // Limited-range blue (41, 240, 110).
+        assert!(close(
+            yuv_to_rgb(41, 240, 110, YuvRange::Limited),
+            [0.0, 0.0, 255.0]
+        ));
+    }
+
+    #[test]
+    fn packed_and_planar_yuv_frames_decode() {
+        let mut pre =
+            VideoPre::new(spec(2, 2, ColorOrder::Rgb, VideoLayout::Nhwc)).expect("valid spec");
+        let red = yuv_to_rgb(81, 90, 240, YuvRange::Limited).map(|v| v / 255.0);
+        // 2x2 of limited red in each format.
+        let frames = [
+            Frame::new(
+                2,
+                2,
+                PixelFormat::Yuyv,
+                vec![81, 90, 81, 240, 81, 90, 81, 240],
+            ),
+            Frame::new(2, 2, PixelFormat::Nv12, vec![81, 81, 81, 81, 90, 240]),
+            Frame::new(2, 2, PixelFormat::Yuv420p, vec![81, 81, 81, 81, 90, 240]),
+        ];
+        for frame in frames {
+            let frame = frame.expect("valid YUV frame");
+            let out = run(&mut pre, &frame, None);
+            assert!(
+                out.chunks_exact(3).all(|px| px == red),
+                "{:?}: {out:?}",
+                frame.format
+            );
+        }
+        // Odd sizes round chroma up: 3x3 I420 is 9 + 2·(2·2) bytes.
+        assert_eq!(Frame::expected_len(3, 3, PixelFormat::Yuv420p), 17);
+        assert_eq!(Frame::expected_len(3, 1, PixelFormat::Yuyv), 8);
+    }
+
+    #[test]
+    fn wrong_sizes_are_errors() {
+        let err = Frame::new(4, 4, PixelFormat::Rgb8, vec![0u8; 47]).expect_err("one byte short");
+        assert_eq!(err.to_string(), "frame buffer holds 47 values; expected 48");
+        let mut pre =
+            VideoPre::new(spec(2, 2, ColorOrder::Rgb, VideoLayout::Nchw)).expect("valid spec");
+        let frame = gray(4, 4, vec![0; 16]);
+        let err = pre
+            .process(&frame, None, &mut [0.0; 11])
+            .expect_err("short output");
+        assert_eq!(
+            err.to_string(),
+            "video output buffer holds 11 values; expected 12"
+        );
+        let bad = Frame {
+            data: Cow::Owned(vec![0; 3]),
+            ..frame.clone()
+        };
+        assert!(pre.process(&bad, None, &mut [0.0; 12]).is_err());
+    }
+
+    #[test]
+    fn roi_is_clamped_and_empty_roi_is_an_error() {
+        // Left half 0, right half 200; a ROI hanging off the right edge sees only 200.
+        let data: Vec<u8> = (0..16).map(|i| if i % 4 >= 2 { 200 } else { 0 }).collect();
+        let frame = gray(4, 4, data);
+        let mut pre =
+            VideoPre::new(spec(1, 1, ColorOrder::Gray, VideoLayout::Nchw)).expect("valid spec");
+        let roi = Rect {
+            x: 2,
+            y: -3,
+            width: 10,
+            height: 10,
+        };
+        assert!((run(&mut pre, &frame, Some(roi))[0] * 255.0 - 200.0).abs() < 1e-3);
+        let off = Rect {
+            x: 4,
+            y: 0,
+            width: 2,
+            height: 2,
+        };
+        let err = pre
+            .process(&frame, Some(off), &mut [0.0])
+            .expect_err("ROI right of the frame");
+        assert!(
+            err.to_string()
+                .starts_with("region of interest is 2x2 at (4, 0) on a 4x4 frame"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn clips_keep_the_last_frames_oldest_first() {
+        let mut pre = VideoPre::new(VideoSpec {
+            frames: 3,
+            ..spec(1, 1, ColorOrder::Gray, VideoLayout::Nhwc)
+        })
+        .expect("valid spec");
+        assert_eq!(pre.output_shape(), [1, 3, 1, 1, 1]);
+        let frames: Vec<Frame> = [51u8, 102, 153, 204]
+            .iter()
+            .map(|v| gray(1, 1, vec![*v]))
+            .collect();
+        let mut out = [0.0; 3];
+        let mut seen = Vec::new();
+        for f in &frames {
+            pre.process(f, None, &mut out).expect("valid frame");
+            seen.push(out.map(|v| (v * 5.0).round()));
+        }
+        assert_eq!(
+            seen,
+            [
+                [1.0, 1.0, 1.0],
+                [1.0, 1.0, 2.0],
+                [1.0, 2.0, 3.0],
+                [2.0, 3.0, 4.0]
+            ]
+        );
+        let refs: Vec<&Frame> = frames.iter().collect();
+        pre.process_clip(&refs, None, &mut out)
+            .expect("four frames");
+        assert_eq!(out.map(|v| (v * 5.0).round()), [2.0, 3.0, 4.0]);
+        assert!(pre.process_clip(&refs[..2], None, &mut out).is_err());
+    }
+}

@@ -1,0 +1,140 @@
+//! The engine core against fixtures recorded from PyTorch/ONNX Runtime:
+//! the reference model with its embedded manifest, adapter hot-swap, a
+//! third-party model run from a sidecar manifest, and load-time errors.
+
+use std::path::PathBuf;
+
+use emogate_engine::backend::Tensor;
+use emogate_engine::model::{AffectModel, BackendChoice, EngineError, ModelSpec};
+use emogate_tests::{fixtures, max_abs_diff};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    fixtures().parent().expect("tests/").parent().expect("repo").to_path_buf()
+}
+
+fn reference_expected() -> Value {
+    let path = fixtures().join("engine/reference_expected.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn shape(v: &Value) -> Vec<usize> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
+}
+
+/// The recorded face and audio tensors, in the manifest's input order.
+fn reference_inputs(e: &Value) -> Vec<Tensor> {
+    vec![
+        Tensor::f32(shape(&e["face_shape"]), floats(&e["face"])),
+        Tensor::f32(shape(&e["audio_shape"]), floats(&e["audio"])),
+    ]
+}
+
+fn reference_spec() -> ModelSpec {
+    ModelSpec {
+        path: root().join("models/reference/emogate-ref.onnx"),
+        adapters: vec![
+            ("calm".into(), root().join("models/reference/adapters/calm")),
+            ("excited".into(), root().join("models/reference/adapters/excited")),
+        ],
+        ..ModelSpec::default()
+    }
+}
+
+fn assert_outputs(outputs: &[Tensor], expected: &Value, what: &str) {
+    let probs = floats(&expected["probabilities"]);
+    let va = floats(&expected["valence_arousal"]);
+    let d1 = max_abs_diff(outputs[0].as_f32().unwrap(), &probs);
+    let d2 = max_abs_diff(outputs[1].as_f32().unwrap(), &va);
+    assert!(d1 <= 1e-4 && d2 <= 1e-4, "{what}: probabilities diff {d1}, valence/arousal diff {d2}");
+}
+
+#[test]
+fn reference_model_matches_torch_with_its_embedded_manifest() {
+    let e = reference_expected();
+    let mut model = AffectModel::load(&reference_spec()).unwrap();
+    assert_eq!(model.manifest().name, "emogate-ref");
+    assert_eq!(model.backend_name(), "tract");
+    let outputs = model.run(&reference_inputs(&e)).unwrap();
+    assert_outputs(&outputs, &e["base"], "base");
+}
+
+#[test]
+fn adapters_hot_swap_to_peft_merged_outputs_and_back() {
+    let e = reference_expected();
+    let inputs = reference_inputs(&e);
+    let mut model = AffectModel::load(&ModelSpec {
+        active: Some("calm".into()),
+        ..reference_spec()
+    })
+    .unwrap();
+    assert_eq!(model.active(), Some("calm"));
+    assert_outputs(&model.run(&inputs).unwrap(), &e["adapters"]["calm"]["merged"], "calm");
+    model.switch(Some("excited")).unwrap();
+    assert_outputs(&model.run(&inputs).unwrap(), &e["adapters"]["excited"]["merged"], "excited");
+    model.switch(None).unwrap();
+    assert_outputs(&model.run(&inputs).unwrap(), &e["base"], "base again");
+    let err = model.switch(Some("grumpy")).unwrap_err().to_string();
+    assert!(err.contains("`grumpy`") && err.contains("calm, excited"), "{err}");
+    // The failed switch left the running backend in place.
+    assert_outputs(&model.run(&inputs).unwrap(), &e["base"], "after a failed switch");
+}
+
+#[test]
+fn third_party_model_runs_from_a_sidecar_manifest() {
+    let dir = fixtures().join("engine/fer64");
+    let expected: Value = serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    let spec = ModelSpec {
+        path: dir.join("model.onnx"),
+        manifest: Some(dir.join("manifest.json")),
+        ..ModelSpec::default()
+    };
+    let mut model = AffectModel::load(&spec).unwrap();
+    let input = Tensor::f32(shape(&expected["input_shape"]), floats(&expected["input"]));
+    let out = model.run(&[input]).unwrap();
+    let diff = max_abs_diff(out[0].as_f32().unwrap(), &floats(&expected["output"]));
+    assert!(diff <= 1e-4, "fer64 diff {diff}");
+
+    // Without the sidecar it has no manifest, and says how to give one.
+    let err = AffectModel::load(&ModelSpec {
+        manifest: None,
+        ..spec
+    })
+    .err()
+    .unwrap();
+    assert!(matches!(err, EngineError::NoManifest { .. }));
+    assert!(err.to_string().contains("--manifest"), "{err}");
+}
+
+#[test]
+fn manifest_that_does_not_fit_the_model_is_rejected_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let fer = fixtures().join("engine/fer64");
+    let text = std::fs::read_to_string(fer.join("manifest.json")).unwrap();
+    let cases = [
+        (text.replace("\"height\": 64", "\"height\": 48"), vec!["axis 1", "48", "64"]),
+        (text.replace("\"name\": \"input\"", "\"name\": \"image\""), vec!["`image`", "graph input `input`", "not described by the manifest"]),
+        (text.replace("\"NHWC\"", "\"NCHW\""), vec!["axis", "input"]),
+    ];
+    for (i, (manifest, needles)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("m{i}.json"));
+        std::fs::write(&path, manifest).unwrap();
+        let err = AffectModel::load(&ModelSpec {
+            path: fer.join("model.onnx"),
+            manifest: Some(path),
+            backend: BackendChoice::default(),
+            ..ModelSpec::default()
+        })
+        .err()
+        .expect("mismatch must fail")
+        .to_string();
+        assert!(err.contains("model.onnx"), "{err}");
+        for n in needles {
+            assert!(err.contains(n), "case {i}: `{n}` missing from: {err}");
+        }
+    }
+}
