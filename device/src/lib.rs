@@ -9,6 +9,9 @@
 //!   single-consumer ring an audio callback writes into. The callback side
 //!   ([`ring::AudioProducer`]) never allocates, locks or blocks: when the
 //!   consumer falls behind it drops the newest samples and counts them.
+//! * [`replay::VideoReplay`] — video from a still image, a folder of frames
+//!   or a Y4M clip, with per-frame timestamps.
 
 pub mod clock;
+pub mod replay;
 pub mod ring;

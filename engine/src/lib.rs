@@ -8,5 +8,6 @@
 
 pub mod backend;
 pub mod model;
+pub mod offline;
 pub mod post;
 pub mod pre;

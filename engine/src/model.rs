@@ -37,7 +37,9 @@ pub enum EngineError {
 /// Which runtime runs the model.
 #[derive(Debug, Clone)]
 pub enum BackendChoice {
-    Tract { threads: usize },
+    Tract {
+        threads: usize,
+    },
     #[cfg(feature = "ort")]
     Ort(crate::backend::ort::OrtOptions),
 }
@@ -64,7 +66,9 @@ pub struct ModelSpec {
 /// Parses `NAME=DIR`.
 pub fn parse_adapter_spec(spec: &str) -> Result<(String, PathBuf), EngineError> {
     match spec.split_once('=') {
-        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => Ok((name.to_string(), PathBuf::from(dir))),
+        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(dir)))
+        }
         _ => Err(EngineError::AdapterSpec { spec: spec.into() }),
     }
 }
@@ -104,7 +108,8 @@ impl AffectModel {
         };
         manifest.check_against(&onnx)?;
         let graph = onnx.graph();
-        let inits: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();
+        let inits: std::collections::HashSet<&str> =
+            graph.initializer.iter().map(|t| t.name()).collect();
         let feed = graph
             .input
             .iter()
@@ -183,7 +188,12 @@ impl AffectModel {
             .parts
             .outputs
             .iter()
-            .map(|i| outputs.get(*i).cloned().unwrap_or_else(|| Tensor::f32(vec![0], vec![])))
+            .map(|i| {
+                outputs
+                    .get(*i)
+                    .cloned()
+                    .unwrap_or_else(|| Tensor::f32(vec![0], vec![]))
+            })
             .collect())
     }
 
@@ -228,14 +238,17 @@ impl Parts {
         let merged = match adapter {
             None => None,
             Some(name) => {
-                let adapter = self.adapters.get(name).ok_or_else(|| EngineError::UnknownAdapter {
-                    name: name.into(),
-                    loaded: if self.adapters.is_empty() {
-                        "none".into()
-                    } else {
-                        self.adapters.keys().cloned().collect::<Vec<_>>().join(", ")
-                    },
-                })?;
+                let adapter =
+                    self.adapters
+                        .get(name)
+                        .ok_or_else(|| EngineError::UnknownAdapter {
+                            name: name.into(),
+                            loaded: if self.adapters.is_empty() {
+                                "none".into()
+                            } else {
+                                self.adapters.keys().cloned().collect::<Vec<_>>().join(", ")
+                            },
+                        })?;
                 Some(MergePlan::new(&self.onnx, adapter)?)
             }
         };
@@ -258,11 +271,16 @@ impl Parts {
             BackendChoice::Ort(options) => {
                 use crate::backend::ort::OrtBackend;
                 let Some(plan) = merged else {
-                    return Ok(Box::new(OrtBackend::load(self.onnx.path(), Vec::new(), options)?));
+                    return Ok(Box::new(OrtBackend::load(
+                        self.onnx.path(),
+                        Vec::new(),
+                        options,
+                    )?));
                 };
                 if plan.changes_graph() {
                     // Weight copies changed the graph: give ONNX Runtime a file.
-                    return self.prepare_from_file(adapter.expect("merged implies a name"), options);
+                    return self
+                        .prepare_from_file(adapter.expect("merged implies a name"), options);
                 }
                 // Same graph: override just the merged initializers.
                 let (proto, updates, _) = plan.merged_proto()?;
@@ -278,12 +296,20 @@ impl Parts {
                     if ty != emogate_models::onnx::FloatType::F32 {
                         // Overrides must match the initializer's type; only
                         // f32 is passed that way, others go through a file.
-                        return self.prepare_from_file(adapter.expect("merged implies a name"), options);
+                        return self
+                            .prepare_from_file(adapter.expect("merged implies a name"), options);
                     }
                     let shape = tensor.dims.iter().map(|d| *d as usize).collect();
-                    overrides.push((update.name.clone(), Tensor::f32(shape, ty.decode(&update.bytes.as_bytes()))));
+                    overrides.push((
+                        update.name.clone(),
+                        Tensor::f32(shape, ty.decode(&update.bytes.as_bytes())),
+                    ));
                 }
-                Ok(Box::new(OrtBackend::load(self.onnx.path(), overrides, options)?))
+                Ok(Box::new(OrtBackend::load(
+                    self.onnx.path(),
+                    overrides,
+                    options,
+                )?))
             }
         }
     }
@@ -301,8 +327,18 @@ impl Parts {
             source: e,
         })?;
         let out = dir.path().join("merged.onnx");
-        emogate_models::merge::merge_to_file(&self.onnx, &self.adapters[adapter], &out, &Default::default(), &mut |_, _| {})?;
-        Ok(Box::new(crate::backend::ort::OrtBackend::load(&out, Vec::new(), options)?))
+        emogate_models::merge::merge_to_file(
+            &self.onnx,
+            &self.adapters[adapter],
+            &out,
+            &Default::default(),
+            &mut |_, _| {},
+        )?;
+        Ok(Box::new(crate::backend::ort::OrtBackend::load(
+            &out,
+            Vec::new(),
+            options,
+        )?))
     }
 
     /// Input shapes in graph order, from the manifest.

@@ -16,6 +16,9 @@
 
 use std::time::Duration;
 
+// How to read a model output: the manifest's output kind, used as is.
+pub use emogate_models::manifest::OutputKind;
+
 /// Errors of postprocessing, naming the value and what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum PostError {
@@ -224,13 +227,14 @@ impl ChangeDetector {
     /// Feeds (smoothed) probabilities seen at `at`; returns the change it
     /// confirms, if any.
     pub fn update(&mut self, probs: &[f32], at: Duration) -> Option<ChangeEvent> {
-        let (top, p_top) = probs
-            .iter()
-            .copied()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |best, (i, p)| {
-                if p > best.1 { (i, p) } else { best }
-            });
+        let (top, p_top) =
+            probs
+                .iter()
+                .copied()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (i, p)| {
+                    if p > best.1 { (i, p) } else { best }
+                });
         if probs.is_empty() {
             return None;
         }
@@ -274,19 +278,6 @@ impl ChangeDetector {
         self.current = None;
         self.candidate = None;
     }
-}
-
-/// How to read a model output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputKind {
-    /// Softmax is applied.
-    Logits,
-    /// Used as is, renormalized if the sum is off by more than 1e-3.
-    Probabilities,
-    /// Sigmoid is applied per label.
-    MultilabelLogits,
-    /// Two values, valence and arousal, smoothed but not labelled.
-    ValenceArousal,
 }
 
 /// Smoothing and change-detection settings of a [`Postprocessor`].

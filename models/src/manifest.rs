@@ -55,7 +55,8 @@ pub enum InputSpec {
     Audio(AudioInput),
 }
 
-/// Tensor layout of a video input (with a time axis after N when `frames > 1`).
+/// Tensor layout of a video input (with a time axis after N when `frames > 1`):
+/// `[1, C, H, W]` or `[1, H, W, C]`, `[1, T, …]` for clips.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VideoLayout {
     #[serde(rename = "NCHW")]
@@ -70,10 +71,12 @@ pub enum VideoLayout {
 pub enum ColorOrder {
     Rgb,
     Bgr,
+    /// One channel, `0.299 R + 0.587 G + 0.114 B` (BT.601 luma).
     Gray,
 }
 
 impl ColorOrder {
+    /// Channels in the tensor: 1 for gray, 3 otherwise.
     pub fn channels(self) -> usize {
         match self {
             ColorOrder::Gray => 1,
@@ -172,34 +175,46 @@ fn default_power() -> f32 {
     2.0
 }
 
+/// Hz ↔ mel mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MelScale {
+    /// Slaney's Auditory Toolbox: linear below 1 kHz, logarithmic above
+    /// (librosa's default, `htk=False`).
     Slaney,
+    /// `2595·log10(1 + f/700)` (`htk=True`, torchaudio's default).
     Htk,
 }
 
+/// The logarithm applied to mel energies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogKind {
     Ln,
     Log10,
+    /// Mel power as is.
     None,
 }
 
+/// How the signal is extended by `n_fft/2` at each end when centring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PadMode {
+    /// Zeros (librosa ≥ 0.10's default).
     #[default]
     Constant,
+    /// numpy `reflect`: mirrored about the edge sample, which is not repeated.
     Reflect,
 }
 
+/// Mel filter normalization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MelNorm {
+    /// Each triangle has unit area in Hz (librosa's `norm='slaney'`).
     #[default]
     Slaney,
+    /// Triangles peak at 1.
     None,
 }
 
@@ -229,15 +244,17 @@ pub struct OutputSpec {
     pub kind: OutputKind,
 }
 
+/// How to read a model output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputKind {
     /// Softmax is applied.
     Logits,
+    /// Used as is, renormalized if the sum is off by more than 1e-3.
     Probabilities,
     /// Sigmoid is applied per label.
     MultilabelLogits,
-    /// Two values: valence, arousal.
+    /// Two values, valence and arousal, smoothed but not labelled.
     ValenceArousal,
 }
 
@@ -249,12 +266,23 @@ impl Manifest {
     /// modality other than video or audio (text tokens, precomputed
     /// features) are reported, never guessed.
     pub fn from_json(text: &str, source: &Path) -> Result<Self> {
-        let raw: Value = serde_json::from_str(text).map_err(|e| Error::field(source, "manifest JSON", e.to_string()))?;
+        let raw: Value = serde_json::from_str(text)
+            .map_err(|e| Error::field(source, "manifest JSON", e.to_string()))?;
         let schema = raw.get("schema").and_then(Value::as_str).unwrap_or("");
         if schema != SCHEMA {
-            return Err(Error::field(source, "manifest.schema", format!("is `{schema}`; expected `{SCHEMA}`")));
+            return Err(Error::field(
+                source,
+                "manifest.schema",
+                format!("is `{schema}`; expected `{SCHEMA}`"),
+            ));
         }
-        for (i, input) in raw.get("inputs").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (i, input) in raw
+            .get("inputs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let name = input.get("name").and_then(Value::as_str).unwrap_or("?");
             match input.get("modality").and_then(Value::as_str) {
                 Some("video" | "audio") => {}
@@ -277,8 +305,8 @@ impl Manifest {
                 }
             }
         }
-        let manifest: Manifest =
-            serde_json::from_value(raw).map_err(|e| Error::field(source, "manifest", e.to_string()))?;
+        let manifest: Manifest = serde_json::from_value(raw)
+            .map_err(|e| Error::field(source, "manifest", e.to_string()))?;
         manifest.check(source)?;
         Ok(manifest)
     }
@@ -318,10 +346,16 @@ impl Manifest {
     fn check(&self, source: &Path) -> Result<()> {
         let field = |what: String, msg: String| Err(Error::field(source, what, msg));
         if self.labels.is_empty() {
-            return field("manifest.labels".into(), "is empty; expected one name per class".into());
+            return field(
+                "manifest.labels".into(),
+                "is empty; expected one name per class".into(),
+            );
         }
         if self.inputs.is_empty() {
-            return field("manifest.inputs".into(), "is empty; expected at least one video or audio input".into());
+            return field(
+                "manifest.inputs".into(),
+                "is empty; expected at least one video or audio input".into(),
+            );
         }
         for input in &self.inputs {
             match input {
@@ -331,15 +365,25 @@ impl Manifest {
                         if values.len() != 1 && values.len() != c {
                             return field(
                                 format!("manifest input `{}`.{what}", v.name),
-                                format!("has {} values; expected 1 or {c} (one per {:?} channel)", values.len(), v.color),
+                                format!(
+                                    "has {} values; expected 1 or {c} (one per {:?} channel)",
+                                    values.len(),
+                                    v.color
+                                ),
                             );
                         }
                     }
-                    if v.std.iter().any(|s| *s == 0.0) {
-                        return field(format!("manifest input `{}`.std", v.name), "contains 0".into());
+                    if v.std.contains(&0.0) {
+                        return field(
+                            format!("manifest input `{}`.std", v.name),
+                            "contains 0".into(),
+                        );
                     }
                     if v.height == 0 || v.width == 0 || v.frames == 0 {
-                        return field(format!("manifest input `{}`", v.name), "height, width and frames must be positive".into());
+                        return field(
+                            format!("manifest input `{}`", v.name),
+                            "height, width and frames must be positive".into(),
+                        );
                     }
                 }
                 InputSpec::Audio(a) => {
@@ -359,7 +403,12 @@ impl Manifest {
                         if m.fmax > a.sample_rate as f32 / 2.0 || m.fmin >= m.fmax {
                             return field(
                                 format!("manifest input `{}`.features.fmax", a.name),
-                                format!("{} must be above fmin {} and at most sample_rate/2 = {}", m.fmax, m.fmin, a.sample_rate / 2),
+                                format!(
+                                    "{} must be above fmin {} and at most sample_rate/2 = {}",
+                                    m.fmax,
+                                    m.fmin,
+                                    a.sample_rate / 2
+                                ),
                             );
                         }
                         if m.window != "hann" {
@@ -413,8 +462,13 @@ impl Manifest {
     /// fixed dimension that differs, an output too small for the labels.
     pub fn check_against(&self, model: &OnnxModel) -> Result<()> {
         let graph = model.graph();
-        let init_names: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();
-        let graph_inputs: Vec<_> = graph.input.iter().filter(|i| !init_names.contains(i.name())).collect();
+        let init_names: std::collections::HashSet<&str> =
+            graph.initializer.iter().map(|t| t.name()).collect();
+        let graph_inputs: Vec<_> = graph
+            .input
+            .iter()
+            .filter(|i| !init_names.contains(i.name()))
+            .collect();
         let mismatch = |what: String, msg: String| Err(Error::field(model.path(), what, msg));
         for gi in &graph_inputs {
             if self.input(gi.name()).is_none() {
@@ -422,7 +476,11 @@ impl Manifest {
                     format!("graph input `{}`", gi.name()),
                     format!(
                         "is not described by the manifest (which feeds {})",
-                        self.inputs.iter().map(|i| format!("`{}`", i.name())).collect::<Vec<_>>().join(", ")
+                        self.inputs
+                            .iter()
+                            .map(|i| format!("`{}`", i.name()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 );
             }
@@ -433,7 +491,11 @@ impl Manifest {
                     format!("manifest input `{}`", spec.name()),
                     format!(
                         "is not an input of the graph (it has {})",
-                        graph_inputs.iter().map(|g| format!("`{}`", g.name())).collect::<Vec<_>>().join(", ")
+                        graph_inputs
+                            .iter()
+                            .map(|g| format!("`{}`", g.name()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 );
             };
@@ -443,7 +505,11 @@ impl Manifest {
                 if dims.len() != want.len() {
                     return mismatch(
                         format!("manifest input `{}`", spec.name()),
-                        format!("describes a rank-{} tensor {want:?} but the graph's is rank {} {dims:?}", want.len(), dims.len()),
+                        format!(
+                            "describes a rank-{} tensor {want:?} but the graph's is rank {} {dims:?}",
+                            want.len(),
+                            dims.len()
+                        ),
                     );
                 }
                 for (axis, (d, w)) in dims.iter().zip(&want).enumerate() {
@@ -452,7 +518,9 @@ impl Manifest {
                     {
                         return mismatch(
                             format!("manifest input `{}` axis {axis}", spec.name()),
-                            format!("is {w} by the manifest ({want:?}) but {d} in the graph ({dims:?})"),
+                            format!(
+                                "is {w} by the manifest ({want:?}) but {d} in the graph ({dims:?})"
+                            ),
                         );
                     }
                 }
@@ -464,7 +532,12 @@ impl Manifest {
                     format!("manifest output `{}`", out.name),
                     format!(
                         "is not an output of the graph (it has {})",
-                        graph.output.iter().map(|o| format!("`{}`", o.name())).collect::<Vec<_>>().join(", ")
+                        graph
+                            .output
+                            .iter()
+                            .map(|o| format!("`{}`", o.name()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 );
             };
@@ -478,7 +551,10 @@ impl Manifest {
             {
                 return mismatch(
                     format!("manifest output `{}`", out.name),
-                    format!("of kind {:?} needs {want} values but the graph's last dimension is {last}", out.kind),
+                    format!(
+                        "of kind {:?} needs {want} values but the graph's last dimension is {last}",
+                        out.kind
+                    ),
                 );
             }
         }
@@ -539,24 +615,40 @@ mod tests {
         assert_eq!(Manifest::input_shape(&m.inputs[0]), vec![1, 64, 64, 1]);
         assert_eq!(Manifest::input_shape(&m.inputs[1]), vec![1, 64, 201]);
         // Round trip through the embedded form.
-        let again = Manifest::from_json(&serde_json::to_string(&m).unwrap(), Path::new("x")).unwrap();
+        let again =
+            Manifest::from_json(&serde_json::to_string(&m).unwrap(), Path::new("x")).unwrap();
         assert_eq!(again, m);
     }
 
     #[test]
     fn names_an_unsupported_modality() {
         let text = EXAMPLE.replace(r#""modality": "audio""#, r#""modality": "text""#);
-        let e = Manifest::from_json(&text, Path::new("m.json")).unwrap_err().to_string();
-        assert!(e.contains("m.json") && e.contains("`audio`") && e.contains("modality") && e.contains("`text`"), "{e}");
+        let e = Manifest::from_json(&text, Path::new("m.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m.json")
+                && e.contains("`audio`")
+                && e.contains("modality")
+                && e.contains("`text`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn rejects_bad_normalization_and_schema() {
         let text = EXAMPLE.replace(r#""mean": [0.5]"#, r#""mean": [0.5, 0.5]"#);
-        let e = Manifest::from_json(&text, Path::new("m.json")).unwrap_err().to_string();
+        let e = Manifest::from_json(&text, Path::new("m.json"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mean") && e.contains("expected 1 or 1"), "{e}");
         let text = EXAMPLE.replace("emogate.manifest/1", "emogate.manifest/9");
-        let e = Manifest::from_json(&text, Path::new("m.json")).unwrap_err().to_string();
-        assert!(e.contains("manifest.schema") && e.contains("emogate.manifest/9"), "{e}");
+        let e = Manifest::from_json(&text, Path::new("m.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("manifest.schema") && e.contains("emogate.manifest/9"),
+            "{e}"
+        );
     }
 }

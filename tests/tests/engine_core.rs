@@ -10,7 +10,12 @@ use emogate_tests::{fixtures, max_abs_diff};
 use serde_json::Value;
 
 fn root() -> PathBuf {
-    fixtures().parent().expect("tests/").parent().expect("repo").to_path_buf()
+    fixtures()
+        .parent()
+        .expect("tests/")
+        .parent()
+        .expect("repo")
+        .to_path_buf()
 }
 
 fn reference_expected() -> Value {
@@ -19,11 +24,19 @@ fn reference_expected() -> Value {
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 fn shape(v: &Value) -> Vec<usize> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect()
 }
 
 /// The recorded face and audio tensors, in the manifest's input order.
@@ -39,7 +52,10 @@ fn reference_spec() -> ModelSpec {
         path: root().join("models/reference/emogate-ref.onnx"),
         adapters: vec![
             ("calm".into(), root().join("models/reference/adapters/calm")),
-            ("excited".into(), root().join("models/reference/adapters/excited")),
+            (
+                "excited".into(),
+                root().join("models/reference/adapters/excited"),
+            ),
         ],
         ..ModelSpec::default()
     }
@@ -50,7 +66,10 @@ fn assert_outputs(outputs: &[Tensor], expected: &Value, what: &str) {
     let va = floats(&expected["valence_arousal"]);
     let d1 = max_abs_diff(outputs[0].as_f32().unwrap(), &probs);
     let d2 = max_abs_diff(outputs[1].as_f32().unwrap(), &va);
-    assert!(d1 <= 1e-4 && d2 <= 1e-4, "{what}: probabilities diff {d1}, valence/arousal diff {d2}");
+    assert!(
+        d1 <= 1e-4 && d2 <= 1e-4,
+        "{what}: probabilities diff {d1}, valence/arousal diff {d2}"
+    );
 }
 
 #[test]
@@ -73,21 +92,37 @@ fn adapters_hot_swap_to_peft_merged_outputs_and_back() {
     })
     .unwrap();
     assert_eq!(model.active(), Some("calm"));
-    assert_outputs(&model.run(&inputs).unwrap(), &e["adapters"]["calm"]["merged"], "calm");
+    assert_outputs(
+        &model.run(&inputs).unwrap(),
+        &e["adapters"]["calm"]["merged"],
+        "calm",
+    );
     model.switch(Some("excited")).unwrap();
-    assert_outputs(&model.run(&inputs).unwrap(), &e["adapters"]["excited"]["merged"], "excited");
+    assert_outputs(
+        &model.run(&inputs).unwrap(),
+        &e["adapters"]["excited"]["merged"],
+        "excited",
+    );
     model.switch(None).unwrap();
     assert_outputs(&model.run(&inputs).unwrap(), &e["base"], "base again");
     let err = model.switch(Some("grumpy")).unwrap_err().to_string();
-    assert!(err.contains("`grumpy`") && err.contains("calm, excited"), "{err}");
+    assert!(
+        err.contains("`grumpy`") && err.contains("calm, excited"),
+        "{err}"
+    );
     // The failed switch left the running backend in place.
-    assert_outputs(&model.run(&inputs).unwrap(), &e["base"], "after a failed switch");
+    assert_outputs(
+        &model.run(&inputs).unwrap(),
+        &e["base"],
+        "after a failed switch",
+    );
 }
 
 #[test]
 fn third_party_model_runs_from_a_sidecar_manifest() {
     let dir = fixtures().join("engine/fer64");
-    let expected: Value = serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
     let spec = ModelSpec {
         path: dir.join("model.onnx"),
         manifest: Some(dir.join("manifest.json")),
@@ -116,8 +151,18 @@ fn manifest_that_does_not_fit_the_model_is_rejected_at_load() {
     let fer = fixtures().join("engine/fer64");
     let text = std::fs::read_to_string(fer.join("manifest.json")).unwrap();
     let cases = [
-        (text.replace("\"height\": 64", "\"height\": 48"), vec!["axis 1", "48", "64"]),
-        (text.replace("\"name\": \"input\"", "\"name\": \"image\""), vec!["`image`", "graph input `input`", "not described by the manifest"]),
+        (
+            text.replace("\"height\": 64", "\"height\": 48"),
+            vec!["axis 1", "48", "64"],
+        ),
+        (
+            text.replace("\"name\": \"input\"", "\"name\": \"image\""),
+            vec![
+                "`image`",
+                "graph input `input`",
+                "not described by the manifest",
+            ],
+        ),
         (text.replace("\"NHWC\"", "\"NCHW\""), vec!["axis", "input"]),
     ];
     for (i, (manifest, needles)) in cases.into_iter().enumerate() {

@@ -38,7 +38,9 @@ impl std::str::FromStr for Provider {
             "cpu" => Ok(Provider::Cpu),
             other => Err(BackendError::Config {
                 field: "--ep".into(),
-                message: format!("unknown execution provider `{other}`; expected tensorrt, cuda or cpu"),
+                message: format!(
+                    "unknown execution provider `{other}`; expected tensorrt, cuda or cpu"
+                ),
             }),
         }
     }
@@ -88,37 +90,65 @@ impl Default for OrtOptions {
 
 /// Parses `tensorrt,cuda,cpu`.
 pub fn parse_providers(list: &str) -> Result<Vec<Provider>, BackendError> {
-    list.split(',').filter(|s| !s.trim().is_empty()).map(str::parse).collect()
+    list.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(str::parse)
+        .collect()
 }
 
-static LOADED: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+static ENVIRONMENT: OnceLock<ort::environment::Environment> = OnceLock::new();
+static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Loads the ONNX Runtime library and creates its environment, once per
-/// process (ONNX Runtime allows one environment per process).
-fn load_library(options: &OrtOptions) -> Result<&'static ort::environment::Environment, BackendError> {
-    let result = LOADED.get_or_init(|| {
-        let path = options
-            .library
-            .clone()
-            .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
-            .ok_or_else(|| {
+/// process (ONNX Runtime allows one environment per process). A failure is
+/// not remembered: a later call with a corrected path may succeed.
+fn load_library(
+    options: &OrtOptions,
+) -> Result<&'static ort::environment::Environment, BackendError> {
+    if let Some(env) = ENVIRONMENT.get() {
+        return Ok(env);
+    }
+    let _guard = LOADING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(env) = ENVIRONMENT.get() {
+        return Ok(env);
+    }
+    let config = |message: String| BackendError::Config {
+        field: "ONNX Runtime library".into(),
+        message,
+    };
+    let path = options
+        .library
+        .clone()
+        .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
+        .ok_or_else(|| {
+            config(
                 "ONNX Runtime not found: pass --ort-lib PATH or set ORT_DYLIB_PATH to libonnxruntime.so \
                  (pip's onnxruntime wheel ships it as onnxruntime/capi/libonnxruntime.so.<version>)"
-                    .to_string()
-            })?;
-        if !path.exists() {
-            return Err(format!("ONNX Runtime not found: {} does not exist", path.display()));
-        }
-        let builder = ort::init_from(&path).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
-        builder
-            .with_name("emogate")
-            .build()
-            .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", path.display()))
-    });
-    result.as_ref().map_err(|message| BackendError::Config {
-        field: "ONNX Runtime library".into(),
-        message: message.clone(),
-    })
+                    .into(),
+            )
+        })?;
+    if !path.is_file() {
+        return Err(config(format!(
+            "ONNX Runtime not found: {} is not a file",
+            path.display()
+        )));
+    }
+    let builder = ort::init_from(&path).map_err(|e| {
+        config(format!(
+            "cannot load ONNX Runtime from {}: {e}",
+            path.display()
+        ))
+    })?;
+    let env = builder.with_name("emogate").build().map_err(|e| {
+        config(format!(
+            "cannot start ONNX Runtime from {}: {e}",
+            path.display()
+        ))
+    })?;
+    tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+    Ok(ENVIRONMENT.get_or_init(|| env))
 }
 
 /// A model in an ONNX Runtime session.
@@ -137,7 +167,11 @@ impl OrtBackend {
     /// [`BackendError::Config`] when the library cannot be loaded or a
     /// requested provider is unavailable under `strict`;
     /// [`BackendError::Load`] when the session cannot be created.
-    pub fn load(path: &Path, overrides: Vec<(String, Tensor)>, options: &OrtOptions) -> Result<Self, BackendError> {
+    pub fn load(
+        path: &Path,
+        overrides: Vec<(String, Tensor)>,
+        options: &OrtOptions,
+    ) -> Result<Self, BackendError> {
         let env = load_library(options)?;
         let load_err = |message: String| BackendError::Load {
             path: path.to_path_buf(),
@@ -172,7 +206,10 @@ impl OrtBackend {
                 Err(e) if options.strict => {
                     return Err(BackendError::Config {
                         field: "--ep-strict".into(),
-                        message: format!("{} execution provider was requested but cannot be used: {e}", provider.name()),
+                        message: format!(
+                            "{} execution provider was requested but cannot be used: {e}",
+                            provider.name()
+                        ),
                     });
                 }
                 Err(e) => tracing::warn!(
@@ -186,12 +223,15 @@ impl OrtBackend {
             registered.push(Provider::Cpu);
         }
         for (name, tensor) in overrides {
-            let value = to_ort(&tensor).map_err(|e| load_err(format!("initializer `{name}`: {e}")))?;
+            let value =
+                to_ort(&tensor).map_err(|e| load_err(format!("initializer `{name}`: {e}")))?;
             builder = builder
                 .with_initializer(&name, value)
                 .map_err(|e| load_err(format!("overriding initializer `{name}`: {e}")))?;
         }
-        let session = builder.commit_from_file(path).map_err(|e| load_err(e.to_string()))?;
+        let session = builder
+            .commit_from_file(path)
+            .map_err(|e| load_err(e.to_string()))?;
         let requested = options.providers.first().copied().unwrap_or(Provider::Cpu);
         let running = registered[0];
         if running != requested {
@@ -241,13 +281,19 @@ impl Backend for OrtBackend {
             model: self.label.clone(),
             message,
         };
-        let outputs = self.session.run(values.as_slice()).map_err(|e| run_err(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(values.as_slice())
+            .map_err(|e| run_err(e.to_string()))?;
         let mut result = Vec::with_capacity(outputs.len());
         for (_, value) in outputs.iter() {
             let (shape, data) = value
                 .try_extract_tensor::<f32>()
                 .map_err(|e| run_err(format!("output is not f32: {e}")))?;
-            result.push(Tensor::f32(shape.iter().map(|d| *d as usize).collect(), data.to_vec()));
+            result.push(Tensor::f32(
+                shape.iter().map(|d| *d as usize).collect(),
+                data.to_vec(),
+            ));
         }
         Ok(result)
     }
@@ -264,6 +310,9 @@ mod tests {
             vec![Provider::TensorRt, Provider::Cuda, Provider::Cpu]
         );
         let e = parse_providers("cuda,npu").unwrap_err().to_string();
-        assert!(e.contains("--ep") && e.contains("`npu`") && e.contains("tensorrt, cuda or cpu"), "{e}");
+        assert!(
+            e.contains("--ep") && e.contains("`npu`") && e.contains("tensorrt, cuda or cpu"),
+            "{e}"
+        );
     }
 }

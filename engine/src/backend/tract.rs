@@ -60,7 +60,11 @@ impl TractBackend {
     ///
     /// # Errors
     /// [`BackendError::Load`] naming `dir` and tract's reason.
-    pub fn from_proto(proto: &ModelProto, dir: &Path, options: &TractOptions) -> Result<Self, BackendError> {
+    pub fn from_proto(
+        proto: &ModelProto,
+        dir: &Path,
+        options: &TractOptions,
+    ) -> Result<Self, BackendError> {
         use prost::Message;
         let load = |message: String| BackendError::Load {
             path: PathBuf::from(dir),
@@ -71,7 +75,9 @@ impl TractBackend {
         let bytes = proto.encode_to_vec();
         let tract_proto = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
             .map_err(|e| load(format!("re-decoding the edited model: {e}")))?;
-        let dir_str = dir.to_str().ok_or_else(|| load("folder is not UTF-8".into()))?;
+        let dir_str = dir
+            .to_str()
+            .ok_or_else(|| load("folder is not UTF-8".into()))?;
         let model = tract_onnx::onnx()
             .parse(&tract_proto, Some(dir_str))
             .map(|parsed| parsed.model)
@@ -84,7 +90,9 @@ impl TractBackend {
             static EXECUTOR: Once = Once::new();
             let n = options.threads;
             EXECUTOR.call_once(|| {
-                tract_linalg::multithread::set_default_executor(tract_linalg::multithread::Executor::multithread(n))
+                tract_linalg::multithread::set_default_executor(
+                    tract_linalg::multithread::Executor::multithread(n),
+                )
             });
         }
         if let Some(inputs) = &options.inputs {
@@ -111,10 +119,12 @@ impl Backend for TractBackend {
         for (index, input) in inputs.iter().enumerate() {
             let t = match &input.data {
                 TensorData::F32(v) => {
-                    tract_ndarray::ArrayD::from_shape_vec(input.shape.clone(), v.clone()).map(|a| a.into_tensor())
+                    tract_ndarray::ArrayD::from_shape_vec(input.shape.clone(), v.clone())
+                        .map(|a| a.into_tensor())
                 }
                 TensorData::I64(v) => {
-                    tract_ndarray::ArrayD::from_shape_vec(input.shape.clone(), v.clone()).map(|a| a.into_tensor())
+                    tract_ndarray::ArrayD::from_shape_vec(input.shape.clone(), v.clone())
+                        .map(|a| a.into_tensor())
                 }
             }
             .map_err(|e| BackendError::Input {
@@ -134,7 +144,10 @@ impl Backend for TractBackend {
                 let shape = o.shape().to_vec();
                 let as_f32 = o.cast_to::<f32>().map_err(|e| BackendError::Run {
                     model: self.label.clone(),
-                    message: format!("output of type {:?} cannot be read as f32: {e}", o.datum_type()),
+                    message: format!(
+                        "output of type {:?} cannot be read as f32: {e}",
+                        o.datum_type()
+                    ),
                 })?;
                 let values = as_f32
                     .to_plain_array_view::<f32>()

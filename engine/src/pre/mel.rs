@@ -21,44 +21,11 @@ use std::sync::Arc;
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
 
+use emogate_models::manifest::LogMel;
+// The manifest's mel scale, filter norm, padding and log kinds, used as is.
+pub use emogate_models::manifest::{LogKind, MelNorm, MelScale, PadMode};
+
 use super::PreError;
-
-/// Hz ↔ mel mapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MelScale {
-    /// Slaney's Auditory Toolbox: linear below 1 kHz, logarithmic above
-    /// (librosa's default, `htk=False`).
-    Slaney,
-    /// `2595·log10(1 + f/700)` (`htk=True`, torchaudio's default).
-    Htk,
-}
-
-/// Filter normalization.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MelNorm {
-    /// Each triangle has unit area in Hz (librosa's `norm='slaney'`).
-    Slaney,
-    /// Triangles peak at 1.
-    None,
-}
-
-/// How the signal is extended by `n_fft/2` at each end when centring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PadMode {
-    /// Zeros (librosa ≥ 0.10's default).
-    Constant,
-    /// numpy `reflect`: mirrored about the edge sample, which is not repeated.
-    Reflect,
-}
-
-/// The logarithm applied to mel energies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogKind {
-    Ln,
-    Log10,
-    /// Mel power as is.
-    None,
-}
 
 /// Log-mel parameters, named as in librosa.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +70,28 @@ impl MelConfig {
             pad_mode: PadMode::Constant,
             log: LogKind::None,
             log_offset: 1e-6,
+        }
+    }
+
+    /// The configuration a manifest's log-mel features describe, for audio
+    /// at `sample_rate` (the manifest's audio input rate). The Hann window
+    /// spans `n_fft`; values are checked by [`MelSpec::new`].
+    pub fn from_manifest(mel: &LogMel, sample_rate: u32) -> Self {
+        MelConfig {
+            sample_rate,
+            n_fft: mel.n_fft,
+            hop_length: mel.hop_length,
+            win_length: mel.n_fft,
+            n_mels: mel.n_mels,
+            fmin: mel.fmin,
+            fmax: mel.fmax,
+            mel_scale: mel.mel_scale,
+            norm: mel.norm,
+            power: mel.power,
+            center: mel.center,
+            pad_mode: mel.pad_mode,
+            log: mel.log,
+            log_offset: mel.log_offset,
         }
     }
 
@@ -541,6 +530,49 @@ mod tests {
         );
         assert_eq!(sample_at(&[7.0], -3, PadMode::Reflect), 7.0);
         assert_eq!(sample_at(&x, -1, PadMode::Constant), 0.0);
+    }
+
+    #[test]
+    fn config_from_manifest_features() {
+        let mel: LogMel = serde_json::from_str(
+            r#"{"n_fft": 400, "hop_length": 160, "n_mels": 64, "fmin": 0.0, "fmax": 8000.0,
+                "mel_scale": "slaney", "log": "ln"}"#,
+        )
+        .expect("valid log-mel features");
+        // The manifest's defaults are librosa's, as are MelConfig::new's.
+        assert_eq!(
+            MelConfig::from_manifest(&mel, 16_000),
+            config(MelScale::Slaney)
+        );
+        let mel = LogMel {
+            mel_scale: MelScale::Htk,
+            log: LogKind::Log10,
+            pad_mode: PadMode::Reflect,
+            norm: MelNorm::None,
+            center: false,
+            power: 1.0,
+            log_offset: 1e-10,
+            fmin: 20.0,
+            fmax: 7600.0,
+            ..mel
+        };
+        let c = MelConfig::from_manifest(&mel, 16_000);
+        assert_eq!(
+            (c.mel_scale, c.log, c.pad_mode, c.norm, c.center),
+            (
+                MelScale::Htk,
+                LogKind::Log10,
+                PadMode::Reflect,
+                MelNorm::None,
+                false
+            )
+        );
+        assert_eq!(
+            (c.power, c.log_offset, c.fmin, c.fmax),
+            (1.0, 1e-10, 20.0, 7600.0)
+        );
+        assert_eq!((c.win_length, c.sample_rate), (400, 16_000));
+        MelSpec::new(c).expect("valid config");
     }
 
     #[test]

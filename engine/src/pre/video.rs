@@ -17,6 +17,10 @@
 
 use std::borrow::Cow;
 
+use emogate_models::manifest::VideoInput;
+// The manifest's channel order and tensor layout, used as is.
+pub use emogate_models::manifest::{ColorOrder, VideoLayout};
+
 use super::PreError;
 
 /// How a frame's bytes are laid out. All formats are tightly packed (no
@@ -185,28 +189,6 @@ pub struct Rect {
     pub height: u32,
 }
 
-/// Channel order of the model input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColorOrder {
-    Rgb,
-    Bgr,
-    /// One channel, `0.299 R + 0.587 G + 0.114 B` (BT.601 luma).
-    Gray,
-}
-
-impl ColorOrder {
-    pub fn channels(self) -> usize {
-        if self == ColorOrder::Gray { 1 } else { 3 }
-    }
-}
-
-/// Tensor layout; with `frames > 1` a time axis follows N.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VideoLayout {
-    Nchw,
-    Nhwc,
-}
-
 /// What the model expects.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VideoSpec {
@@ -219,6 +201,28 @@ pub struct VideoSpec {
     pub std: Vec<f32>,
     /// Clip length; 1 for single images (no time axis).
     pub frames: usize,
+}
+
+impl VideoSpec {
+    /// The spec a manifest's video input describes. Values are checked by
+    /// [`VideoPre::new`].
+    pub fn from_manifest(input: &VideoInput) -> Self {
+        VideoSpec {
+            height: input.height,
+            width: input.width,
+            color: input.color,
+            layout: input.layout,
+            mean: input.mean.clone(),
+            std: input.std.clone(),
+            frames: input.frames,
+        }
+    }
+}
+
+impl From<&VideoInput> for VideoSpec {
+    fn from(input: &VideoInput) -> Self {
+        VideoSpec::from_manifest(input)
+    }
 }
 
 /// A video preprocessor for one model input. It keeps its scratch buffers
@@ -788,6 +792,30 @@ mod tests {
                 .starts_with("region of interest is 2x2 at (4, 0) on a 4x4 frame"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn spec_from_manifest_input() {
+        let input: VideoInput = serde_json::from_str(
+            r#"{"name": "face", "layout": "NCHW", "color": "bgr", "height": 48, "width": 32,
+                "mean": [0.5, 0.4, 0.3], "std": [0.2], "frames": 4}"#,
+        )
+        .expect("valid video input");
+        let spec = VideoSpec::from_manifest(&input);
+        assert_eq!(
+            spec,
+            VideoSpec {
+                height: 48,
+                width: 32,
+                color: ColorOrder::Bgr,
+                layout: VideoLayout::Nchw,
+                mean: vec![0.5, 0.4, 0.3],
+                std: vec![0.2],
+                frames: 4,
+            }
+        );
+        let pre = VideoPre::new(VideoSpec::from(&input)).expect("valid spec");
+        assert_eq!(pre.output_shape(), [1, 4, 3, 48, 32]);
     }
 
     #[test]

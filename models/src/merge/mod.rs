@@ -439,7 +439,13 @@ impl MergePlan<'_> {
                 .initializer
                 .iter_mut()
                 .find(|t| t.name() == update.name)
-                .ok_or_else(|| Error::field(self.model.path(), format!("initializer `{}`", update.name), "is not in the graph"))?;
+                .ok_or_else(|| {
+                    Error::field(
+                        self.model.path(),
+                        format!("initializer `{}`", update.name),
+                        "is not in the graph",
+                    )
+                })?;
             tensor.data_location = None;
             tensor.external_data.clear();
             tensor.float_data.clear();
@@ -453,7 +459,9 @@ impl MergePlan<'_> {
     /// Whether the plan had to add weight copies (which changes the graph,
     /// so the merged weights cannot simply override initializers).
     pub fn changes_graph(&self) -> bool {
-        self.jobs.iter().any(|j| j.copied || j.target_bias != j.site.bias)
+        self.jobs
+            .iter()
+            .any(|j| j.copied || j.target_bias != j.site.bias)
     }
 }
 

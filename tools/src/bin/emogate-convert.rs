@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use emogate_models::merge::{MergeOptions, MergeReport, merge_to_file};
 use emogate_models::manifest::{MANIFEST_KEY, Manifest};
+use emogate_models::merge::{MergeOptions, MergeReport, merge_to_file};
 use emogate_models::onnx::{OnnxModel, SaveOptions, save_model};
 use emogate_models::peft::Adapter;
 use emogate_tools::cli;
@@ -158,8 +158,13 @@ fn run(command: Command) -> Result<()> {
 
 fn run_manifest(command: ManifestCommand) -> Result<()> {
     match command {
-        ManifestCommand::Set { model, manifest, out } => {
-            let base = OnnxModel::load(&model).with_context(|| format!("loading {}", model.display()))?;
+        ManifestCommand::Set {
+            model,
+            manifest,
+            out,
+        } => {
+            let base =
+                OnnxModel::load(&model).with_context(|| format!("loading {}", model.display()))?;
             let manifest = Manifest::from_file(&manifest)?;
             manifest
                 .check_against(&base)
@@ -167,17 +172,29 @@ fn run_manifest(command: ManifestCommand) -> Result<()> {
             let mut proto = base.proto.clone();
             manifest.embed(&mut proto);
             if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
             }
-            save_model(&base, proto, std::iter::empty(), &out, &SaveOptions::default())
-                .with_context(|| format!("writing {}", out.display()))?;
+            save_model(
+                &base,
+                proto,
+                std::iter::empty(),
+                &out,
+                &SaveOptions::default(),
+            )
+            .with_context(|| format!("writing {}", out.display()))?;
             println!("wrote {} with manifest `{}`", out.display(), manifest.name);
             Ok(())
         }
         ManifestCommand::Show { model } => {
-            let base = OnnxModel::load(&model).with_context(|| format!("loading {}", model.display()))?;
-            let manifest = Manifest::from_model(&base)?
-                .with_context(|| format!("{} has no embedded manifest (metadata key `{MANIFEST_KEY}`)", model.display()))?;
+            let base =
+                OnnxModel::load(&model).with_context(|| format!("loading {}", model.display()))?;
+            let manifest = Manifest::from_model(&base)?.with_context(|| {
+                format!(
+                    "{} has no embedded manifest (metadata key `{MANIFEST_KEY}`)",
+                    model.display()
+                )
+            })?;
             println!("{}", serde_json::to_string_pretty(&manifest)?);
             Ok(())
         }

@@ -1,0 +1,236 @@
+//! `emogate` end to end on the bundled model and sample clip, and the
+//! errors a user meets first.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn emogate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_emogate"))
+        .current_dir(repo())
+        .env_remove("ORT_DYLIB_PATH")
+        .args(args)
+        .output()
+        .expect("emogate runs")
+}
+
+fn events(out: &Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+        .collect()
+}
+
+fn stderr(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure, got: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+const MODEL: &str = "models/reference/emogate-ref.onnx";
+
+#[test]
+fn runs_the_reference_model_on_the_sample_clip() {
+    let out = emogate(&[
+        "run",
+        "--model",
+        MODEL,
+        "--video",
+        "tests/fixtures/sample/face.y4m",
+        "--audio",
+        "tests/fixtures/sample/voice.wav",
+        "--hop-ms",
+        "200",
+        "--output",
+        "jsonl:-",
+    ]);
+    let ev = events(&out);
+    // 3 s of audio, 2 s windows, 200 ms hop: windows end at 2.0, 2.2, … 3.0.
+    assert_eq!(ev.len(), 6);
+    for (i, e) in ev.iter().enumerate() {
+        assert_eq!(e["seq"], i as u64);
+        let end = e["window"]["end_s"].as_f64().unwrap();
+        assert!(
+            (end - (2.0 + 0.2 * i as f64)).abs() < 1e-9,
+            "window end {end}"
+        );
+        assert!((e["window"]["start_s"].as_f64().unwrap() - (end - 2.0)).abs() < 1e-9);
+        assert_eq!(e["stamp_s"], e["window"]["end_s"]);
+        let probs = e["probs"].as_object().unwrap();
+        assert_eq!(probs.len(), 7);
+        let sum: f64 = probs.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-3, "probabilities sum to {sum}");
+        assert!(e["valence"].as_f64().unwrap().abs() <= 1.0);
+        assert!(e["arousal"].as_f64().unwrap().abs() <= 1.0);
+        assert!(e["latency"]["inference_ms"].as_f64().unwrap() > 0.0);
+        assert_eq!(e["backend"], "tract");
+        assert_eq!(e["degraded"], false);
+    }
+}
+
+#[test]
+fn still_image_adapters_and_a_sidecar_manifest() {
+    let out = emogate(&[
+        "run",
+        "--model",
+        MODEL,
+        "--video",
+        "tests/fixtures/sample/face.png",
+        "--audio",
+        "tests/fixtures/sample/voice.wav",
+        "--adapter",
+        "calm=models/reference/adapters/calm",
+        "--active",
+        "calm",
+        "--max-windows",
+        "2",
+    ]);
+    let ev = events(&out);
+    assert_eq!(ev.len(), 2);
+    assert_eq!(ev[0]["adapter"], "calm");
+    // A video-only third-party model from its sidecar manifest.
+    let out = emogate(&[
+        "run",
+        "--model",
+        "tests/fixtures/engine/fer64/model.onnx",
+        "--manifest",
+        "tests/fixtures/engine/fer64/manifest.json",
+        "--video",
+        "tests/fixtures/sample/face.y4m",
+        "--max-windows",
+        "3",
+    ]);
+    let ev = events(&out);
+    assert_eq!(ev.len(), 3);
+    assert!(ev[0].get("valence").is_none());
+    assert_eq!(ev[1]["window"]["end_s"], 0.25);
+}
+
+#[test]
+fn info_lists_manifest_io_and_gate_proj_modules() {
+    let out = emogate(&["info", MODEL]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "emogate-ref",
+        "face [1×64×64×1]",
+        "audio [1×64×201]",
+        "parameters: 284072",
+        "gate_proj modules: 2",
+        "blocks.1.mlp.gate_proj",
+    ] {
+        assert!(text.contains(needle), "`{needle}` missing from:\n{text}");
+    }
+}
+
+#[test]
+fn unsupported_wav_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("voice.wav");
+    let mut bytes = std::fs::read(repo().join("tests/fixtures/sample/voice.wav")).unwrap();
+    // fmt chunk's format tag (offset 20) → 85, MP3 in WAV.
+    bytes[20] = 85;
+    bytes[21] = 0;
+    std::fs::write(&wav, bytes).unwrap();
+    let err = stderr(&emogate(&[
+        "run",
+        "--model",
+        MODEL,
+        "--audio",
+        wav.to_str().unwrap(),
+        "--video",
+        "tests/fixtures/sample/face.png",
+    ]));
+    assert!(
+        err.contains("voice.wav") && err.contains("format tag 85"),
+        "{err}"
+    );
+}
+
+#[test]
+fn frames_of_different_sizes_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo().join("tests/fixtures/sample/face.png"),
+        dir.path().join("0001.png"),
+    )
+    .unwrap();
+    // A 2x1 gray PNG, written by hand.
+    let mut small = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut small, 2, 1);
+        enc.set_color(png::ColorType::Grayscale);
+        let mut w = enc.write_header().unwrap();
+        w.write_image_data(&[0, 255]).unwrap();
+    }
+    std::fs::write(dir.path().join("0002.png"), small).unwrap();
+    let err = stderr(&emogate(&[
+        "run",
+        "--model",
+        "tests/fixtures/engine/fer64/model.onnx",
+        "--manifest",
+        "tests/fixtures/engine/fer64/manifest.json",
+        "--video",
+        dir.path().to_str().unwrap(),
+    ]));
+    assert!(
+        err.contains("0002.png") && err.contains("2x1") && err.contains("96x96"),
+        "{err}"
+    );
+}
+
+#[test]
+fn onnx_runtime_errors_are_clear() {
+    if cfg!(feature = "ort") {
+        let err = stderr(&emogate(&[
+            "run",
+            "--model",
+            MODEL,
+            "--backend",
+            "ort",
+            "--ort-lib",
+            "/nonexistent/libonnxruntime.so",
+            "--video",
+            "tests/fixtures/sample/face.png",
+            "--audio",
+            "tests/fixtures/sample/voice.wav",
+        ]));
+        assert!(
+            err.contains("ONNX Runtime not found")
+                && err.contains("/nonexistent/libonnxruntime.so"),
+            "{err}"
+        );
+        let err = stderr(&emogate(&[
+            "run",
+            "--model",
+            MODEL,
+            "--backend",
+            "ort",
+            "--ep",
+            "tensorrt,npu",
+        ]));
+        assert!(err.contains("--ep") && err.contains("`npu`"), "{err}");
+    } else {
+        let err = stderr(&emogate(&["run", "--model", MODEL, "--backend", "ort"]));
+        assert!(err.contains("--features ort"), "{err}");
+    }
+    let err = stderr(&emogate(&["run", "--model", MODEL, "--backend", "cuda"]));
+    assert!(err.contains("--backend `cuda`"), "{err}");
+}

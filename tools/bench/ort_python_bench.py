@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Times ONNX Runtime's Python API on a model, for `emogate bench`'s ratio.
+
+Feeds random inputs of each graph input's static shape, runs warm-up
+iterations, then prints JSON: {"version", "p50_ms", "p99_ms", "threads"}.
+"""
+import argparse
+import json
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=200)
+    args = ap.parse_args()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in i.shape]
+        if "int64" in i.type:
+            feeds[i.name] = rng.integers(0, 10, size=shape, dtype=np.int64)
+        else:
+            feeds[i.name] = rng.standard_normal(shape).astype(np.float32)
+    for _ in range(5):
+        sess.run(None, feeds)
+    times = []
+    for _ in range(args.runs):
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        times.append((time.perf_counter() - t) * 1e3)
+    times.sort()
+    print(json.dumps({
+        "version": ort.__version__,
+        "p50_ms": times[len(times) // 2],
+        "p99_ms": times[int((len(times) - 1) * 0.99)],
+        "threads": args.threads,
+    }))
+
+
+if __name__ == "__main__":
+    main()
