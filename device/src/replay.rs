@@ -77,7 +77,7 @@ impl VideoReplay {
             if files.is_empty() {
                 return Err(format_err(path, "folder holds no .png frames"));
             }
-            if !(dir_fps > 0.0) {
+            if dir_fps.is_nan() || dir_fps <= 0.0 {
                 return Err(format_err(
                     path,
                     format!("frame rate {dir_fps} must be positive"),

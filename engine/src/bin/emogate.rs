@@ -202,7 +202,7 @@ fn run(command: Command) -> Result<()> {
             let mut affect = AffectModel::load(&load.spec(model.clone())?)
                 .with_context(|| format!("loading {}", model.display()))?;
             let hop = hop_ms.or(affect.manifest().hop_ms).unwrap_or(250.0);
-            if !(hop > 0.0) {
+            if hop.is_nan() || hop <= 0.0 {
                 bail!("--hop-ms {hop}: expected a positive number of milliseconds");
             }
             let mut post = PostConfig {
@@ -402,6 +402,10 @@ fn bench(model: PathBuf, load: LoadArgs, windows: usize, python: &str) -> Result
     }
     println!("windows/s: {:.1}", (windows + warmup) as f64 / total);
     println!("peak RSS: {:.1} MB", peak_rss_mb());
+    if let Some(audio_spec) = featurizer.audio().cloned() {
+        bench_log_mel(&audio_spec, &audio, windows, python)?;
+    }
+    bench_switch(&mut affect)?;
     if python != "none" {
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -440,6 +444,67 @@ fn bench(model: PathBuf, load: LoadArgs, windows: usize, python: &str) -> Result
             Err(e) => println!("onnxruntime Python comparison skipped: cannot run `{python}`: {e}"),
         }
     }
+    Ok(())
+}
+
+/// Our log-mel on one window against librosa's (same parameters, same
+/// machine, same run): `tools/bench/logmel_librosa.py`.
+fn bench_log_mel(spec: &emogate_models::manifest::AudioInput, audio: &[f32], runs: usize, python: &str) -> Result<()> {
+    use emogate_engine::pre::mel::{MelConfig, MelSpec};
+    let emogate_models::manifest::AudioFeatures::LogMel(m) = &spec.features else {
+        return Ok(());
+    };
+    let mut mel = MelSpec::new(MelConfig::from_manifest(m, spec.sample_rate))?;
+    let mut out = vec![0f32; m.n_mels * m.frames(audio.len())];
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..runs + 10 {
+        let t = Instant::now();
+        mel.compute_into(audio, &mut out)?;
+        if i >= 10 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let ours = percentile(&times, 0.5);
+    print!("log-mel ({:.1} s window) p50: {ours:.3} ms", spec.window_s);
+    if python == "none" {
+        println!();
+        return Ok(());
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/bench/logmel_librosa.py");
+    match std::process::Command::new(python).args([script, "--runs", &runs.to_string()]).output() {
+        Ok(o) if o.status.success() => {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).context("reading librosa's timing")?;
+            let theirs = v["median_ms"].as_f64().unwrap_or(f64::NAN);
+            println!("; librosa {}: {theirs:.3} ms; librosa / emogate = {:.1}x", v["librosa"].as_str().unwrap_or("?"), theirs / ours);
+        }
+        _ => println!("; librosa comparison skipped (`{python}` lacks librosa: pip install -r tools/fixtures/requirements-engine.txt)"),
+    }
+    Ok(())
+}
+
+/// Median time to switch between the loaded adapters (merge in memory and
+/// plan a new backend) and back to the base model.
+fn bench_switch(affect: &mut AffectModel) -> Result<()> {
+    let names = affect.adapter_names();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        for name in &names {
+            times.push(affect.switch(Some(name))?.as_secs_f64() * 1e3);
+        }
+        times.push(affect.switch(None)?.as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "adapter switch p50: {:.1} ms, max {:.1} ms ({} switches over {})",
+        percentile(&times, 0.5),
+        times.last().copied().unwrap_or(f64::NAN),
+        times.len(),
+        names.join(", ")
+    );
     Ok(())
 }
 
