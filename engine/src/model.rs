@@ -75,7 +75,7 @@ pub fn parse_adapter_spec(spec: &str) -> Result<(String, PathBuf), EngineError> 
 
 /// A loaded model.
 pub struct AffectModel {
-    parts: Parts,
+    parts: std::sync::Arc<Parts>,
     active: Option<String>,
     backend: Box<dyn Backend>,
 }
@@ -147,7 +147,7 @@ impl AffectModel {
         };
         let backend = parts.prepare(spec.active.as_deref())?;
         Ok(AffectModel {
-            parts,
+            parts: std::sync::Arc::new(parts),
             active: spec.active.clone(),
             backend,
         })
@@ -207,6 +207,12 @@ impl AffectModel {
         self.parts.prepare(adapter)
     }
 
+    /// A handle that builds backends on another thread while this model
+    /// keeps serving windows.
+    pub fn preparer(&self) -> Preparer {
+        Preparer(std::sync::Arc::clone(&self.parts))
+    }
+
     /// Swaps in a backend made by [`AffectModel::prepare`].
     pub fn install(&mut self, active: Option<String>, backend: Box<dyn Backend>) {
         self.backend = backend;
@@ -229,6 +235,18 @@ impl AffectModel {
     /// The model file.
     pub fn path(&self) -> &Path {
         self.parts.onnx.path()
+    }
+}
+
+/// Builds backends for an [`AffectModel`] from any thread (see
+/// [`AffectModel::preparer`]).
+#[derive(Clone)]
+pub struct Preparer(std::sync::Arc<Parts>);
+
+impl Preparer {
+    /// Same as [`AffectModel::prepare`].
+    pub fn prepare(&self, adapter: Option<&str>) -> Result<Box<dyn Backend>, EngineError> {
+        self.0.prepare(adapter)
     }
 }
 

@@ -88,3 +88,43 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository")
+        .to_path_buf()
+}
+
+/// A JSON array of numbers as `f32`.
+pub fn json_floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|x| x.as_f64().expect("a number") as f32)
+        .collect()
+}
+
+/// A JSON array of dimensions.
+pub fn json_shape(v: &serde_json::Value) -> Vec<usize> {
+    v.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|x| x.as_u64().expect("a dimension") as usize)
+        .collect()
+}
+
+/// `tests/fixtures/engine/reference_expected.json`.
+pub fn reference_expected() -> serde_json::Value {
+    let path = fixtures().join("engine/reference_expected.json");
+    serde_json::from_slice(&std::fs::read(path).expect("reference_expected.json")).expect("JSON")
+}
+
+/// The recorded face and audio tensors of the reference fixture, in manifest order.
+pub fn reference_inputs(e: &serde_json::Value) -> Vec<Tensor> {
+    vec![
+        Tensor::f32(json_shape(&e["face_shape"]), json_floats(&e["face"])),
+        Tensor::f32(json_shape(&e["audio_shape"]), json_floats(&e["audio"])),
+    ]
+}

@@ -2,50 +2,13 @@
 //! the reference model with its embedded manifest, adapter hot-swap, a
 //! third-party model run from a sidecar manifest, and load-time errors.
 
-use std::path::PathBuf;
-
 use emogate_engine::backend::Tensor;
 use emogate_engine::model::{AffectModel, BackendChoice, EngineError, ModelSpec};
-use emogate_tests::{fixtures, max_abs_diff};
+use emogate_tests::{
+    fixtures, json_floats as floats, json_shape as shape, max_abs_diff, reference_expected,
+    reference_inputs, repo_root as root,
+};
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    fixtures()
-        .parent()
-        .expect("tests/")
-        .parent()
-        .expect("repo")
-        .to_path_buf()
-}
-
-fn reference_expected() -> Value {
-    let path = fixtures().join("engine/reference_expected.json");
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn shape(v: &Value) -> Vec<usize> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as usize)
-        .collect()
-}
-
-/// The recorded face and audio tensors, in the manifest's input order.
-fn reference_inputs(e: &Value) -> Vec<Tensor> {
-    vec![
-        Tensor::f32(shape(&e["face_shape"]), floats(&e["face"])),
-        Tensor::f32(shape(&e["audio_shape"]), floats(&e["audio"])),
-    ]
-}
 
 fn reference_spec() -> ModelSpec {
     ModelSpec {
@@ -182,4 +145,57 @@ fn manifest_that_does_not_fit_the_model_is_rejected_at_load() {
             assert!(err.contains(n), "case {i}: `{n}` missing from: {err}");
         }
     }
+}
+
+#[test]
+fn switching_while_running_loses_and_repeats_no_window() {
+    // Windows keep flowing on the serving thread while another thread
+    // prepares the next adapter; the swap happens between two windows.
+    let e = reference_expected();
+    let inputs = reference_inputs(&e);
+    let mut model = AffectModel::load(&ModelSpec {
+        active: Some("calm".into()),
+        ..reference_spec()
+    })
+    .unwrap();
+    let calm = floats(&e["adapters"]["calm"]["merged"]["probabilities"]);
+    let excited = floats(&e["adapters"]["excited"]["merged"]["probabilities"]);
+    let mut served = Vec::new();
+    let preparer = model.preparer();
+    let prepared = std::thread::scope(|scope| {
+        let builder = scope.spawn(move || preparer.prepare(Some("excited")).unwrap());
+        // Serve windows on this thread until the new backend is ready.
+        while !builder.is_finished() {
+            served.push(model.run(&inputs).unwrap()[0].as_f32().unwrap().to_vec());
+        }
+        builder.join().unwrap()
+    });
+    for out in &served {
+        assert!(
+            max_abs_diff(out, &calm) <= 1e-4,
+            "a window before the swap ran on the wrong weights"
+        );
+    }
+    let before = served.len();
+    served.push(model.run(&inputs).unwrap()[0].as_f32().unwrap().to_vec());
+    model.install(Some("excited".into()), prepared);
+    for _ in 0..3 {
+        served.push(model.run(&inputs).unwrap()[0].as_f32().unwrap().to_vec());
+    }
+    assert_eq!(
+        served.len(),
+        before + 4,
+        "every window produced exactly one output"
+    );
+    assert!(
+        max_abs_diff(&served[before], &calm) <= 1e-4,
+        "the last window before the swap used calm"
+    );
+    for out in &served[before + 1..] {
+        assert!(
+            max_abs_diff(out, &excited) <= 1e-4,
+            "windows after the swap use excited"
+        );
+    }
+    assert_eq!(model.active(), Some("excited"));
 }

@@ -8,28 +8,11 @@ use std::path::PathBuf;
 use emogate_engine::backend::Tensor;
 use emogate_engine::backend::ort::{OrtBackend, OrtOptions, Provider};
 use emogate_engine::model::{AffectModel, BackendChoice, ModelSpec};
-use emogate_tests::{fixtures, max_abs_diff};
+use emogate_tests::{
+    fixtures, json_floats as floats, json_shape as shape, max_abs_diff, reference_expected,
+    reference_inputs, repo_root as root,
+};
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    fixtures().parent().unwrap().parent().unwrap().to_path_buf()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn shape(v: &Value) -> Vec<usize> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as usize)
-        .collect()
-}
 
 fn ort_choice() -> BackendChoice {
     BackendChoice::Ort(OrtOptions {

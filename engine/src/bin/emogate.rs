@@ -449,7 +449,12 @@ fn bench(model: PathBuf, load: LoadArgs, windows: usize, python: &str) -> Result
 
 /// Our log-mel on one window against librosa's (same parameters, same
 /// machine, same run): `tools/bench/logmel_librosa.py`.
-fn bench_log_mel(spec: &emogate_models::manifest::AudioInput, audio: &[f32], runs: usize, python: &str) -> Result<()> {
+fn bench_log_mel(
+    spec: &emogate_models::manifest::AudioInput,
+    audio: &[f32],
+    runs: usize,
+    python: &str,
+) -> Result<()> {
     use emogate_engine::pre::mel::{MelConfig, MelSpec};
     let emogate_models::manifest::AudioFeatures::LogMel(m) = &spec.features else {
         return Ok(());
@@ -471,14 +476,27 @@ fn bench_log_mel(spec: &emogate_models::manifest::AudioInput, audio: &[f32], run
         println!();
         return Ok(());
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/bench/logmel_librosa.py");
-    match std::process::Command::new(python).args([script, "--runs", &runs.to_string()]).output() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tools/bench/logmel_librosa.py"
+    );
+    match std::process::Command::new(python)
+        .args([script, "--runs", &runs.to_string()])
+        .output()
+    {
         Ok(o) if o.status.success() => {
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).context("reading librosa's timing")?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&o.stdout).context("reading librosa's timing")?;
             let theirs = v["median_ms"].as_f64().unwrap_or(f64::NAN);
-            println!("; librosa {}: {theirs:.3} ms; librosa / emogate = {:.1}x", v["librosa"].as_str().unwrap_or("?"), theirs / ours);
+            println!(
+                "; librosa {}: {theirs:.3} ms; librosa / emogate = {:.1}x",
+                v["librosa"].as_str().unwrap_or("?"),
+                theirs / ours
+            );
         }
-        _ => println!("; librosa comparison skipped (`{python}` lacks librosa: pip install -r tools/fixtures/requirements-engine.txt)"),
+        _ => println!(
+            "; librosa comparison skipped (`{python}` lacks librosa: pip install -r tools/fixtures/requirements-engine.txt)"
+        ),
     }
     Ok(())
 }
