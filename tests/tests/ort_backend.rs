@@ -40,14 +40,8 @@ fn reference(backend: BackendChoice, active: Option<&str>) -> AffectModel {
 
 #[test]
 fn tract_and_onnx_runtime_agree_on_every_model_and_adapter() {
-    let e: Value = serde_json::from_slice(
-        &std::fs::read(fixtures().join("engine/reference_expected.json")).unwrap(),
-    )
-    .unwrap();
-    let inputs = vec![
-        Tensor::f32(shape(&e["face_shape"]), floats(&e["face"])),
-        Tensor::f32(shape(&e["audio_shape"]), floats(&e["audio"])),
-    ];
+    let e = reference_expected();
+    let inputs = reference_inputs(&e);
     for active in [None, Some("calm"), Some("excited")] {
         let mut tract = reference(BackendChoice::default(), active);
         let mut ort = reference(ort_choice(), active);
