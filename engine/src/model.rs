@@ -182,19 +182,32 @@ impl AffectModel {
     /// # Errors
     /// [`BackendError`] from the runtime.
     pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
+        if inputs.len() != self.parts.manifest.inputs.len() {
+            return Err(EngineError::Backend(BackendError::Input {
+                model: self.parts.onnx.path().display().to_string(),
+                index: inputs.len(),
+                message: format!(
+                    "got {} inputs, the manifest describes {}",
+                    inputs.len(),
+                    self.parts.manifest.inputs.len()
+                ),
+            }));
+        }
         let ordered: Vec<Tensor> = self.parts.feed.iter().map(|i| inputs[*i].clone()).collect();
         let outputs = self.backend.run(&ordered)?;
-        Ok(self
-            .parts
+        let mut outputs: Vec<Option<Tensor>> = outputs.into_iter().map(Some).collect();
+        self.parts
             .outputs
             .iter()
             .map(|i| {
-                outputs
-                    .get(*i)
-                    .cloned()
-                    .unwrap_or_else(|| Tensor::f32(vec![0], vec![]))
+                outputs.get_mut(*i).and_then(Option::take).ok_or_else(|| {
+                    EngineError::Backend(BackendError::Run {
+                        model: self.parts.onnx.path().display().to_string(),
+                        message: format!("the backend returned no output #{i}"),
+                    })
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Builds a backend with `adapter` merged (or the base model for

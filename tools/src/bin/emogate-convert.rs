@@ -14,8 +14,9 @@ use emogate_tools::cli;
 ///
 /// Works directly on ONNX files, with no PyTorch: merge PEFT LoRA adapters
 /// (gate_proj and any other linear layer) into a base model exported by
-/// torch.onnx (legacy or dynamo exporter). Inputs are never modified;
-/// outputs appear only once complete.
+/// torch.onnx (legacy or dynamo exporter), and embed or show the model
+/// manifest the runtime reads. Inputs are never modified; outputs appear
+/// only once complete.
 #[derive(Parser)]
 #[command(name = "emogate-convert", version, about, long_about)]
 struct Cli {
