@@ -14,8 +14,13 @@ use std::time::Duration;
 pub enum PixelLayout {
     Gray8,
     Rgb8,
-    /// Planar Y, then U and V at half resolution (4:2:0).
+    Bgr8,
+    /// Planar Y, then U and V at half resolution (4:2:0), "I420".
     Yuv420p,
+    /// Packed 4:2:2, `Y0 U Y1 V` per pixel pair (UVC cameras' raw format).
+    Yuyv,
+    /// Y plane, then interleaved `U V` at half resolution (Jetson ISP output).
+    Nv12,
 }
 
 /// One decoded frame and when it was captured (from the clip's start).

@@ -34,6 +34,16 @@ pub struct AudioConsumer {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for AudioConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudioConsumer")
+            .field("capacity", &self.shared.slots.len())
+            .field("available", &self.available())
+            .field("overruns", &self.overruns())
+            .finish()
+    }
+}
+
 /// Makes a ring holding up to `capacity` samples.
 ///
 /// # Panics
@@ -59,10 +69,28 @@ pub fn audio_ring(capacity: usize) -> (AudioProducer, AudioConsumer) {
 }
 
 impl AudioProducer {
+    /// Appends as many of `samples` as fit and returns how many; the rest
+    /// are *not* counted as overruns. For producers that can wait and try
+    /// again (file replay on a virtual clock), never for a device callback.
+    pub fn push_available(&mut self, samples: &[f32], captured_at: Nanos) -> usize {
+        self.store(samples, captured_at)
+    }
+
     /// Appends samples captured ending at `captured_at`. Never allocates,
     /// locks or blocks. Returns how many were stored; the rest were dropped
     /// and counted as overruns.
     pub fn push(&mut self, samples: &[f32], captured_at: Nanos) -> usize {
+        let n = self.store(samples, captured_at);
+        let dropped = samples.len() - n;
+        if dropped > 0 {
+            self.shared
+                .overruns
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+        }
+        n
+    }
+
+    fn store(&mut self, samples: &[f32], captured_at: Nanos) -> usize {
         let s = &*self.shared;
         let cap = s.slots.len() as u64;
         let head = s.head.load(Ordering::Relaxed);
@@ -71,10 +99,6 @@ impl AudioProducer {
         let n = (samples.len() as u64).min(free) as usize;
         for (i, v) in samples[..n].iter().enumerate() {
             s.slots[((head + i as u64) % cap) as usize].store(v.to_bits(), Ordering::Relaxed);
-        }
-        let dropped = samples.len() - n;
-        if dropped > 0 {
-            s.overruns.fetch_add(dropped as u64, Ordering::Relaxed);
         }
         s.newest_at.store(captured_at, Ordering::Relaxed);
         // Release publishes the slot stores above to the consumer.

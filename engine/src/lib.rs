@@ -16,7 +16,9 @@
 //!   — windows from recordings and the published [`offline::Event`].
 
 pub mod backend;
+pub mod event;
 pub mod model;
 pub mod offline;
 pub mod post;
 pub mod pre;
+pub mod sink;

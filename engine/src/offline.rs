@@ -156,7 +156,10 @@ fn to_frame(f: &VideoFrame) -> Result<Frame<'_>, PreError> {
     let format = match f.layout {
         PixelLayout::Gray8 => PixelFormat::Gray8,
         PixelLayout::Rgb8 => PixelFormat::Rgb8,
+        PixelLayout::Bgr8 => PixelFormat::Bgr8,
         PixelLayout::Yuv420p => PixelFormat::Yuv420p,
+        PixelLayout::Yuyv => PixelFormat::Yuyv,
+        PixelLayout::Nv12 => PixelFormat::Nv12,
     };
     Frame::new(f.width, f.height, format, f.data.as_slice())
 }
@@ -333,7 +336,7 @@ pub fn run_offline(
     }
     let samples = match (&audio_spec, audio) {
         (Some(spec), Some(path)) => {
-            let wav = read_wav(path)?;
+            let wav = read_wav(path).map_err(PreError::from)?;
             let mono = wav.to_mono();
             Some(if wav.sample_rate == spec.sample_rate {
                 mono

@@ -1,7 +1,8 @@
 //! Preprocessing: turning what a device captured into the tensor values a
 //! model was trained on.
 //!
-//! * [`audio`] — sample-format conversion, downmixing, a WAV reader.
+//! * [`audio`] — sample-format conversion, downmixing, a WAV reader
+//!   (re-exported from `emogate_device::audio`, where capture needs them).
 //! * [`resample`] — band-limited rate conversion to the model's rate.
 //! * [`mel`] — log-mel features bit-for-bit close to librosa.
 //! * [`video`] — pixel-format conversion, crop, resize, normalize, layout.
@@ -9,12 +10,10 @@
 //! Each stage owns its scratch memory, so the steady-state path of a
 //! pipeline allocates nothing per window or per frame.
 
-pub mod audio;
+pub use emogate_device::audio;
 pub mod mel;
 pub mod resample;
 pub mod video;
-
-use std::path::PathBuf;
 
 /// Errors of preprocessing. Each names the value that was wrong and what
 /// was expected, so a misconfigured manifest or device is found at once.
@@ -34,16 +33,9 @@ pub enum PreError {
         got: usize,
         expected: usize,
     },
-    /// A file could not be read.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// A WAV file is malformed or uses an encoding this reader does not decode.
-    #[error("{}: {message}", path.display())]
-    Wav { path: PathBuf, message: String },
+    /// Audio decoding or conversion failed (a WAV file, a channel count).
+    #[error(transparent)]
+    Audio(#[from] emogate_device::audio::AudioError),
 }
 
 impl PreError {

@@ -7,7 +7,40 @@
 
 use std::path::Path;
 
-use super::PreError;
+/// Errors of audio decoding and conversion, naming the file or value.
+#[derive(Debug, thiserror::Error)]
+pub enum AudioError {
+    /// A parameter is out of range.
+    #[error("{what} is {got}; expected {expected}")]
+    Invalid {
+        what: &'static str,
+        got: String,
+        expected: String,
+    },
+    /// A file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A WAV file is malformed or uses an encoding this reader does not decode.
+    #[error("{}: {message}", path.display())]
+    Wav {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
+
+impl AudioError {
+    fn invalid(what: &'static str, got: impl ToString, expected: impl Into<String>) -> Self {
+        AudioError::Invalid {
+            what,
+            got: got.to_string(),
+            expected: expected.into(),
+        }
+    }
+}
 
 /// A sample format that converts to `f32` in [-1, 1].
 ///
@@ -59,13 +92,13 @@ pub fn to_f32<S: Sample>(input: &[S], out: &mut Vec<f32>) {
 /// level and can never clip.
 ///
 /// # Errors
-/// [`PreError::Invalid`] if `channels` is 0 or does not divide the length.
-pub fn downmix_into(input: &[f32], channels: usize, out: &mut Vec<f32>) -> Result<(), PreError> {
+/// [`AudioError::Invalid`] if `channels` is 0 or does not divide the length.
+pub fn downmix_into(input: &[f32], channels: usize, out: &mut Vec<f32>) -> Result<(), AudioError> {
     if channels == 0 {
-        return Err(PreError::invalid("channel count", 0, "at least 1"));
+        return Err(AudioError::invalid("channel count", 0, "at least 1"));
     }
     if !input.len().is_multiple_of(channels) {
-        return Err(PreError::invalid(
+        return Err(AudioError::invalid(
             "interleaved sample count",
             input.len(),
             format!("a multiple of the channel count {channels}"),
@@ -88,7 +121,7 @@ pub fn downmix_into(input: &[f32], channels: usize, out: &mut Vec<f32>) -> Resul
 ///
 /// # Errors
 /// As [`downmix_into`].
-pub fn downmix(input: &[f32], channels: usize) -> Result<Vec<f32>, PreError> {
+pub fn downmix(input: &[f32], channels: usize) -> Result<Vec<f32>, AudioError> {
     let mut out = Vec::with_capacity(input.len() / channels.max(1));
     downmix_into(input, channels, &mut out)?;
     Ok(out)
@@ -117,10 +150,10 @@ impl Wav {
 /// Reads a WAV file.
 ///
 /// # Errors
-/// [`PreError::Io`] if the file cannot be read; [`PreError::Wav`] naming
+/// [`AudioError::Io`] if the file cannot be read; [`AudioError::Wav`] naming
 /// the file and the field when it is malformed or not PCM/float.
-pub fn read_wav(path: &Path) -> Result<Wav, PreError> {
-    let bytes = std::fs::read(path).map_err(|source| PreError::Io {
+pub fn read_wav(path: &Path) -> Result<Wav, AudioError> {
+    let bytes = std::fs::read(path).map_err(|source| AudioError::Io {
         path: path.to_path_buf(),
         source,
     })?;
@@ -130,9 +163,9 @@ pub fn read_wav(path: &Path) -> Result<Wav, PreError> {
 /// Decodes WAV bytes; `origin` names where they came from in errors.
 ///
 /// # Errors
-/// [`PreError::Wav`] as for [`read_wav`].
-pub fn parse_wav(bytes: &[u8], origin: &Path) -> Result<Wav, PreError> {
-    parse(bytes).map_err(|message| PreError::Wav {
+/// [`AudioError::Wav`] as for [`read_wav`].
+pub fn parse_wav(bytes: &[u8], origin: &Path) -> Result<Wav, AudioError> {
+    parse(bytes).map_err(|message| AudioError::Wav {
         path: origin.to_path_buf(),
         message,
     })

@@ -1,0 +1,298 @@
+//! What the engine publishes: [`Message`]s, serialized as one JSON object
+//! each (a JSONL line, a UDP datagram, a Server-Sent Event).
+//!
+//! Emotion events map one to one onto ROS 4 HRI's `hri_msgs/Expression`:
+//! `expression` → `expression`, `valence`, `arousal`, `confidence`, and
+//! `header.stamp` is the capture time of the newest sample in the window
+//! (the existing ROS emotion node leaves it out, so consumers cannot align
+//! emotions with speech or gaze). A ROS 2 bridge copies fields and is done.
+
+use std::collections::BTreeMap;
+
+use emogate_device::clock::{CaptureClock, Nanos};
+use emogate_models::manifest::{Manifest, OutputKind};
+use serde::Serialize;
+
+use crate::backend::Tensor;
+use crate::post::{PostConfig, PostError, Postprocessor};
+
+/// `std_msgs/Header`: the capture time as Unix time, and a frame id.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Header {
+    pub stamp: Stamp,
+    pub frame_id: String,
+}
+
+/// `builtin_interfaces/Time`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Stamp {
+    pub sec: i64,
+    pub nanosec: u32,
+}
+
+impl Header {
+    /// The header for an item captured at `t` on the monotonic capture
+    /// clock; wall time is applied once, here, at the output.
+    pub fn at(t: Nanos, frame_id: &str) -> Self {
+        let unix = CaptureClock::global().to_unix_nanos(t);
+        Header {
+            stamp: Stamp {
+                sec: (unix / 1_000_000_000) as i64,
+                nanosec: (unix % 1_000_000_000) as u32,
+            },
+            frame_id: frame_id.to_string(),
+        }
+    }
+}
+
+/// Time spent per stage, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Latency {
+    /// From the capture of the newest sample in the window to the event
+    /// handed to the sinks: what a consumer experiences.
+    pub capture_to_event: f64,
+    /// From the window being built to inference starting (time in the
+    /// hand-off slot).
+    pub queue: f64,
+    pub preprocess: f64,
+    pub inference: f64,
+    pub postprocess: f64,
+}
+
+/// The window an event describes, in seconds on the pipeline clock
+/// (since the run started).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Window {
+    pub start_s: f64,
+    pub end_s: f64,
+}
+
+/// Pipeline health, cumulative since start.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Counters {
+    /// Windows built.
+    pub windows: u64,
+    /// Windows replaced in the hand-off slot before inference took them
+    /// (inference slower than the hop: latest wins).
+    pub dropped: u64,
+    /// Windows run with a missing or stale modality fed as zeros.
+    pub degraded: u64,
+    /// Windows not run because a modality was missing (policy `skip`).
+    pub skipped: u64,
+    /// Audio samples lost because the capture ring was full.
+    pub audio_overruns: u64,
+}
+
+/// One emotion estimate.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Event {
+    pub seq: u64,
+    pub header: Header,
+    /// Capture time of the newest sample in the window, seconds on the
+    /// pipeline clock (monotonic, unlike `header.stamp`).
+    pub stamp_s: f64,
+    /// Stable label (smoothed, with hysteresis): `hri_msgs/Expression.expression`.
+    /// `null` while below the confidence floor.
+    pub expression: Option<String>,
+    pub confidence: Option<f32>,
+    /// Smoothed probability per label.
+    pub probs: BTreeMap<String, f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valence: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arousal: Option<f32>,
+    pub window: Window,
+    pub latency_ms: Latency,
+    /// Set when the stable label changed in this window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<LabelChange>,
+    /// A modality was missing or stale and fed as zeros.
+    pub degraded: bool,
+    /// Which modalities were missing (`"video"`, `"audio"`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<&'static str>,
+    pub counters: Counters,
+    pub adapter: Option<String>,
+    pub backend: String,
+}
+
+/// A confirmed change of the stable label (`null` = unknown).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LabelChange {
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// A capture source changed state.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SourceNotice {
+    pub header: Header,
+    pub stamp_s: f64,
+    /// `"video"` or `"audio"`.
+    pub modality: &'static str,
+    /// The source's name (`v4l:0`, `gst:…`, `file:…`).
+    pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When a failed source is tried again; absent when it will not be.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_in_ms: Option<u64>,
+}
+
+/// Everything a sink receives.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    Emotion(Event),
+    /// A source failed (and whether it will be retried).
+    SourceError(SourceNotice),
+    /// A source (re)opened.
+    SourceOpened(SourceNotice),
+    /// A finite source (a replayed file) ended.
+    SourceEnded(SourceNotice),
+}
+
+impl Message {
+    /// One line of JSON (no trailing newline).
+    pub fn to_json(&self) -> String {
+        // Serializing plain structs of strings and numbers cannot fail.
+        serde_json::to_string(self)
+            .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"))
+    }
+}
+
+/// The model-derived part of an event: labels, probabilities, valence and
+/// arousal, change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Estimate {
+    pub expression: Option<String>,
+    pub confidence: Option<f32>,
+    pub probs: BTreeMap<String, f32>,
+    pub valence: Option<f32>,
+    pub arousal: Option<f32>,
+    pub change: Option<LabelChange>,
+}
+
+/// Applies the manifest's output kinds, smoothing and change detection.
+pub struct EventBuilder {
+    outputs: Vec<(OutputKind, Option<Postprocessor>)>,
+}
+
+impl EventBuilder {
+    /// # Errors
+    /// [`PostError`] for settings the post-processors refuse.
+    pub fn new(manifest: &Manifest, config: PostConfig) -> Result<Self, PostError> {
+        let outputs = manifest
+            .outputs
+            .iter()
+            .map(|o| {
+                let post = match o.kind {
+                    OutputKind::ValenceArousal => None,
+                    kind => Some(Postprocessor::new(manifest.labels.clone(), kind, config)?),
+                };
+                Ok((o.kind, post))
+            })
+            .collect::<Result<_, PostError>>()?;
+        Ok(EventBuilder { outputs })
+    }
+
+    /// Turns model outputs (manifest order) at time `at` into an estimate.
+    ///
+    /// # Errors
+    /// [`PostError`] when an output has the wrong length.
+    pub fn estimate(
+        &mut self,
+        outputs: &[Tensor],
+        at: std::time::Duration,
+    ) -> Result<Estimate, PostError> {
+        let mut est = Estimate::default();
+        for ((kind, post), tensor) in self.outputs.iter_mut().zip(outputs) {
+            let values = tensor.as_f32().unwrap_or(&[]);
+            match (kind, post) {
+                (OutputKind::ValenceArousal, _) => {
+                    est.valence = values.first().copied();
+                    est.arousal = values.get(1).copied();
+                }
+                (_, Some(post)) => {
+                    let labels = post.labels().to_vec();
+                    let update = post.process(values, at)?;
+                    est.expression = update.label.map(str::to_string);
+                    est.confidence = update.confidence;
+                    est.probs = labels
+                        .iter()
+                        .cloned()
+                        .zip(update.scores.iter().copied())
+                        .collect();
+                    if let Some(change) = update.change {
+                        est.change = Some(LabelChange {
+                            from: change.from.map(|i| labels[i].clone()),
+                            to: change.to.map(|i| labels[i].clone()),
+                        });
+                    }
+                }
+                (_, None) => {}
+            }
+        }
+        Ok(est)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emotion_serializes_with_type_tag_and_ros_header() {
+        let event = Event {
+            seq: 3,
+            header: Header {
+                stamp: Stamp {
+                    sec: 1_700_000_000,
+                    nanosec: 250_000_000,
+                },
+                frame_id: "emogate".into(),
+            },
+            stamp_s: 2.25,
+            expression: Some("happy".into()),
+            confidence: Some(0.75),
+            probs: [("happy".to_string(), 0.75f32), ("sad".to_string(), 0.25)]
+                .into_iter()
+                .collect(),
+            valence: Some(0.5),
+            arousal: None,
+            window: Window {
+                start_s: 0.25,
+                end_s: 2.25,
+            },
+            latency_ms: Latency::default(),
+            change: None,
+            degraded: false,
+            missing: vec![],
+            counters: Counters::default(),
+            adapter: None,
+            backend: "tract".into(),
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&Message::Emotion(event).to_json()).unwrap();
+        assert_eq!(v["type"], "emotion");
+        assert_eq!(v["header"]["stamp"]["sec"], 1_700_000_000);
+        assert_eq!(v["header"]["stamp"]["nanosec"], 250_000_000);
+        assert_eq!(v["expression"], "happy");
+        assert_eq!(v["valence"], 0.5);
+        assert!(v.get("arousal").is_none());
+        assert!(v.get("missing").is_none());
+        assert_eq!(v["counters"]["dropped"], 0);
+    }
+
+    #[test]
+    fn header_maps_capture_time_to_unix_time() {
+        let clock = CaptureClock::global();
+        let h = Header::at(clock.now(), "cam");
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((h.stamp.sec - unix).abs() <= 1);
+        assert_eq!(h.frame_id, "cam");
+    }
+}

@@ -1,0 +1,205 @@
+//! Sinks: where published [`Message`]s go.
+//!
+//! Like ripgrep's `Sink`, a sink only receives; it never steers the
+//! pipeline. Sinks run on their own thread behind a bounded queue, so a
+//! slow disk or a stalled HTTP client can cost events (counted) but never
+//! inference time.
+//!
+//! `--output` takes one of:
+//! * `jsonl:-` — one JSON object per line on stdout;
+//! * `jsonl:PATH[,rotate=SIZE][,keep=N]` — appended to `PATH`; with
+//!   `rotate`, the file is renamed to `PATH.1` (… `PATH.N`) when it passes
+//!   `SIZE` bytes (suffixes `k`, `M`, `G`);
+//! * `udp:HOST:PORT` — one JSON datagram per message;
+//! * `http:ADDR` — Server-Sent Events at `/events`, JSON at `/status` and a
+//!   live dashboard at `/` (`ADDR` is `PORT` or `HOST:PORT`; the host
+//!   defaults to 127.0.0.1).
+
+pub mod http;
+pub mod jsonl;
+pub mod udp;
+
+use std::sync::Arc;
+
+use crate::event::Message;
+
+/// Errors of sinks, naming the output.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// An `--output` value that does not parse.
+    #[error("--output {spec}: {message}")]
+    Spec { spec: String, message: String },
+    /// Opening or writing the output failed.
+    #[error("{target}: {source}")]
+    Io {
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SinkError {
+    pub(crate) fn spec(spec: &str, message: impl Into<String>) -> Self {
+        SinkError::Spec {
+            spec: spec.to_string(),
+            message: message.into(),
+        }
+    }
+    pub(crate) fn io(target: impl Into<String>, source: std::io::Error) -> Self {
+        SinkError::Io {
+            target: target.into(),
+            source,
+        }
+    }
+}
+
+/// Receives every published message.
+pub trait Sink: Send {
+    /// The `--output` value this sink was made from.
+    fn name(&self) -> String;
+
+    /// Publishes one message.
+    ///
+    /// # Errors
+    /// [`SinkError::Io`] when the output failed; the pipeline logs it and
+    /// carries on.
+    fn publish(&mut self, message: &Message) -> Result<(), SinkError>;
+
+    /// Pushes buffered messages out (called on shutdown and periodically).
+    ///
+    /// # Errors
+    /// As [`Sink::publish`].
+    fn flush(&mut self) -> Result<(), SinkError>;
+}
+
+/// Live pipeline state for `/status` (sources, backend, fps, drops).
+pub type StatusHandle = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// A parsed `--output` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputSpec {
+    Stdout,
+    File {
+        path: std::path::PathBuf,
+        rotate_bytes: Option<u64>,
+        keep: usize,
+    },
+    Udp {
+        target: String,
+    },
+    Http {
+        addr: std::net::SocketAddr,
+    },
+}
+
+impl OutputSpec {
+    /// Parses an `--output` value (see the module docs).
+    ///
+    /// # Errors
+    /// [`SinkError::Spec`] naming the value and what was expected.
+    pub fn parse(spec: &str) -> Result<Self, SinkError> {
+        let (kind, rest) = spec.split_once(':').ok_or_else(|| {
+            SinkError::spec(
+                spec,
+                "expected jsonl:-, jsonl:PATH, udp:HOST:PORT or http:ADDR",
+            )
+        })?;
+        match kind {
+            "jsonl" if rest == "-" => Ok(OutputSpec::Stdout),
+            "jsonl" => jsonl::parse_file_spec(spec, rest),
+            "udp" => {
+                use std::net::ToSocketAddrs;
+                rest.to_socket_addrs()
+                    .map_err(|e| SinkError::spec(spec, format!("expected HOST:PORT ({e})")))?
+                    .next()
+                    .ok_or_else(|| SinkError::spec(spec, "HOST resolves to no address"))?;
+                Ok(OutputSpec::Udp {
+                    target: rest.to_string(),
+                })
+            }
+            "http" => {
+                let with_host = if rest.parse::<u16>().is_ok() {
+                    format!("127.0.0.1:{rest}")
+                } else {
+                    rest.to_string()
+                };
+                let addr = with_host.parse().map_err(|_| {
+                    SinkError::spec(
+                        spec,
+                        "expected PORT or IP:PORT (e.g. http:8080, http:0.0.0.0:8080)",
+                    )
+                })?;
+                Ok(OutputSpec::Http { addr })
+            }
+            other => Err(SinkError::spec(
+                spec,
+                format!("unknown output kind `{other}`; expected jsonl, udp or http"),
+            )),
+        }
+    }
+
+    /// Opens the sink. `status` feeds `http:`'s `/status`.
+    ///
+    /// # Errors
+    /// [`SinkError::Io`] when the file cannot be opened or the address bound.
+    pub fn open(&self, spec: &str, status: StatusHandle) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(match self {
+            OutputSpec::Stdout => Box::new(jsonl::JsonlSink::stdout()),
+            OutputSpec::File {
+                path,
+                rotate_bytes,
+                keep,
+            } => Box::new(jsonl::JsonlSink::file(path, *rotate_bytes, *keep)?),
+            OutputSpec::Udp { target } => Box::new(udp::UdpSink::connect(spec, target)?),
+            OutputSpec::Http { addr } => Box::new(http::HttpSink::bind(*addr, status)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_output_kind() {
+        assert_eq!(OutputSpec::parse("jsonl:-").unwrap(), OutputSpec::Stdout);
+        assert_eq!(
+            OutputSpec::parse("jsonl:/tmp/e.jsonl,rotate=2M,keep=3").unwrap(),
+            OutputSpec::File {
+                path: "/tmp/e.jsonl".into(),
+                rotate_bytes: Some(2 << 20),
+                keep: 3
+            }
+        );
+        assert!(matches!(
+            OutputSpec::parse("udp:127.0.0.1:9000").unwrap(),
+            OutputSpec::Udp { .. }
+        ));
+        assert_eq!(
+            OutputSpec::parse("http:8080").unwrap(),
+            OutputSpec::Http {
+                addr: "127.0.0.1:8080".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            OutputSpec::parse("http:0.0.0.0:9").unwrap(),
+            OutputSpec::Http {
+                addr: "0.0.0.0:9".parse().unwrap()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_specs_name_the_value() {
+        for (spec, needle) in [
+            ("stdout", "expected jsonl:-"),
+            ("mqtt:x", "unknown output kind `mqtt`"),
+            ("udp:nohost", "HOST:PORT"),
+            ("http:localhost:x", "PORT or IP:PORT"),
+            ("jsonl:/tmp/x,rotate=lots", "rotate"),
+        ] {
+            let e = OutputSpec::parse(spec).unwrap_err().to_string();
+            assert!(e.contains(spec) && e.contains(needle), "{spec}: {e}");
+        }
+    }
+}
