@@ -29,4 +29,5 @@ pub mod playback;
 pub mod replay;
 pub mod ring;
 pub mod source;
+pub mod spec;
 pub mod supervise;

@@ -228,10 +228,13 @@ pub fn spawn_video(
 ) -> std::io::Result<Supervised> {
     let name = source.name();
     let thread_name = name.clone();
+    // Joined before the thread starts, so a virtual clock never settles
+    // without it.
+    let guard = ClockGuard::new(&clock);
     let handle = std::thread::Builder::new()
         .name(format!("video:{}", short(&name)))
         .spawn(move || {
-            let _guard = ClockGuard::new(&clock);
+            let _guard = guard;
             let mut retry = Retry::new(backoff);
             while !stop.is_raised() {
                 let started = Instant::now();
@@ -292,10 +295,11 @@ pub fn spawn_audio(
 ) -> std::io::Result<Supervised> {
     let name = source.name();
     let thread_name = name.clone();
+    let guard = ClockGuard::new(&clock);
     let handle = std::thread::Builder::new()
         .name(format!("audio:{}", short(&name)))
         .spawn(move || {
-            let _guard = ClockGuard::new(&clock);
+            let _guard = guard;
             let mut retry = Retry::new(backoff);
             while !stop.is_raised() {
                 let started = Instant::now();

@@ -12,13 +12,22 @@
 //! * [`pre`] — preprocessing exactly as in training: video crop, resize,
 //!   normalize, layout; audio downmix, resample, librosa-equal log-mel.
 //! * [`post`] — output kinds, smoothing, confidence floor, change hysteresis.
-//! * [`offline::Featurizer`], [`offline::EventBuilder`], [`offline::run_offline`]
-//!   — windows from recordings and the published [`offline::Event`].
+//! * [`features::Featurizer`] — every model input from the newest frame and
+//!   the last `window_s` of audio.
+//! * [`pipeline::Pipeline`] — sources → windows → model → events → sinks,
+//!   on its own threads, with bounded latency and memory, real-time or
+//!   replayed as fast as possible.
+//! * [`event::Message`] — what is published: emotion events (fields of
+//!   `hri_msgs/Expression` plus a capture `header.stamp`) and source notices.
+//! * [`sink::Sink`] — where messages go: JSON lines, UDP datagrams, HTTP
+//!   (Server-Sent Events, `/status`, a live dashboard).
 
 pub mod backend;
+pub mod config;
 pub mod event;
+pub mod features;
 pub mod model;
-pub mod offline;
+pub mod pipeline;
 pub mod post;
 pub mod pre;
 pub mod sink;

@@ -22,7 +22,16 @@ fn emogate(args: &[&str]) -> Output {
         .expect("emogate runs")
 }
 
+/// The emotion events of a run (source notices left out).
 fn events(out: &Output) -> Vec<Value> {
+    messages(out)
+        .into_iter()
+        .filter(|m| m["type"] == "emotion")
+        .collect()
+}
+
+/// Every message a run printed.
+fn messages(out: &Output) -> Vec<Value> {
     assert!(
         out.status.success(),
         "stderr: {}",
@@ -61,6 +70,20 @@ fn runs_the_reference_model_on_the_sample_clip() {
         "--output",
         "jsonl:-",
     ]);
+    let all = messages(&out);
+    let kinds: Vec<(&str, &str)> = all
+        .iter()
+        .filter(|m| m["type"] != "emotion")
+        .map(|m| (m["type"].as_str().unwrap(), m["modality"].as_str().unwrap()))
+        .collect();
+    for expected in [
+        ("source_opened", "video"),
+        ("source_opened", "audio"),
+        ("source_ended", "video"),
+        ("source_ended", "audio"),
+    ] {
+        assert!(kinds.contains(&expected), "{expected:?} not in {kinds:?}");
+    }
     let ev = events(&out);
     // 3 s of audio, 2 s windows, 200 ms hop: windows end at 2.0, 2.2, … 3.0.
     assert_eq!(ev.len(), 6);
@@ -79,7 +102,8 @@ fn runs_the_reference_model_on_the_sample_clip() {
         assert!((sum - 1.0).abs() < 1e-3, "probabilities sum to {sum}");
         assert!(e["valence"].as_f64().unwrap().abs() <= 1.0);
         assert!(e["arousal"].as_f64().unwrap().abs() <= 1.0);
-        assert!(e["latency"]["inference_ms"].as_f64().unwrap() > 0.0);
+        assert!(e["latency_ms"]["inference"].as_f64().unwrap() > 0.0);
+        assert_eq!(e["type"], "emotion");
         assert_eq!(e["backend"], "tract");
         assert_eq!(e["degraded"], false);
     }
@@ -120,7 +144,12 @@ fn still_image_adapters_and_a_sidecar_manifest() {
     let ev = events(&out);
     assert_eq!(ev.len(), 3);
     assert!(ev[0].get("valence").is_none());
-    assert_eq!(ev[1]["window"]["end_s"], 0.25);
+    // Windows every 250 ms; each ends at the newest frame (10 fps) by then.
+    let ends: Vec<f64> = ev
+        .iter()
+        .map(|e| e["window"]["end_s"].as_f64().unwrap())
+        .collect();
+    assert_eq!(ends, [0.2, 0.5, 0.7]);
 }
 
 #[test]

@@ -1,13 +1,14 @@
 //! `emogate`: the on-device emotion engine.
 
-use std::io::Write;
+mod run;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use emogate_engine::features::Featurizer;
 use emogate_engine::model::{AffectModel, BackendChoice, ModelSpec, parse_adapter_spec};
-use emogate_engine::offline::{Event, Featurizer, OfflineOptions, run_offline};
 use emogate_engine::post::PostConfig;
 use emogate_models::merge::resolve::LinearIndex;
 
@@ -49,38 +50,9 @@ enum Command {
         #[arg(long, default_value = "python3")]
         python: String,
     },
-    /// Run a model over recorded video and/or audio and publish events.
-    Run {
-        /// The model (.onnx).
-        #[arg(long)]
-        model: PathBuf,
-        #[command(flatten)]
-        load: LoadArgs,
-        /// Video: a .png still image, a folder of .png frames, or a .y4m clip.
-        #[arg(long)]
-        video: Option<PathBuf>,
-        /// Audio: a .wav file (any PCM/float format, rate and channel count).
-        #[arg(long)]
-        audio: Option<PathBuf>,
-        /// Frame rate of a folder of frames.
-        #[arg(long, default_value_t = 10.0)]
-        fps: f64,
-        /// Time between windows in ms (default: the manifest's, else 250).
-        #[arg(long)]
-        hop_ms: Option<f64>,
-        /// Stop after this many windows.
-        #[arg(long)]
-        max_windows: Option<u64>,
-        /// Smoothing half-life in seconds.
-        #[arg(long, default_value_t = 0.5)]
-        half_life: f64,
-        /// Below this smoothed probability the label is unknown (null).
-        #[arg(long, default_value_t = 0.35)]
-        confidence_floor: f32,
-        /// Where events go: `jsonl:-` (stdout) or `jsonl:PATH` (appended).
-        #[arg(long, default_value = "jsonl:-")]
-        output: Vec<String>,
-    },
+    /// Stream video and/or audio (cameras, microphones, GStreamer pipelines
+    /// or recordings) through a model and publish emotions.
+    Run(Box<run::RunArgs>),
 }
 
 /// How to load the model.
@@ -187,72 +159,7 @@ fn run(command: Command) -> Result<()> {
             windows,
             python,
         } => bench(model, load, windows, &python),
-        Command::Run {
-            model,
-            load,
-            video,
-            audio,
-            fps,
-            hop_ms,
-            max_windows,
-            half_life,
-            confidence_floor,
-            output,
-        } => {
-            let mut affect = AffectModel::load(&load.spec(model.clone())?)
-                .with_context(|| format!("loading {}", model.display()))?;
-            let hop = hop_ms.or(affect.manifest().hop_ms).unwrap_or(250.0);
-            if hop.is_nan() || hop <= 0.0 {
-                bail!("--hop-ms {hop}: expected a positive number of milliseconds");
-            }
-            let mut post = PostConfig {
-                half_life_s: half_life,
-                ..PostConfig::default()
-            };
-            post.change.floor = confidence_floor;
-            let options = OfflineOptions {
-                hop: Duration::from_secs_f64(hop / 1e3),
-                max_windows,
-                dir_fps: fps,
-                post,
-            };
-            let mut sinks = output
-                .iter()
-                .map(|o| open_sink(o))
-                .collect::<Result<Vec<_>>>()?;
-            let n = run_offline(
-                &mut affect,
-                video.as_deref(),
-                audio.as_deref(),
-                &options,
-                &mut |event: &Event| {
-                    let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
-                    line.push(b'\n');
-                    for sink in sinks.iter_mut() {
-                        sink.write_all(&line)?;
-                        sink.flush()?;
-                    }
-                    Ok(())
-                },
-            )?;
-            tracing::info!(windows = n, "done");
-            Ok(())
-        }
-    }
-}
-
-fn open_sink(spec: &str) -> Result<Box<dyn Write>> {
-    match spec.split_once(':') {
-        Some(("jsonl", "-")) => Ok(Box::new(std::io::stdout())),
-        Some(("jsonl", path)) if !path.is_empty() => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("--output {spec}: cannot open {path}"))?;
-            Ok(Box::new(std::io::BufWriter::new(file)))
-        }
-        _ => bail!("--output `{spec}`: expected jsonl:- or jsonl:PATH"),
+        Command::Run(args) => run::run(*args),
     }
 }
 
@@ -334,7 +241,7 @@ fn bench(model: PathBuf, load: LoadArgs, windows: usize, python: &str) -> Result
         .with_context(|| format!("loading {}", model.display()))?;
     let manifest = affect.manifest().clone();
     let mut featurizer = Featurizer::new(&manifest)?;
-    let mut events = emogate_engine::offline::EventBuilder::new(&manifest, PostConfig::default())?;
+    let mut events = emogate_engine::event::EventBuilder::new(&manifest, PostConfig::default())?;
     // Synthetic media of the manifest's sizes: a moving gradient, a chirp.
     let frame = emogate_device::replay::VideoFrame {
         width: 320,
@@ -357,22 +264,13 @@ fn bench(model: PathBuf, load: LoadArgs, windows: usize, python: &str) -> Result
     for i in 0..windows + warmup {
         let t0 = Instant::now();
         let inputs = featurizer.build(
-            Some(&frame),
+            Some(&emogate_engine::features::replay_frame(&frame)?),
             (!audio.is_empty()).then_some(audio.as_slice()),
         )?;
         let t1 = Instant::now();
         let outputs = affect.run(&inputs)?;
         let t2 = Instant::now();
-        let window = emogate_engine::offline::Window {
-            start_s: 0.0,
-            end_s: 0.0,
-        };
-        events.event(
-            &outputs,
-            Duration::from_millis(i as u64 * 250),
-            window,
-            Default::default(),
-        )?;
+        events.estimate(&outputs, Duration::from_millis(i as u64 * 250))?;
         let t3 = Instant::now();
         if i >= warmup {
             pre.push((t1 - t0).as_secs_f64() * 1e3);

@@ -1,0 +1,346 @@
+//! `emogate run`: flags and config file → a running [`Pipeline`].
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use emogate_device::spec::{AudioOptions, VideoOptions, is_live, open_audio, open_video};
+use emogate_device::supervise::StopFlag;
+use emogate_engine::config::{RunConfig, SourceConfig};
+use emogate_engine::model::{AffectModel, BackendChoice, ModelSpec};
+use emogate_engine::pipeline::{MissingPolicy, Pacing, Pipeline, PipelineConfig};
+use emogate_engine::post::PostConfig;
+use emogate_engine::sink::{OutputSpec, Sink};
+
+/// Settings of `emogate run`. Each overrides the same key of `--config`.
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// A TOML file with any of the settings below (see deploy/config.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The model (.onnx with an emogate manifest).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Sidecar manifest (emogate.manifest/1 JSON) for models that carry none.
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// A gate_proj adapter to merge at load, as NAME=DIR (PEFT folder); repeatable.
+    #[arg(long = "adapter")]
+    pub adapters: Vec<String>,
+    /// The adapter active at start (default: the base model).
+    #[arg(long)]
+    pub active: Option<String>,
+    /// tract (pure Rust CPU, default) or ort (ONNX Runtime; build with --features ort).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Threads for inference [default: 1].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// ONNX Runtime execution providers in order of preference, e.g. tensorrt,cuda,cpu.
+    #[arg(long)]
+    pub ep: Option<String>,
+    /// Fail instead of falling back when a requested execution provider is unavailable.
+    #[arg(long)]
+    pub ep_strict: bool,
+    /// Path to libonnxruntime.so (default: $ORT_DYLIB_PATH).
+    #[arg(long)]
+    pub ort_lib: Option<PathBuf>,
+    /// TensorRT engine and timing cache folder.
+    #[arg(long)]
+    pub trt_cache: Option<PathBuf>,
+    /// Video: v4l:INDEX or v4l:NAME (USB camera), gst:PIPELINE (GStreamer,
+    /// e.g. a Jetson CSI camera), or a file: .y4m clip, .png still, folder of .png.
+    #[arg(long)]
+    pub video: Option<String>,
+    /// Audio: mic:NAME or mic:default (ALSA via cpal), gst:PIPELINE, or a .wav file.
+    #[arg(long)]
+    pub audio: Option<String>,
+    /// Camera width to ask for.
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Camera height to ask for.
+    #[arg(long)]
+    pub height: Option<u32>,
+    /// Camera frame rate to ask for; for a folder of frames, its frame rate [default: 10].
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// Replay files in a loop.
+    #[arg(long = "loop")]
+    pub looped: bool,
+    /// realtime (paced by the clock) or fast (replay as fast as possible,
+    /// no drops) [default: fast when every source is a file, else realtime].
+    #[arg(long)]
+    pub pace: Option<String>,
+    /// Time between windows in ms [default: the manifest's, else 250].
+    #[arg(long)]
+    pub hop_ms: Option<f64>,
+    /// A modality whose newest item is older than this many ms is missing [default: 1000].
+    #[arg(long)]
+    pub stale_ms: Option<f64>,
+    /// A missing or stale modality: `zero` (feed zeros, mark the event
+    /// degraded) or `skip` (no event) [default: zero].
+    #[arg(long)]
+    pub missing: Option<String>,
+    /// Stop after this many windows.
+    #[arg(long)]
+    pub max_windows: Option<u64>,
+    /// Smoothing half-life in seconds [default: 0.5].
+    #[arg(long)]
+    pub half_life: Option<f64>,
+    /// Below this smoothed probability the label is unknown (null) [default: 0.35].
+    #[arg(long)]
+    pub confidence_floor: Option<f32>,
+    /// Where messages go; repeatable: jsonl:- (stdout), jsonl:PATH[,rotate=SIZE][,keep=N],
+    /// udp:HOST:PORT, http:[HOST:]PORT [default: jsonl:-].
+    #[arg(long = "output")]
+    pub outputs: Vec<String>,
+    /// Adds this many ms to every forward pass (to rehearse a slower board).
+    #[arg(long, hide = true)]
+    pub debug_inference_delay_ms: Option<u64>,
+}
+
+/// Set from the SIGINT/SIGTERM handler; watched by a thread that raises
+/// the pipeline's stop flag (a handler may only touch atomics).
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SIGNALLED.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers(stop: StopFlag) -> Result<()> {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        if unsafe { libc::signal(sig, handler) } == libc::SIG_ERR {
+            bail!("cannot install a handler for signal {sig}");
+        }
+    }
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            while !SIGNALLED.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            tracing::info!("signal received: stopping and flushing outputs");
+            stop.raise();
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+fn positive_ms(what: &str, v: f64) -> Result<Duration> {
+    if !v.is_finite() || v <= 0.0 {
+        bail!("{what} {v}: expected a positive number of milliseconds");
+    }
+    Ok(Duration::from_secs_f64(v / 1e3))
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let file = match &args.config {
+        Some(path) => RunConfig::load(path)?,
+        None => RunConfig::default(),
+    };
+    let model = args
+        .model
+        .clone()
+        .or(file.model.clone())
+        .context("no model: give --model or `model` in --config")?;
+    let mut adapters: Vec<(String, PathBuf)> = file.adapters.clone().into_iter().collect();
+    for a in &args.adapters {
+        let (name, dir) = emogate_engine::model::parse_adapter_spec(a)?;
+        adapters.retain(|(n, _)| *n != name);
+        adapters.push((name, dir));
+    }
+    let threads = args.threads.or(file.threads).unwrap_or(1);
+    let backend_name = args
+        .backend
+        .clone()
+        .or(file.backend.clone())
+        .unwrap_or_else(|| "tract".into());
+    let backend = backend_choice(&backend_name, threads, &args, &file)?;
+    let spec = ModelSpec {
+        path: model.clone(),
+        manifest: args.manifest.clone().or(file.manifest.clone()),
+        backend,
+        adapters,
+        active: args.active.clone().or(file.active.clone()),
+    };
+    let affect =
+        AffectModel::load(&spec).with_context(|| format!("loading {}", model.display()))?;
+
+    let hop = positive_ms(
+        "--hop-ms",
+        args.hop_ms
+            .or(file.hop_ms)
+            .or(affect.manifest().hop_ms)
+            .unwrap_or(250.0),
+    )?;
+    let stale = positive_ms(
+        "--stale-ms",
+        args.stale_ms.or(file.stale_ms).unwrap_or(1000.0),
+    )?;
+    let missing = match args
+        .missing
+        .as_deref()
+        .or(file.missing.as_deref())
+        .unwrap_or("zero")
+    {
+        "zero" => MissingPolicy::Zero,
+        "skip" => MissingPolicy::Skip,
+        other => bail!("--missing `{other}`: expected zero or skip"),
+    };
+    let mut post = PostConfig {
+        half_life_s: args.half_life.or(file.half_life).unwrap_or(0.5),
+        ..PostConfig::default()
+    };
+    post.change.floor = args
+        .confidence_floor
+        .or(file.confidence_floor)
+        .unwrap_or(0.35);
+
+    let looped = args.looped || file.looped.unwrap_or(false);
+    let video_cfg = merge_source(args.video.as_deref(), file.video.as_ref(), &args);
+    let audio_cfg = merge_source(args.audio.as_deref(), file.audio.as_ref(), &args);
+    let any_live = [&video_cfg, &audio_cfg]
+        .iter()
+        .any(|c| c.as_ref().is_some_and(|c| is_live(&c.source)));
+    let pacing = match args.pace.as_deref().or(file.pace.as_deref()) {
+        None if any_live => Pacing::RealTime,
+        None => Pacing::AsFastAsPossible,
+        Some("realtime") => Pacing::RealTime,
+        Some("fast") if any_live => {
+            bail!("--pace fast: live devices cannot be replayed faster than real time")
+        }
+        Some("fast") => Pacing::AsFastAsPossible,
+        Some(other) => bail!("--pace `{other}`: expected realtime or fast"),
+    };
+    if looped && pacing == Pacing::AsFastAsPossible && args.max_windows.is_none() {
+        bail!("--loop with --pace fast never ends: add --max-windows N or --pace realtime");
+    }
+    let video = video_cfg
+        .map(|c| {
+            open_video(
+                &c.source,
+                &VideoOptions {
+                    width: c.width,
+                    height: c.height,
+                    fps: c.fps,
+                    looped,
+                    dir_fps: c.fps.unwrap_or(10.0),
+                },
+            )
+            .with_context(|| format!("--video {}", c.source))
+        })
+        .transpose()?;
+    let audio = audio_cfg
+        .map(|c| {
+            open_audio(&c.source, &AudioOptions { looped })
+                .with_context(|| format!("--audio {}", c.source))
+        })
+        .transpose()?;
+
+    let config = PipelineConfig {
+        hop,
+        stale,
+        missing,
+        post,
+        max_windows: args.max_windows,
+        frame_id: file.frame_id.clone().unwrap_or_else(|| "emogate".into()),
+        extra_inference_delay: Duration::from_millis(args.debug_inference_delay_ms.unwrap_or(0)),
+        ..PipelineConfig::default()
+    };
+    let pipeline = Pipeline::new(affect, video, audio, pacing, config)?;
+
+    let outputs = if !args.outputs.is_empty() {
+        args.outputs.clone()
+    } else {
+        file.outputs
+            .clone()
+            .unwrap_or_else(|| vec!["jsonl:-".into()])
+    };
+    let status = pipeline.status_handle();
+    let sinks = outputs
+        .iter()
+        .map(|o| {
+            let spec = OutputSpec::parse(o)?;
+            let sink = spec.open(o, status.clone())?;
+            tracing::info!(output = sink.name(), "output open");
+            Ok(sink)
+        })
+        .collect::<Result<Vec<Box<dyn Sink>>>>()?;
+
+    let stop = StopFlag::new();
+    install_signal_handlers(stop.clone())?;
+    let summary = pipeline.run(sinks, stop)?;
+    tracing::info!(
+        events = summary.events,
+        windows = summary.counters.windows,
+        dropped = summary.counters.dropped,
+        skipped = summary.counters.skipped,
+        degraded = summary.counters.degraded,
+        "done"
+    );
+    Ok(())
+}
+
+fn merge_source(
+    flag: Option<&str>,
+    file: Option<&SourceConfig>,
+    args: &RunArgs,
+) -> Option<SourceConfig> {
+    let mut c = match (flag, file) {
+        (Some(s), Some(f)) => SourceConfig {
+            source: s.to_string(),
+            ..f.clone()
+        },
+        (Some(s), None) => SourceConfig {
+            source: s.to_string(),
+            ..SourceConfig::default()
+        },
+        (None, Some(f)) => f.clone(),
+        (None, None) => return None,
+    };
+    c.width = args.width.or(c.width);
+    c.height = args.height.or(c.height);
+    c.fps = args.fps.or(c.fps);
+    Some(c)
+}
+
+fn backend_choice(
+    name: &str,
+    threads: usize,
+    args: &RunArgs,
+    file: &RunConfig,
+) -> Result<BackendChoice> {
+    match name {
+        "tract" => Ok(BackendChoice::Tract { threads }),
+        #[cfg(feature = "ort")]
+        "ort" => {
+            use emogate_engine::backend::ort::{OrtOptions, parse_providers};
+            let ep = args
+                .ep
+                .clone()
+                .or(file.ep.as_ref().map(|v| v.join(",")))
+                .unwrap_or_else(|| "cpu".into());
+            Ok(BackendChoice::Ort(OrtOptions {
+                library: args.ort_lib.clone().or(file.ort_lib.clone()),
+                providers: parse_providers(&ep)?,
+                strict: args.ep_strict || file.ep_strict.unwrap_or(false),
+                trt_fp16: true,
+                trt_cache_dir: args.trt_cache.clone().or(file.trt_cache.clone()),
+                threads,
+            }))
+        }
+        #[cfg(not(feature = "ort"))]
+        "ort" => {
+            let _ = (args, file);
+            bail!(
+                "--backend ort: this emogate was built without ONNX Runtime support; rebuild with `--features ort`"
+            )
+        }
+        other => bail!("--backend `{other}`: expected tract or ort"),
+    }
+}

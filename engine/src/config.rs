@@ -1,0 +1,203 @@
+//! `emogate run --config FILE`: the run's settings as TOML, so a board's
+//! service unit names one file. Command-line flags override it.
+//!
+//! ```toml
+//! model = "models/emogate-ref.onnx"   # relative paths: from the config's folder
+//! backend = "tract"
+//! threads = 2
+//! hop_ms = 250
+//! stale_ms = 1000
+//! missing = "zero"
+//! active = "calm"
+//! outputs = ["jsonl:/var/lib/emogate/events.jsonl", "http:127.0.0.1:8080"]
+//! [adapters]
+//! calm = "models/adapters/calm"
+//! [video]
+//! source = "v4l:0"
+//! [audio]
+//! source = "mic:default"
+//! ```
+//!
+//! Unknown keys are errors (a misspelt `hop_ms` would otherwise be
+//! silently ignored on a board nobody is watching).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Errors reading a config file: the file, and the key or line at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+}
+
+/// A capture source in the config.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `v4l:INDEX|NAME`, `gst:PIPELINE`, `mic:NAME`, or a file.
+    pub source: String,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<f64>,
+}
+
+/// Everything `emogate run` can take from a file. Every field is
+/// optional: flags fill or override.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub model: Option<PathBuf>,
+    pub manifest: Option<PathBuf>,
+    pub backend: Option<String>,
+    pub threads: Option<usize>,
+    pub ep: Option<Vec<String>>,
+    pub ep_strict: Option<bool>,
+    pub ort_lib: Option<PathBuf>,
+    pub trt_cache: Option<PathBuf>,
+    pub hop_ms: Option<f64>,
+    pub stale_ms: Option<f64>,
+    pub missing: Option<String>,
+    pub pace: Option<String>,
+    #[serde(rename = "loop")]
+    pub looped: Option<bool>,
+    pub active: Option<String>,
+    #[serde(default)]
+    pub adapters: BTreeMap<String, PathBuf>,
+    pub half_life: Option<f64>,
+    pub confidence_floor: Option<f32>,
+    pub frame_id: Option<String>,
+    pub video: Option<SourceConfig>,
+    pub audio: Option<SourceConfig>,
+    pub outputs: Option<Vec<String>>,
+}
+
+impl RunConfig {
+    /// Reads `path`, resolving relative paths against its folder.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and the offending key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: RunConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for p in [
+            self.model.as_mut(),
+            self.manifest.as_mut(),
+            self.ort_lib.as_mut(),
+            self.trt_cache.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
+        for p in self.adapters.values_mut() {
+            fix(p);
+        }
+        for s in [self.video.as_mut(), self.audio.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if !emogate_device::spec::is_live(&s.source) && Path::new(&s.source).is_relative() {
+                s.source = base.join(&s.source).display().to_string();
+            }
+        }
+        if let Some(outputs) = self.outputs.as_mut() {
+            for o in outputs {
+                if let Some(rest) = o.strip_prefix("jsonl:")
+                    && rest != "-"
+                    && Path::new(rest).is_relative()
+                {
+                    *o = format!("jsonl:{}", base.join(rest).display());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_deploy_example_and_resolves_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            r#"
+model = "models/emogate-ref.onnx"
+backend = "tract"
+threads = 2
+hop_ms = 250
+missing = "skip"
+outputs = ["jsonl:events.jsonl", "jsonl:-", "http:127.0.0.1:8080"]
+[adapters]
+calm = "models/adapters/calm"
+[video]
+source = "v4l:0"
+width = 640
+[audio]
+source = "sample/voice.wav"
+"#,
+        )
+        .unwrap();
+        let c = RunConfig::load(&path).unwrap();
+        assert_eq!(c.model.unwrap(), dir.path().join("models/emogate-ref.onnx"));
+        assert_eq!(c.adapters["calm"], dir.path().join("models/adapters/calm"));
+        assert_eq!(c.video.as_ref().unwrap().source, "v4l:0");
+        assert_eq!(c.video.unwrap().width, Some(640));
+        assert_eq!(
+            c.audio.unwrap().source,
+            dir.path().join("sample/voice.wav").display().to_string()
+        );
+        let outputs = c.outputs.unwrap();
+        assert_eq!(
+            outputs[0],
+            format!("jsonl:{}", dir.path().join("events.jsonl").display())
+        );
+        assert_eq!(outputs[1], "jsonl:-");
+        assert_eq!(c.missing.as_deref(), Some("skip"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_name_the_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "hop_msec = 250\n").unwrap();
+        let e = RunConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("bad.toml") && e.contains("hop_msec"), "{e}");
+        std::fs::write(&path, "threads = \"two\"\n").unwrap();
+        let e = RunConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("bad.toml") && e.contains("threads"), "{e}");
+        let e = RunConfig::load(&dir.path().join("none.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("none.toml"), "{e}");
+    }
+}
