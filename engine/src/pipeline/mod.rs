@@ -418,12 +418,15 @@ impl Scheduler<'_> {
         stop: &StopFlag,
     ) -> Result<(), PipelineError> {
         let hop = nanos(self.config.hop);
-        let first = self.origin + nanos(first_end);
-        if let Some(v) = self.virtual_clock {
-            // Sources stamp from the clock's time when they open: let them
-            // all open at the origin before time moves.
-            v.settle(Duration::from_secs(30));
-        }
+        let first = match self.virtual_clock {
+            Some(v) => {
+                // Sources stamp from the clock's time when they open: let
+                // them all open at the origin before time moves.
+                v.settle(Duration::from_secs(30));
+                self.origin + nanos(first_end)
+            }
+            None => self.warm_up(self.origin + nanos(first_end), stop)?,
+        };
         let stale = nanos(self.config.stale);
         let mut k: u64 = 0;
         loop {
@@ -537,6 +540,29 @@ impl Scheduler<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// Live start-up: devices take a while to open, so the first window
+    /// is built once every modality has data (a whole audio window, a
+    /// frame) rather than at a fixed time, or at `earliest` plus the stale
+    /// age if one never comes (then the missing policy applies). Returns
+    /// the time of the first window.
+    fn warm_up(&mut self, earliest: Nanos, stop: &StopFlag) -> Result<Nanos, PipelineError> {
+        let give_up = earliest + nanos(self.config.stale);
+        self.wait_real(earliest, stop)?;
+        loop {
+            self.handle_reports()?;
+            if let Some(a) = self.audio.as_deref_mut() {
+                a.drain();
+            }
+            let audio_ready = self.audio.as_deref().is_none_or(AudioWindow::is_full);
+            let video_ready = !self.wants_video || self.feed.delivered() > 0;
+            let now = self.clock.now();
+            if (audio_ready && video_ready) || now >= give_up || stop.is_raised() {
+                return Ok(now.max(earliest));
+            }
+            self.wait_real(now + 5_000_000, stop)?;
         }
     }
 
@@ -663,9 +689,12 @@ impl Scheduler<'_> {
         Ok(())
     }
 
-    /// Every source ended, and nothing was captured at or after `t`.
+    /// Every source ended more than half a hop before `t` (the slack
+    /// keeps the last window when a source ends a moment before the tick).
     fn all_ended_before(&self, t: Nanos) -> bool {
-        let ended = |present: bool, end: Option<Nanos>| !present || end.is_some_and(|e| e < t);
+        let slack = nanos(self.config.hop) / 2;
+        let ended =
+            |present: bool, end: Option<Nanos>| !present || end.is_some_and(|e| e + slack < t);
         let any_present = self.video_present || self.audio_present;
         any_present
             && ended(self.video_present, self.video_end)
