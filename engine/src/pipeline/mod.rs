@@ -720,7 +720,12 @@ fn run_inference(
         let frame = job.frame.as_deref().map(as_frame).transpose()?;
         let inputs = featurizer.build(frame.as_ref(), job.audio.as_deref())?;
         let t1 = Instant::now();
+        let cpu0 = thread_cpu_ns();
         let outputs = model.run(&inputs)?;
+        status
+            .counters
+            .model_cpu_ns
+            .fetch_add(thread_cpu_ns().saturating_sub(cpu0), Ordering::Relaxed);
         if !config.extra_inference_delay.is_zero() {
             std::thread::sleep(config.extra_inference_delay);
         }
@@ -765,6 +770,19 @@ fn run_inference(
         }
     }
     Ok(())
+}
+
+/// CPU time of the calling thread (vDSO, no syscall on Linux).
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; the clock id is a constant.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn ms(d: Duration) -> f64 {

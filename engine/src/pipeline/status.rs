@@ -20,6 +20,8 @@ pub(crate) struct AtomicCounters {
     pub audio_overruns: AtomicU64,
     pub events: AtomicU64,
     pub sink_dropped: AtomicU64,
+    /// CPU time of the inference thread inside forward passes, ns.
+    pub model_cpu_ns: AtomicU64,
 }
 
 impl AtomicCounters {
@@ -124,6 +126,12 @@ impl PipelineStatus {
     /// Counters as published in events.
     pub fn counters(&self) -> Counters {
         self.counters.snapshot()
+    }
+
+    /// CPU time spent inside the model's forward passes so far (the rest
+    /// of the process's CPU time is the pipeline's own overhead).
+    pub fn model_cpu(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.counters.model_cpu_ns.load(Ordering::Relaxed))
     }
 
     /// The `/status` document.
