@@ -24,9 +24,17 @@
 //! * [`audio`] — sample-format conversion, downmix and a WAV reader.
 
 pub mod audio;
+#[cfg(feature = "v4l")]
+pub mod camera;
 pub mod clock;
+pub mod list;
+pub mod mic;
+pub mod names;
+#[cfg(any(feature = "v4l", feature = "gstreamer"))]
+mod pixels;
 pub mod playback;
 pub mod replay;
 pub mod ring;
 pub mod source;
+pub mod spec;
 pub mod supervise;
