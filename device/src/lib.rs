@@ -27,6 +27,8 @@ pub mod audio;
 #[cfg(feature = "v4l")]
 pub mod camera;
 pub mod clock;
+#[cfg(feature = "gstreamer")]
+pub mod gst;
 pub mod list;
 pub mod mic;
 pub mod names;
