@@ -738,6 +738,26 @@ mod tests {
     }
 
     #[test]
+    fn opening_v4l_0_without_a_camera_is_an_open_error_naming_it() {
+        let mut src = CameraSource::new(CameraSelector::Index(0), 640, 480, 30.0);
+        let result = src.open(std::sync::Arc::new(crate::clock::RealClock));
+        if std::path::Path::new("/dev/video0").exists() {
+            // A machine with a camera: it opens, or fails naming it.
+            if let Err(e) = result {
+                assert!(e.to_string().contains("v4l:0"), "{e}");
+            }
+            return;
+        }
+        let err = result.err().expect("there is no /dev/video0");
+        let msg = err.to_string();
+        assert!(matches!(err, CaptureError::Open { .. }), "{err:?}");
+        assert_eq!(
+            msg,
+            "v4l:0: cannot open: cannot open /dev/video0: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
     fn an_unknown_name_lists_the_devices() {
         let mut src = CameraSource::new(
             CameraSelector::Name("no-such-camera-xyz".into()),

@@ -18,8 +18,9 @@
 //! mono).
 //!
 //! **Timing.** A live pipeline (a camera, a microphone) is pulled as fast
-//! as it delivers; when the consumer falls behind, the appsink keeps the
-//! newest frames. A non-live one (a file, a test source) is played at its
+//! as it delivers; when the consumer falls behind, a video appsink keeps
+//! the newest frames, while an audio one holds up to 64 buffers and never
+//! drops (losses show as ring overruns, where they are counted). A non-live one (a file, a test source) is played at its
 //! own rate on the pipeline clock (appsink `sync`), like file replay, so it
 //! neither floods the audio ring nor skips frames. Items are stamped with
 //! their capture time when the pipeline clock says how old they are (live
@@ -117,17 +118,11 @@ impl Drop for Running {
     }
 }
 
-fn parse(description: &str, source_name: &str) -> Result<gst::Pipeline, CaptureError> {
-    let element = gst::parse::launch(description).map_err(|e| CaptureError::Config {
+fn parse(description: &str, source_name: &str) -> Result<gst::Element, CaptureError> {
+    gst::parse::launch(description).map_err(|e| CaptureError::Config {
         source_name: source_name.to_string(),
         message: format!("cannot parse the pipeline \"{description}\": {e}"),
-    })?;
-    element
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| CaptureError::Config {
-            source_name: source_name.to_string(),
-            message: format!("\"{description}\" is a single element, not a pipeline"),
-        })
+    })
 }
 
 /// The appsink frames come from: the one named `emogate`, else the first.
@@ -151,20 +146,36 @@ fn build(
     description: &str,
     tail: &str,
     caps: &str,
+    max_buffers: u32,
     source_name: &str,
 ) -> Result<(gst::Pipeline, gst_app::AppSink, String), CaptureError> {
     let mut used = description.to_string();
-    let mut pipeline = parse(&used, source_name);
-    let has_sink = match &pipeline {
-        Ok(p) => find_sink(p).is_some(),
-        // A lone element (`videotestsrc`) parses but is no pipeline.
-        Err(_) => false,
+    // A pipeline ending in caps (`... ! video/x-raw,width=640`) does not
+    // parse on its own, and a lone element (`videotestsrc`) parses as
+    // itself rather than as a pipeline: both get the tail. If the tail does
+    // not help, the error quoted is the one of the pipeline as written.
+    let element = match parse(&used, source_name) {
+        Ok(e)
+            if e.downcast_ref::<gst::Pipeline>()
+                .is_some_and(|p| find_sink(p).is_some()) =>
+        {
+            e
+        }
+        first => {
+            used = format!("{description}{tail}");
+            match (parse(&used, source_name), first) {
+                (Ok(e), _) => e,
+                (Err(_), Err(first_error)) => return Err(first_error),
+                (Err(e), Ok(_)) => return Err(e),
+            }
+        }
     };
-    if !has_sink {
-        used = format!("{description}{tail}");
-        pipeline = parse(&used, source_name);
-    }
-    let pipeline = pipeline?;
+    let pipeline = element
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| CaptureError::Config {
+            source_name: source_name.to_string(),
+            message: format!("\"{used}\" is not a pipeline"),
+        })?;
     let sink = find_sink(&pipeline).ok_or_else(|| CaptureError::Config {
         source_name: source_name.to_string(),
         message: format!("\"{used}\" has no appsink"),
@@ -176,15 +187,16 @@ fn build(
         })?;
         sink.set_caps(Some(&caps));
     }
-    sink.set_max_buffers(4);
+    sink.set_max_buffers(max_buffers);
     // Non-live pipelines play at their own rate (see the module docs);
     // switched off below for live ones.
     sink.set_sync(true);
     Ok((pipeline, sink, used))
 }
 
-/// The first error or end-of-stream waiting on the bus.
-fn bus_problem(pipeline: &gst::Pipeline, source_name: &str) -> Option<Result<(), CaptureError>> {
+/// The first error (`Err`, naming the element) or end of stream (`Ok`)
+/// waiting on the bus.
+fn bus_problem(pipeline: &gst::Pipeline) -> Option<Result<(), String>> {
     let bus = pipeline.bus()?;
     while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos]) {
         match msg.view() {
@@ -195,10 +207,7 @@ fn bus_problem(pipeline: &gst::Pipeline, source_name: &str) -> Option<Result<(),
                     .map(|s| s.path_string().to_string())
                     .unwrap_or_else(|| "the pipeline".into());
                 let debug = err.debug().map(|d| format!(" ({d})")).unwrap_or_default();
-                return Some(Err(CaptureError::Stream {
-                    source_name: source_name.to_string(),
-                    message: format!("{element}: {}{debug}", err.error()),
-                }));
+                return Some(Err(format!("{element}: {}{debug}", err.error())));
             }
             _ => {}
         }
@@ -206,14 +215,45 @@ fn bus_problem(pipeline: &gst::Pipeline, source_name: &str) -> Option<Result<(),
     None
 }
 
+/// How a source wants its appsink to behave.
+struct SinkPolicy {
+    caps: &'static str,
+    tail: &'static str,
+    max_buffers: u32,
+    /// Whether a live pipeline may drop the oldest buffers when the
+    /// consumer is behind: yes for video (only the newest frames matter),
+    /// no for audio (a gap must show up as ring overruns, not vanish).
+    drop_when_live: bool,
+}
+
+const VIDEO: SinkPolicy = SinkPolicy {
+    caps: VIDEO_CAPS,
+    tail: VIDEO_TAIL,
+    max_buffers: 4,
+    drop_when_live: true,
+};
+
+const AUDIO: SinkPolicy = SinkPolicy {
+    caps: AUDIO_CAPS,
+    tail: AUDIO_TAIL,
+    // Our loop only copies into the ring; this is slack for scheduling.
+    max_buffers: 64,
+    drop_when_live: false,
+};
+
 fn start(
     description: &str,
-    tail: &str,
-    caps: &str,
+    policy: &SinkPolicy,
     source_name: &str,
 ) -> Result<Running, CaptureError> {
     init(source_name)?;
-    let (pipeline, sink, used) = build(description, tail, caps, source_name)?;
+    let (pipeline, sink, used) = build(
+        description,
+        policy.tail,
+        policy.caps,
+        policy.max_buffers,
+        source_name,
+    )?;
     let mut running = Running {
         name: source_name.to_string(),
         pipeline,
@@ -226,8 +266,8 @@ fn start(
         Ok(_) => {}
         Err(_) => {
             // The reason is on the bus.
-            let why = match bus_problem(&running.pipeline, source_name) {
-                Some(Err(e)) => e.to_string(),
+            let why = match bus_problem(&running.pipeline) {
+                Some(Err(e)) => e,
                 _ => "the pipeline refused to start".into(),
             };
             return Err(CaptureError::Open {
@@ -237,9 +277,9 @@ fn start(
         }
     }
     if running.live {
-        // Live: take buffers as they come, keep the newest.
+        // Live: take buffers as they come.
         running.sink.set_sync(false);
-        running.sink.set_drop(true);
+        running.sink.set_drop(policy.drop_when_live);
     }
     tracing::info!(source = source_name, pipeline = %used, live = running.live, "GStreamer pipeline playing");
     Ok(running)
@@ -276,9 +316,14 @@ impl Running {
         if let Some(sample) = self.sink.try_pull_sample(timeout) {
             return Ok(Pulled::Sample(sample));
         }
-        match bus_problem(&self.pipeline, &self.name) {
+        match bus_problem(&self.pipeline) {
             Some(Ok(())) => return Ok(Pulled::Ended),
-            Some(Err(e)) => return Err(e),
+            Some(Err(message)) => {
+                return Err(CaptureError::Stream {
+                    source_name: self.name.clone(),
+                    message,
+                });
+            }
             None => {}
         }
         Ok(if self.sink.is_eos() {
@@ -341,7 +386,7 @@ impl VideoSource for GstVideoSource {
     fn open(&mut self, clock: ClockHandle) -> Result<Box<dyn VideoStream>, CaptureError> {
         let name = self.name();
         real_time(&clock, &name)?;
-        let running = start(&self.pipeline, VIDEO_TAIL, VIDEO_CAPS, &name)?;
+        let running = start(&self.pipeline, &VIDEO, &name)?;
         Ok(Box::new(GstVideoStream { running, clock }))
     }
 }
@@ -482,7 +527,7 @@ impl AudioSource for GstAudioSource {
     ) -> Result<Box<dyn AudioStream>, CaptureError> {
         let name = self.name();
         real_time(&clock, &name)?;
-        let mut running = start(&self.pipeline, AUDIO_TAIL, AUDIO_CAPS, &name)?;
+        let mut running = start(&self.pipeline, &AUDIO, &name)?;
         let deadline = Instant::now() + FIRST_AUDIO;
         let first = loop {
             match running.pull_once()? {

@@ -127,6 +127,8 @@ fn a_bad_pipeline_string_is_a_config_error_naming_it() {
         "{msg}"
     );
     assert!(msg.contains("nosuchelement_xyz"), "{msg}");
+    // The error quotes the pipeline as written, not with a tail appended.
+    assert!(!msg.contains("videoconvert"), "{msg}");
 }
 
 #[test]
@@ -156,12 +158,12 @@ fn an_error_mid_stream_is_a_stream_error_naming_the_element() {
 #[test]
 fn next_frame_sees_stop_while_a_live_pipeline_is_slow() {
     let mut stream = GstVideoSource::new(
-        "videotestsrc is-live=true ! video/x-raw,width=4,height=4,framerate=1/5 ! appsink",
+        "videotestsrc is-live=true ! video/x-raw,width=4,height=4,framerate=1/1 ! appsink",
     )
     .open(clock())
     .unwrap();
     let stop = StopFlag::new();
-    // The first frame comes at once; the next one would take 5 s.
+    // The first frame comes at once; the next one would take 1 s.
     stream.next_frame(&stop).unwrap().expect("first frame");
     let raiser = {
         let stop = stop.clone();

@@ -146,6 +146,22 @@ fn default_either_opens_or_says_what_is_available() {
 }
 
 #[test]
+fn listing_shows_the_null_microphone_with_a_working_spec() {
+    if skip() {
+        return;
+    }
+    let _one = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
+    let list = emogate_device::list::list_devices();
+    let null = list
+        .microphones
+        .iter()
+        .find(|m| m.spec == "mic:null")
+        .unwrap_or_else(|| panic!("mic:null is not listed: {list:?}. {}", hint()));
+    assert!(null.details.iter().any(|d| d.contains("Hz")), "{null:?}");
+    assert!(emogate_device::spec::parse_audio(&null.spec).is_ok());
+}
+
+#[test]
 fn a_virtual_clock_is_refused() {
     let (tx, _rx) = audio_ring(1024);
     let err = MicSource::new("null")
