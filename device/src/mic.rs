@@ -486,47 +486,67 @@ impl AudioStream for MicStream {
     /// arrived for 5 s. Over- and underruns (xruns), a rerouted default
     /// device and a refused real-time priority are logged, not fatal.
     fn wait(&mut self, stop: &StopFlag) -> Result<(), CaptureError> {
-        let fail = |message: String| CaptureError::Stream {
-            source_name: self.name.clone(),
-            message,
-        };
-        let mut seen = self.health.callbacks();
-        let mut progress_at = Instant::now();
-        let mut xruns = 0u64;
-        let mut xrun_logged_at: Option<Instant> = None;
-        loop {
-            if stop.is_raised() {
-                return Ok(());
-            }
-            match self.errors.recv_timeout(POLL) {
-                Ok(e) => match e.kind() {
-                    ErrorKind::Xrun => {
-                        xruns += 1;
-                        if xrun_logged_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                            tracing::warn!(source = %self.name, xruns, "audio xrun (samples lost in the driver)");
-                            xrun_logged_at = Some(Instant::now());
-                        }
+        watch(&self.errors, &self.health, stop, &self.name, STALL)
+    }
+}
+
+/// The body of [`AudioStream::wait`] for a cpal stream: sorts what the
+/// error callback sends into fatal (returned as [`CaptureError::Stream`])
+/// and notices (logged), and fails a stream whose callback has not run for
+/// `stall`.
+fn watch(
+    errors: &Receiver<cpal::Error>,
+    health: &CallbackHealth,
+    stop: &StopFlag,
+    name: &str,
+    stall: Duration,
+) -> Result<(), CaptureError> {
+    let fail = |message: String| CaptureError::Stream {
+        source_name: name.to_string(),
+        message,
+    };
+    let mut seen = health.callbacks();
+    let mut progress_at = Instant::now();
+    let mut xruns = 0u64;
+    let mut xrun_logged_at: Option<Instant> = None;
+    loop {
+        if stop.is_raised() {
+            return Ok(());
+        }
+        match errors.recv_timeout(POLL) {
+            Ok(e) => match e.kind() {
+                ErrorKind::Xrun => {
+                    xruns += 1;
+                    // An overloaded machine can xrun every period: log at
+                    // most once a second.
+                    if xrun_logged_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(
+                            source = name,
+                            xruns,
+                            "audio xrun (samples lost in the driver)"
+                        );
+                        xrun_logged_at = Some(Instant::now());
                     }
-                    ErrorKind::DeviceChanged | ErrorKind::RealtimeDenied => {
-                        tracing::warn!(source = %self.name, error = %e, "audio stream notice");
-                    }
-                    _ => return Err(fail(e.to_string())),
-                },
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(fail("the audio driver thread ended".into()));
                 }
+                ErrorKind::DeviceChanged | ErrorKind::RealtimeDenied => {
+                    tracing::warn!(source = name, error = %e, "audio stream notice");
+                }
+                _ => return Err(fail(e.to_string())),
+            },
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(fail("the audio driver thread ended".into()));
             }
-            let calls = self.health.callbacks();
-            if calls != seen {
-                seen = calls;
-                progress_at = Instant::now();
-            } else if progress_at.elapsed() >= STALL {
-                return Err(fail(format!(
-                    "no audio for {} s (device stalled)",
-                    STALL.as_secs()
-                )));
-            }
+        }
+        let calls = health.callbacks();
+        if calls != seen {
+            seen = calls;
+            progress_at = Instant::now();
+        } else if progress_at.elapsed() >= stall {
+            return Err(fail(format!(
+                "no audio for {:.1} s (device stalled)",
+                stall.as_secs_f64()
+            )));
         }
     }
 }
@@ -625,6 +645,51 @@ mod tests {
         // A later callback reporting a larger latency must not go back.
         cb.on_data(&data(&mut input), &info(Duration::from_secs(1)));
         assert_eq!(rx.progress().1, 5_000_000_000);
+    }
+
+    #[test]
+    fn a_vanished_device_fails_the_stream_while_xruns_do_not() {
+        let (tx, rx) = channel();
+        let health = CallbackHealth::default();
+        let stop = StopFlag::new();
+        tx.send(cpal::Error::new(ErrorKind::Xrun)).unwrap();
+        tx.send(cpal::Error::new(ErrorKind::DeviceChanged)).unwrap();
+        tx.send(cpal::Error::with_message(
+            ErrorKind::DeviceNotAvailable,
+            "Device disconnected",
+        ))
+        .unwrap();
+        let err = watch(&rx, &health, &stop, "mic:usb", Duration::from_secs(60)).unwrap_err();
+        assert!(matches!(err, CaptureError::Stream { .. }), "{err:?}");
+        assert!(err.is_retryable());
+        assert!(
+            err.to_string().starts_with("mic:usb: stream failed:"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("Device disconnected"), "{err}");
+    }
+
+    #[test]
+    fn a_silent_or_ended_stream_fails_and_stop_returns_ok() {
+        let (tx, rx) = channel::<cpal::Error>();
+        let health = CallbackHealth::default();
+        let stop = StopFlag::new();
+        let started = Instant::now();
+        let err = watch(&rx, &health, &stop, "mic:x", Duration::from_millis(100)).unwrap_err();
+        assert!(err.to_string().contains("no audio"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        stop.raise();
+        assert!(watch(&rx, &health, &stop, "mic:x", Duration::from_millis(100)).is_ok());
+        drop(tx);
+        let err = watch(
+            &rx,
+            &health,
+            &StopFlag::new(),
+            "mic:x",
+            Duration::from_secs(60),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("driver thread ended"), "{err}");
     }
 
     #[test]
