@@ -4,8 +4,6 @@
 //! without a sound card, so every backend error becomes a note and an
 //! empty list, never a failure.
 
-use std::fmt::Write as _;
-
 use cpal::traits::{DeviceTrait, HostTrait};
 
 /// One device and the spec that selects it.
@@ -72,18 +70,10 @@ fn list_microphones(list: &mut DeviceList) {
                 .map(|d| d.name().to_string())
                 .unwrap_or_else(|_| id.clone());
             let details = match device.supported_input_configs() {
-                Ok(configs) => configs
-                    .filter(|c| crate::mic::convertible(c.sample_format()))
-                    .map(|c| {
-                        let mut s = format!("{} {} ch ", c.sample_format(), c.channels());
-                        if c.min_sample_rate() == c.max_sample_rate() {
-                            let _ = write!(s, "{} Hz", c.min_sample_rate());
-                        } else {
-                            let _ = write!(s, "{}–{} Hz", c.min_sample_rate(), c.max_sample_rate());
-                        }
-                        s
-                    })
-                    .collect(),
+                Ok(configs) => summarize(
+                    configs.filter(|c| crate::mic::convertible(c.sample_format())),
+                    &device,
+                ),
                 Err(e) => vec![format!("formats unknown: {e}")],
             };
             mics.push(DeviceInfo {
@@ -108,6 +98,51 @@ fn list_microphones(list: &mut DeviceList) {
             .notes
             .push("listing microphones panicked inside the audio backend".into()),
     }
+}
+
+/// A device's input configurations in three or four lines (ALSA plugins
+/// report hundreds: every format times every channel count).
+fn summarize(
+    configs: impl Iterator<Item = cpal::SupportedStreamConfigRange>,
+    device: &cpal::Device,
+) -> Vec<String> {
+    let mut formats: Vec<String> = Vec::new();
+    let (mut min_ch, mut max_ch) = (u16::MAX, 0u16);
+    let (mut min_rate, mut max_rate) = (u32::MAX, 0u32);
+    for c in configs {
+        let f = c.sample_format().to_string();
+        if !formats.contains(&f) {
+            formats.push(f);
+        }
+        min_ch = min_ch.min(c.channels());
+        max_ch = max_ch.max(c.channels());
+        min_rate = min_rate.min(c.min_sample_rate());
+        max_rate = max_rate.max(c.max_sample_rate());
+    }
+    if formats.is_empty() {
+        return vec!["no PCM formats".into()];
+    }
+    let range = |lo: u64, hi: u64| {
+        if lo == hi {
+            lo.to_string()
+        } else {
+            format!("{lo}–{hi}")
+        }
+    };
+    let mut lines = vec![
+        format!("formats: {}", formats.join(", ")),
+        format!("channels: {}", range(min_ch.into(), max_ch.into())),
+        format!("rates: {} Hz", range(min_rate.into(), max_rate.into())),
+    ];
+    if let Ok(d) = device.default_input_config() {
+        lines.push(format!(
+            "default: {} {} ch {} Hz",
+            d.sample_format(),
+            d.channels(),
+            d.sample_rate()
+        ));
+    }
+    lines
 }
 
 #[cfg(feature = "v4l")]
