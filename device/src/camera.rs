@@ -370,7 +370,6 @@ impl VideoSource for CameraSource {
         );
         Ok(Box::new(CameraStream {
             name,
-            _dev: dev,
             stream,
             kind,
             width: format.width as usize,
@@ -383,9 +382,6 @@ impl VideoSource for CameraSource {
 
 struct CameraStream {
     name: String,
-    // The stream holds its own handle; the device is kept for clarity of
-    // ownership (closing it stops the stream).
-    _dev: v4l::Device,
     stream: MmapStream<'static>,
     kind: CameraFormat,
     width: usize,

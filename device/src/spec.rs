@@ -4,7 +4,7 @@
 //! | spec | video | audio |
 //! |---|---|---|
 //! | `v4l:0`, `v4l:/dev/video2`, `v4l:C920` | V4L2 camera by index, node or name (feature `v4l`) | — |
-//! | `gst:PIPELINE` | [`crate::gst::GstVideoSource`] (feature `gstreamer`) | [`crate::gst::GstAudioSource`] |
+//! | `gst:PIPELINE` | `gst::GstVideoSource` (feature `gstreamer`) | `gst::GstAudioSource` |
 //! | `mic:NAME`, `mic:default` | — | [`crate::mic::MicSource`] |
 //! | `PATH`, `file:PATH` | `.y4m` clip, `.png` still or a folder of frames | `.wav` |
 //!
