@@ -28,7 +28,7 @@ pub struct Frame {
     pub height: usize,
     pub layout: PixelLayout,
     pub data: Vec<u8>,
-    /// When the frame was captured, on the pipeline's [`crate::clock::Clock`].
+    /// When the frame was captured, on the pipeline's [`crate::source::Clock`].
     pub captured_at: Nanos,
 }
 

@@ -57,13 +57,13 @@ pub struct RunArgs {
     /// Audio: mic:NAME or mic:default (ALSA via cpal), gst:PIPELINE, or a .wav file.
     #[arg(long)]
     pub audio: Option<String>,
-    /// Camera width to ask for.
+    /// Camera width to ask for [default: 640] (the nearest mode is used).
     #[arg(long)]
     pub width: Option<u32>,
-    /// Camera height to ask for.
+    /// Camera height to ask for [default: 480].
     #[arg(long)]
     pub height: Option<u32>,
-    /// Camera frame rate to ask for; for a folder of frames, its frame rate [default: 10].
+    /// Camera frame rate to ask for [default: 30]; for a folder of frames, its frame rate [default: 10].
     #[arg(long)]
     pub fps: Option<f64>,
     /// Replay files in a loop.
@@ -224,12 +224,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         .map(|c| {
             open_video(
                 &c.source,
-                &VideoOptions {
-                    width: c.width,
-                    height: c.height,
-                    fps: c.fps,
-                    looped,
-                    dir_fps: c.fps.unwrap_or(10.0),
+                &{
+                    let d = VideoOptions::default();
+                    VideoOptions {
+                        width: c.width.unwrap_or(d.width),
+                        height: c.height.unwrap_or(d.height),
+                        fps: c.fps.unwrap_or(d.fps),
+                        looped,
+                        dir_fps: c.fps.unwrap_or(d.dir_fps),
+                    }
                 },
             )
             .with_context(|| format!("--video {}", c.source))
@@ -237,7 +240,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         .transpose()?;
     let audio = audio_cfg
         .map(|c| {
-            open_audio(&c.source, &AudioOptions { looped })
+            open_audio(
+                &c.source,
+                &AudioOptions {
+                    looped,
+                    ..AudioOptions::default()
+                },
+            )
                 .with_context(|| format!("--audio {}", c.source))
         })
         .transpose()?;
