@@ -196,6 +196,40 @@ fn status_is_the_handle_json_plus_the_sink_numbers() {
 }
 
 #[test]
+fn a_panicking_status_handle_is_a_500_and_costs_no_connection_slot() {
+    let sink = HttpSink::bind_with(
+        local(),
+        Arc::new(|| panic!("status exploded")),
+        HttpConfig {
+            max_connections: 3,
+            ..HttpConfig::default()
+        },
+    )
+    .unwrap();
+    let addr = sink.local_addr();
+    // More requests than slots: a leaked slot would turn later ones into 503.
+    for _ in 0..8 {
+        let r = request(addr, "GET", "/status");
+        assert_eq!(r.status, 500);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["error"], "the status handle panicked");
+        assert_eq!(v["http"]["clients"], 0);
+    }
+    assert_eq!(request(addr, "GET", "/").status, 200);
+}
+
+#[test]
+fn connections_beyond_the_limit_get_503() {
+    let (_sink, addr) = sink_with(HttpConfig {
+        max_connections: 1,
+        ..HttpConfig::default()
+    });
+    let _held = SseClient::connect(addr, None);
+    let r = request(addr, "GET", "/status");
+    assert_eq!(r.status, 503);
+}
+
+#[test]
 fn dashboard_is_self_contained_html() {
     let (_sink, addr) = sink();
     let r = request(addr, "GET", "/");

@@ -371,7 +371,27 @@ impl Sink for HttpSink {
     }
 }
 
+/// One of [`HttpConfig::max_connections`], held by a connection thread.
+struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    let (refusals, queue) = mpsc::sync_channel::<TcpStream>(16);
+    let refuser = std::thread::Builder::new()
+        .name("http-refuse".into())
+        .spawn(move || {
+            for mut stream in queue {
+                refuse(&mut stream);
+            }
+        });
+    if let Err(e) = &refuser {
+        tracing::warn!(error = %e, "http: cannot start the refusal thread; excess connections are closed");
+    }
     while !shared.shutdown.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, peer)) => {
@@ -380,31 +400,23 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                 {
                     shared.connections.fetch_sub(1, Ordering::SeqCst);
                     tracing::warn!(%peer, "http: too many connections, refusing");
-                    let mut stream = stream;
-                    let _ = stream.set_nonblocking(false);
-                    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-                    let _ = respond(
-                        &mut stream,
-                        false,
-                        "503 Service Unavailable",
-                        "text/plain; charset=utf-8",
-                        &[],
-                        b"too many connections\n",
-                    );
+                    // Answered one at a time by the refusal thread; beyond
+                    // its queue, just closed.
+                    let _ = refusals.try_send(stream);
                     continue;
                 }
-                let conn_shared = Arc::clone(shared);
+                // Gives the slot back however the thread ends (or if it
+                // never starts).
+                let slot = Slot(Arc::clone(shared));
                 let spawned =
                     std::thread::Builder::new()
                         .name("http-conn".into())
                         .spawn(move || {
-                            if let Err(e) = serve(stream, &conn_shared) {
+                            if let Err(e) = serve(stream, &slot.0) {
                                 tracing::debug!(%peer, error = %e, "http connection ended");
                             }
-                            conn_shared.connections.fetch_sub(1, Ordering::SeqCst);
                         });
                 if let Err(e) = spawned {
-                    shared.connections.fetch_sub(1, Ordering::SeqCst);
                     tracing::warn!(%peer, error = %e, "http: cannot start a connection thread");
                 }
             }
@@ -416,6 +428,33 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                 std::thread::sleep(ACCEPT_POLL * 4);
             }
         }
+    }
+}
+
+/// Answers `503` to a connection over [`HttpConfig::max_connections`],
+/// spending at most a few seconds on it.
+fn refuse(stream: &mut TcpStream) {
+    if stream.set_nonblocking(false).is_err()
+        || stream
+            .set_write_timeout(Some(Duration::from_secs(1)))
+            .is_err()
+    {
+        return;
+    }
+    // Read the head first (briefly), or closing with it unread would reset
+    // the connection before the client sees the answer.
+    let _ = read_head(stream, Duration::from_secs(1));
+    if respond(
+        stream,
+        false,
+        "503 Service Unavailable",
+        "text/plain; charset=utf-8",
+        &[("Retry-After", "2")],
+        b"too many connections\n",
+    )
+    .is_ok()
+    {
+        linger(stream);
     }
 }
 
@@ -568,10 +607,15 @@ fn linger(stream: &mut TcpStream) {
     if stream.shutdown(Shutdown::Write).is_err() {
         return;
     }
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    // At most 64 KiB and 1 s in all, however the peer trickles.
+    let deadline = Instant::now() + Duration::from_secs(1);
     let mut sink = [0u8; 4096];
     let mut left = 64 * 1024usize;
     while left > 0 {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if wait.is_zero() || stream.set_read_timeout(Some(wait)).is_err() {
+            break;
+        }
         match stream.read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => left = left.saturating_sub(n),
@@ -617,6 +661,7 @@ fn route(stream: &mut TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
             );
         }
     };
+    tracing::debug!(method = %request.method, path = %request.path, peer = ?stream.peer_addr().ok(), "http request");
     let head_only = match request.method.as_str() {
         "GET" => false,
         "HEAD" => true,
@@ -643,17 +688,24 @@ fn route(stream: &mut TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
             ],
             DASHBOARD_HTML.as_bytes(),
         ),
-        "/status" => {
-            let body = status_json(shared);
-            respond(
+        "/status" => match status_json(shared) {
+            Ok(body) => respond(
                 stream,
                 head_only,
                 "200 OK",
                 "application/json",
                 &[],
                 body.as_bytes(),
-            )
-        }
+            ),
+            Err(body) => respond(
+                stream,
+                head_only,
+                "500 Internal Server Error",
+                "application/json",
+                &[],
+                body.as_bytes(),
+            ),
+        },
         "/events" => events(stream, shared, head_only, request.last_event_id.as_deref()),
         _ => respond(
             stream,
@@ -666,9 +718,17 @@ fn route(stream: &mut TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
     }
 }
 
-fn status_json(shared: &Shared) -> String {
+/// The `/status` body; `Err` (still JSON) when the status handle panicked.
+fn status_json(shared: &Shared) -> Result<String, String> {
     let http = serde_json::to_value(shared.stats()).unwrap_or(serde_json::Value::Null);
-    let mut body = match (shared.status)() {
+    let status = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (shared.status)()));
+    let Ok(status) = status else {
+        tracing::error!("the /status handle panicked");
+        return Err(
+            serde_json::json!({"error": "the status handle panicked", "http": http}).to_string(),
+        );
+    };
+    let mut body = match status {
         serde_json::Value::Object(map) => map,
         serde_json::Value::Null => serde_json::Map::new(),
         other => {
@@ -678,7 +738,7 @@ fn status_json(shared: &Shared) -> String {
         }
     };
     body.insert("http".into(), http);
-    serde_json::Value::Object(body).to_string()
+    Ok(serde_json::Value::Object(body).to_string())
 }
 
 /// Which backlog frames a client reconnecting with `last_event_id` misses:
