@@ -242,3 +242,52 @@ fn dashboard_shows_live_events_on_a_small_7_inch_screen() {
 fn dashboard_shows_live_events_on_a_laptop() {
     run(LAPTOP);
 }
+
+#[test]
+fn dashboard_reconnects_to_a_restarted_engine_and_starts_over() {
+    if browser::skip() {
+        return;
+    }
+    let status: emogate_engine::sink::StatusHandle = Arc::new(|| serde_json::json!({}));
+    let mut sink = HttpSink::bind("127.0.0.1:0".parse().unwrap(), Arc::clone(&status)).unwrap();
+    let addr = sink.local_addr();
+    for i in 1..=40u64 {
+        sink.publish(&emotion(i, i as f64 * HOP_S, "sad", 0.8))
+            .unwrap();
+    }
+    let mut chrome = browser::Browser::launch().unwrap_or_else(|e| panic!("{e}"));
+    let page = chrome
+        .open(&format!("http://{addr}/"), ROBOT_7IN)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let state = r#"[document.getElementById("label").textContent,
+                    +document.getElementById("chart").dataset.points,
+                    document.body.dataset.conn]"#;
+    let wait = |chrome: &mut browser::Browser, cond: &str| {
+        chrome
+            .wait_for(&page, cond, Duration::from_secs(45))
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let v = wait(
+        &mut chrome,
+        &format!("(s => s[0] === 'sad' && s[1] === 40 && s[2] === 'live' && s)({state})"),
+    );
+    eprintln!("first run: {v}");
+
+    // The engine goes away: the page notices.
+    drop(sink);
+    wait(&mut chrome, "document.body.dataset.conn !== 'live'");
+
+    // A new run on the same port (its clock starts again): the page
+    // reconnects by itself and drops the old run's chart.
+    let mut sink = HttpSink::bind(addr, status).unwrap();
+    for i in 1..=5u64 {
+        sink.publish(&emotion(i, i as f64 * HOP_S, "surprised", 0.7))
+            .unwrap();
+    }
+    let v = wait(
+        &mut chrome,
+        &format!("(s => s[0] === 'surprised' && s[1] === 5 && s[2] === 'live' && s)({state})"),
+    );
+    eprintln!("second run: {v}");
+    assert_eq!(sink.stats().clients, 1);
+}
