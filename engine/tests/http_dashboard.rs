@@ -114,7 +114,7 @@ fn run(viewport: Viewport) {
     let ready = format!(
         r#"(() => {{
             const l = document.getElementById("label"), c = document.getElementById("chart");
-            if (l.textContent !== {expected:?} || (window.emogate.events || 0) < {total}
+            if (l.textContent !== {expected:?} || l.scrollWidth > l.clientWidth + 1 || (window.emogate.events || 0) < {total}
                 || +c.dataset.points < 200 || document.body.dataset.conn !== "live"
                 || !document.getElementById("sources").innerText.includes("unplugged")
                 || document.getElementById("extra").innerText === ""
@@ -290,4 +290,55 @@ fn dashboard_reconnects_to_a_restarted_engine_and_starts_over() {
     );
     eprintln!("second run: {v}");
     assert_eq!(sink.stats().clients, 1);
+}
+
+#[test]
+fn dashboard_shows_uncertain_and_degraded_windows() {
+    if browser::skip() {
+        return;
+    }
+    let status: emogate_engine::sink::StatusHandle = Arc::new(|| serde_json::json!({}));
+    let mut sink = HttpSink::bind("127.0.0.1:0".parse().unwrap(), status).unwrap();
+    // Below the confidence floor, audio missing, no valence/arousal output.
+    for i in 1..=20u64 {
+        let Message::Emotion(mut e) = emotion(i, i as f64 * HOP_S, "neutral", 0.3) else {
+            unreachable!()
+        };
+        e.expression = None;
+        e.confidence = None;
+        e.valence = None;
+        e.arousal = None;
+        e.degraded = true;
+        e.missing = vec!["audio"];
+        e.counters.degraded = i;
+        sink.publish(&Message::Emotion(e)).unwrap();
+    }
+    let png = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-degraded.png");
+    let rendered = browser::render(
+        &format!("http://{}/", sink.local_addr()),
+        ROBOT_7IN,
+        r#"+document.getElementById("chart").dataset.points === 20
+           && document.getElementById("label").textContent === "uncertain"
+           && document.getElementById("label").scrollWidth <= document.getElementById("label").clientWidth + 1
+           && document.body.innerText"#,
+        Duration::from_secs(45),
+        &png,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        rendered.errors.is_empty(),
+        "page errors: {:?}",
+        rendered.errors
+    );
+    for needle in [
+        "degraded: audio missing",
+        "best guess neutral 30%",
+        "no valence/arousal output",
+    ] {
+        assert!(
+            rendered.text.contains(needle),
+            "{needle} not in:\n{}",
+            rendered.text
+        );
+    }
 }

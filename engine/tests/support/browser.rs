@@ -189,9 +189,12 @@ impl Browser {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+        let child = cmd.spawn().map_err(|e| {
+            format!(
+                "cannot start {}: {e} (`apt-get install chromium`, or EMOGATE_SKIP_BROWSER=1)",
+                exe.display()
+            )
+        })?;
         drop((theirs_r, theirs_w));
         let (tx, from_browser) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

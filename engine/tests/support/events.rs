@@ -135,19 +135,18 @@ pub fn source_ended(stamp_s: f64, modality: &'static str, source: &str) -> Messa
 }
 
 /// A scripted minute of emotions: label runs of a few seconds each, at
-/// `hop_s`, with confidences that rise after each change. Returns the
-/// messages and the last label.
+/// `hop_s`, with confidences that rise after each change.
 pub fn script(n: u64, hop_s: f64) -> Vec<Message> {
     let order = [
         "neutral",
         "happy",
+        "sad",
         "surprised",
+        "neutral",
+        "angry",
         "happy",
         "neutral",
         "sad",
-        "angry",
-        "neutral",
-        "happy",
     ];
     let run = 16u64; // windows per label
     let mut previous: Option<&str> = None;
