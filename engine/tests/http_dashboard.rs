@@ -259,9 +259,7 @@ fn dashboard_reconnects_to_a_restarted_engine_and_starts_over() {
     let page = chrome
         .open(&format!("http://{addr}/"), ROBOT_7IN)
         .unwrap_or_else(|e| panic!("{e}"));
-    let state = r#"[document.getElementById("label").textContent,
-                    +document.getElementById("chart").dataset.points,
-                    document.body.dataset.conn]"#;
+    let state = browser::DASHBOARD_STATE;
     let wait = |chrome: &mut browser::Browser, cond: &str| {
         chrome
             .wait_for(&page, cond, Duration::from_secs(45))
@@ -269,7 +267,9 @@ fn dashboard_reconnects_to_a_restarted_engine_and_starts_over() {
     };
     let v = wait(
         &mut chrome,
-        &format!("(s => s[0] === 'sad' && s[1] === 40 && s[2] === 'live' && s)({state})"),
+        &format!(
+            "(s => s.label === 'sad' && s.points === 40 && s.conn === 'live' && s.label)({state})"
+        ),
     );
     eprintln!("first run: {v}");
 
@@ -286,7 +286,9 @@ fn dashboard_reconnects_to_a_restarted_engine_and_starts_over() {
     }
     let v = wait(
         &mut chrome,
-        &format!("(s => s[0] === 'surprised' && s[1] === 5 && s[2] === 'live' && s)({state})"),
+        &format!(
+            "(s => s.label === 'surprised' && s.points === 5 && s.conn === 'live' && s.label)({state})"
+        ),
     );
     eprintln!("second run: {v}");
     assert_eq!(sink.stats().clients, 1);

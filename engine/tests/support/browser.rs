@@ -81,6 +81,21 @@ pub const LAPTOP: Viewport = Viewport {
     scale: 1.0,
 };
 
+/// A JavaScript expression for the emogate dashboard's state, for
+/// `ready` conditions: `{label, points, events, conn, sources, text}`
+/// (the label shown, chart points drawn, emotion events received, the
+/// connection pill's state, the sources card's text, the page's text).
+/// E.g. `format!("(s => s.conn === 'live' && s.points >= 20 && s)({DASHBOARD_STATE})")`.
+pub const DASHBOARD_STATE: &str = r#"(() => ({
+    label: document.getElementById("label").textContent,
+    labelFits: document.getElementById("label").scrollWidth <= document.getElementById("label").clientWidth + 1,
+    points: +document.getElementById("chart").dataset.points,
+    events: (window.emogate && window.emogate.events) || 0,
+    conn: document.body.dataset.conn,
+    sources: document.getElementById("sources").innerText,
+    text: document.body.innerText
+}))()"#;
+
 /// What [`render`] saw.
 #[derive(Debug)]
 pub struct Rendered {
