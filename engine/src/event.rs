@@ -140,6 +140,9 @@ pub struct SourceNotice {
 }
 
 /// Everything a sink receives.
+// Built once per window and handed to sinks by reference: boxing the
+// emotion event would only add an allocation per window.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {

@@ -176,6 +176,11 @@ impl AffectModel {
         self.backend.name()
     }
 
+    /// The execution providers the backend runs on, best first.
+    pub fn providers(&self) -> Vec<&'static str> {
+        self.backend.providers()
+    }
+
     /// Runs one window. `inputs` follow the manifest's input order; the
     /// result follows the manifest's output order.
     ///

@@ -66,6 +66,11 @@ pub enum BackendError {
 pub trait Backend: Send {
     /// `tract` or `ort`, for logs and `/status`.
     fn name(&self) -> &'static str;
+    /// The execution providers actually in use, best first (what a
+    /// session got, not what was asked for), for logs and `/status`.
+    fn providers(&self) -> Vec<&'static str> {
+        vec!["cpu"]
+    }
     /// Runs the model on inputs given in the model's input order.
     ///
     /// # Errors

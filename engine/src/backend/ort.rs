@@ -267,6 +267,10 @@ impl Backend for OrtBackend {
         "ort"
     }
 
+    fn providers(&self) -> Vec<&'static str> {
+        self.providers.iter().map(|p| p.name()).collect()
+    }
+
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
         let mut values = Vec::with_capacity(inputs.len());
         for (index, input) in inputs.iter().enumerate() {

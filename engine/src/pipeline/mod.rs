@@ -212,6 +212,7 @@ impl Pipeline {
         let status = Arc::new(PipelineStatus::new(RunInfo {
             model: model.path().display().to_string(),
             backend: model.backend_name().to_string(),
+            ep: model.providers(),
             adapter: model.active().map(str::to_string),
             pacing: match pacing {
                 Pacing::RealTime => "realtime",
@@ -623,6 +624,7 @@ impl Scheduler<'_> {
                 self.status.update_source("video", &name, |s| {
                     s.state = "running";
                     s.error = None;
+                    s.retry_in_ms = None;
                     s.opens += 1;
                 });
                 self.publish(Message::SourceOpened(self.notice("video", &name)));
@@ -638,6 +640,7 @@ impl Scheduler<'_> {
                 self.status.update_source("audio", &name, |s| {
                     s.state = "running";
                     s.error = None;
+                    s.retry_in_ms = None;
                     s.opens += 1;
                 });
                 self.publish(Message::SourceOpened(self.notice("audio", &name)));
@@ -652,6 +655,7 @@ impl Scheduler<'_> {
                 self.status.update_source(m, &name, |s| {
                     s.state = "failed";
                     s.error = Some(error.clone());
+                    s.retry_in_ms = retry_in.map(|d| d.as_millis() as u64);
                     s.failures += 1;
                 });
                 let mut notice = self.notice(m, &name);

@@ -46,6 +46,9 @@ pub struct SourceState {
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When a failed source is tried again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_in_ms: Option<u64>,
     pub opens: u64,
     pub failures: u64,
 }
@@ -55,6 +58,8 @@ pub struct SourceState {
 pub struct RunInfo {
     pub model: String,
     pub backend: String,
+    /// Execution providers in use, best first (`cpu` for tract).
+    pub ep: Vec<&'static str>,
     pub adapter: Option<String>,
     pub pacing: &'static str,
     pub hop_ms: f64,
@@ -105,6 +110,7 @@ impl PipelineStatus {
                     name: name.to_string(),
                     state: "opening",
                     error: None,
+                    retry_in_ms: None,
                     opens: 0,
                     failures: 0,
                 });
@@ -159,15 +165,22 @@ impl PipelineStatus {
             };
             (last10 as f64 / span, pick(0.5), pick(0.99))
         };
-        serde_json::json!({
+        let mut doc = serde_json::json!({
             "uptime_s": self.started.elapsed().as_secs_f64(),
-            "run": self.info,
             "sources": sources,
             "counters": self.counters.snapshot(),
             "events": self.counters.events.load(Ordering::Relaxed),
             "events_per_s": rate,
             "latency_ms": { "capture_to_event_p50": p50, "capture_to_event_p99": p99 },
             "sink_dropped": self.counters.sink_dropped.load(Ordering::Relaxed),
-        })
+        });
+        // The run's fixed facts sit at the top level (`model`, `backend`,
+        // `ep`, …), where dashboards look for them.
+        if let (Some(doc), Ok(serde_json::Value::Object(info))) =
+            (doc.as_object_mut(), serde_json::to_value(&self.info))
+        {
+            doc.extend(info);
+        }
+        doc
     }
 }
