@@ -54,6 +54,7 @@ pub mod clock;
 #[cfg(feature = "gstreamer")]
 pub mod gst;
 pub mod list;
+#[cfg(feature = "mic")]
 pub mod mic;
 pub mod names;
 #[cfg(any(feature = "v4l", feature = "gstreamer"))]

@@ -4,6 +4,7 @@
 //! without a sound card, so every backend error becomes a note and an
 //! empty list, never a failure.
 
+#[cfg(feature = "mic")]
 use cpal::traits::{DeviceTrait, HostTrait};
 
 /// One device and the spec that selects it.
@@ -46,6 +47,13 @@ pub fn list_devices() -> DeviceList {
     list
 }
 
+#[cfg(not(feature = "mic"))]
+fn list_microphones(list: &mut DeviceList) {
+    list.notes
+        .push("built without the mic feature: microphones (mic:) are unavailable".into());
+}
+
+#[cfg(feature = "mic")]
 fn list_microphones(list: &mut DeviceList) {
     // cpal's backends call into C libraries; a panic there must not take
     // the CLI down with it.
@@ -100,6 +108,7 @@ fn list_microphones(list: &mut DeviceList) {
     }
 }
 
+#[cfg(feature = "mic")]
 /// A device's input configurations in three or four lines (ALSA plugins
 /// report hundreds: every format times every channel count).
 fn summarize(

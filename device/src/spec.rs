@@ -298,9 +298,15 @@ pub fn open_audio(spec: &str, opts: &AudioOptions) -> Result<Box<dyn AudioSource
         AudioSpec::File(path) => WavFile::open(&path, opts.looped)
             .map(|f| Box::new(f) as Box<dyn AudioSource>)
             .map_err(|e| config(spec, e.to_string())),
+        #[cfg(feature = "mic")]
         AudioSpec::Mic(name) => Ok(Box::new(
             crate::mic::MicSource::new(&name).with_sample_rate(opts.sample_rate),
         )),
+        #[cfg(not(feature = "mic"))]
+        AudioSpec::Mic(_) => Err(CaptureError::NotBuilt {
+            source_name: spec.to_string(),
+            feature: "mic",
+        }),
         AudioSpec::Gst(pipeline) => open_gst_audio(spec, &pipeline),
     }
 }

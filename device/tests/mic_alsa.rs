@@ -5,6 +5,7 @@
 //! every Debian/Ubuntu/JetPack install). On a machine without it, set
 //! `EMOGATE_NO_ALSA=1` to skip them explicitly; otherwise they fail and
 //! say why, so CI can never pass them silently.
+#![cfg(feature = "mic")]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -53,6 +53,7 @@ fn push_never_allocates_even_when_overrunning() {
 /// microphones commonly deliver, including callbacks larger than the
 /// scratch buffer (processed in pieces) and a full ring.
 #[test]
+#[cfg(feature = "mic")]
 fn microphone_callback_never_allocates() {
     use std::sync::Arc;
     use std::time::Duration;

@@ -30,6 +30,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// List the cameras and microphones emogate can open, with the spec to
+    /// pass as --video / --audio.
+    Devices,
     /// Print a model's manifest, inputs and outputs, parameter count and gate_proj modules.
     Info {
         model: PathBuf,
@@ -152,6 +155,10 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
+        Command::Devices => {
+            devices();
+            Ok(())
+        }
         Command::Info { model, manifest } => info(model, manifest),
         Command::Bench {
             model,
@@ -160,6 +167,29 @@ fn run(command: Command) -> Result<()> {
             python,
         } => bench(model, load, windows, &python),
         Command::Run(args) => run::run(*args),
+    }
+}
+
+fn devices() {
+    let list = emogate_device::list::list_devices();
+    for (title, items) in [("cameras", &list.cameras), ("microphones", &list.microphones)] {
+        if items.is_empty() {
+            println!("{title}: none found");
+            continue;
+        }
+        println!("{title}:");
+        for d in items {
+            println!("  {:<24} {}", d.spec, d.name);
+            for line in &d.details {
+                println!("  {:<24}   {line}", "");
+            }
+        }
+    }
+    for note in &list.notes {
+        println!("note: {note}");
+    }
+    if !cfg!(feature = "gstreamer") {
+        println!("note: GStreamer sources (gst:PIPELINE) need a build with --features gstreamer");
     }
 }
 
