@@ -22,5 +22,6 @@ pub mod manifest;
 pub mod merge;
 pub mod onnx;
 pub mod peft;
+pub mod quantize;
 
 pub use error::{Error, Result};
