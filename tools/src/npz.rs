@@ -3,7 +3,7 @@
 //!
 //! Supported: stored and deflated entries (zip64 sizes included),
 //! `.npy` format versions 1–3, C order, little-endian `f4`, `f8` (read as
-//! f32), `i8`, `i4` (read as i64). Anything else is refused with the entry
+//! f32), `i8`, `i4`, `i1`, `u1` (read as i64). Anything else is refused with the entry
 //! and the field named.
 
 use std::io::Read;
@@ -238,13 +238,17 @@ pub fn parse_npy(b: &[u8]) -> Result<NpyArray> {
                 })
                 .collect(),
         ),
+        "|i1" => NpyData::I64(need(1)?.iter().map(|&b| b as i8 as i64).collect()),
+        "|u1" => NpyData::I64(need(1)?.iter().map(|&b| b as i64).collect()),
         "<i4" => NpyData::I64(
             need(4)?
                 .chunks_exact(4)
                 .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
                 .collect(),
         ),
-        d => bail!("dtype `{d}`; expected little-endian float32, float64, int64 or int32"),
+        d => bail!(
+            "dtype `{d}`; expected little-endian float32, float64, int64, int32, int8 or uint8"
+        ),
     };
     Ok(NpyArray {
         name: String::new(),

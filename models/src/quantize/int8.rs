@@ -10,7 +10,8 @@
 //! `W` becomes `W_quantized` (int8) → `DequantizeLinear(W_quantized,
 //! W_scale, W_zero_point, axis)` → the op, with one scale per output
 //! channel (`axis` 1 for `[in, out]` MatMul weights, 0 for `[out, in]`
-//! Gemm/Transpose weights and Conv kernels). Activations stay f32: this is
+//! Gemm/Transpose weights and Conv kernels, 0 — one per row — for
+//! embedding tables read by `Gather`). Activations stay f32: this is
 //! weight-only quantization, which TensorRT's ONNX parser accepts (int8
 //! weights, symmetric, zero point 0, per-channel axis on the output channels).
 //!
@@ -37,7 +38,7 @@ const INT8: i32 = DataType::Int8 as i32;
 pub struct Int8Options {
     /// Which modules to quantize.
     pub selection: Selection,
-    /// Weights with fewer elements stay f32 (default 1024).
+    /// Weights with fewer elements stay f32 (default 256).
     pub min_elements: usize,
     /// `--int8-dynamic` only: one scale per output column instead of one
     /// per tensor (`quantize_dynamic(per_channel=True)`). `--int8` is always per channel.
@@ -48,7 +49,7 @@ impl Default for Int8Options {
     fn default() -> Self {
         Int8Options {
             selection: Selection::default(),
-            min_elements: 1024,
+            min_elements: 256,
             per_channel: false,
         }
     }
@@ -125,16 +126,35 @@ fn candidates(graph: &GraphProto) -> Vec<Candidate> {
     let inits: HashMap<&str, &TensorProto> =
         graph.initializer.iter().map(|t| (t.name(), t)).collect();
     for node in &graph.node {
-        if node.op_type() != "Conv" {
-            continue;
-        }
-        let Some(w) = node.input.get(1) else { continue };
-        if inits.get(w.as_str()).is_some_and(|t| t.dims.len() >= 3) && seen.insert(w.clone()) {
+        // Conv kernels [out, in/g, k…] and embedding tables [rows, dim]
+        // read by Gather (one scale per row), both along axis 0.
+        let (w, ok): (Option<&String>, fn(&TensorProto) -> bool) = match node.op_type() {
+            "Conv" => (node.input.get(1), |t| t.dims.len() >= 3),
+            "Gather" => (node.input.first(), |t| t.dims.len() == 2),
+            _ => continue,
+        };
+        let Some(w) = w else { continue };
+        let gather_axis0 = node.op_type() != "Gather"
+            || node
+                .attribute
+                .iter()
+                .find(|a| a.name() == "axis")
+                .and_then(|a| a.i)
+                .unwrap_or(0)
+                == 0;
+        if gather_axis0 && inits.get(w.as_str()).is_some_and(|t| ok(t)) && seen.insert(w.clone()) {
+            let mut paths = node_paths(node);
+            if let Some(p) = w
+                .strip_suffix(".weight")
+                .filter(|p| !p.contains('/') && !p.contains("::"))
+            {
+                paths.push(p.to_string());
+            }
             out.push(Candidate {
                 weight: w.clone(),
                 axis: 0,
-                op: "Conv".into(),
-                paths: node_paths(node),
+                op: node.op_type().to_string(),
+                paths,
             });
         }
     }

@@ -80,9 +80,10 @@ enum Command {
     /// f32, as does anything named with --keep-f32. Weights beyond ±65504 are
     /// clamped and counted.
     ///
-    /// --int8 quantizes MatMul/Gemm/Conv weights symmetrically per output
-    /// channel (zero point 0) as int8 initializers feeding DequantizeLinear
-    /// (with the channel axis); activations stay f32. TensorRT's ONNX parser
+    /// --int8 quantizes MatMul/Gemm/Conv weights (and Gather embedding
+    /// tables) symmetrically per output channel (zero point 0) as int8
+    /// initializers feeding DequantizeLinear (with the channel axis);
+    /// activations stay f32. TensorRT's ONNX parser
     /// accepts this form.
     ///
     /// --int8-dynamic writes DynamicQuantizeLinear + MatMulInteger as ONNX
@@ -148,7 +149,7 @@ struct QuantizeArgs {
     #[arg(long, value_name = "PATTERN")]
     exclude_modules: Vec<String>,
     /// int8: weights with fewer elements stay f32.
-    #[arg(long, default_value_t = 1024, value_name = "N")]
+    #[arg(long, default_value_t = 256, value_name = "N")]
     min_elements: usize,
     /// --int8-dynamic: one scale per output column instead of per tensor.
     #[arg(long)]
