@@ -17,7 +17,9 @@
 //!
 //! **Dynamic** ([`quantize_dynamic`]): `MatMul(x, W)` becomes
 //! `DynamicQuantizeLinear(x) → MatMulInteger(x_q, W_q, x_zp, W_zp) → Cast →
-//! Mul(x_scale · W_scale)`, node for node what `quantize_dynamic` writes.
+//! Mul(x_scale · W_scale)`, and an embedding `Gather(E, ids)` becomes
+//! `Gather(E_uint8, ids) → DequantizeLinear` (asymmetric uint8, per tensor),
+//! node for node what `quantize_dynamic` writes.
 //! TensorRT has no `MatMulInteger`/`DynamicQuantizeLinear`.
 
 use std::collections::{HashMap, HashSet};
@@ -32,6 +34,7 @@ use crate::onnx::{OnnxModel, build, element_count, onnx_type_name};
 
 const FLOAT: i32 = DataType::Float as i32;
 const INT8: i32 = DataType::Int8 as i32;
+const UINT8: i32 = DataType::Uint8 as i32;
 
 /// Options of [`quantize_qdq`] and [`quantize_dynamic`].
 #[derive(Debug, Clone)]
@@ -98,6 +101,28 @@ pub fn quantize_symmetric(
         })
         .collect();
     (q, scales)
+}
+
+/// Asymmetric uint8 quantization of a whole tensor, as `quantize_dynamic`
+/// quantizes the embedding tables `Gather` reads: `rmin = min(w, 0)`,
+/// `rmax = max(w, 0)`, `scale = (rmax − rmin) / 255`, `zero_point =
+/// round(−rmin / scale)`, `q = clamp(round(w / scale) + zero_point, 0, 255)`.
+pub fn quantize_asymmetric_u8(values: &[f32]) -> (Vec<u8>, f32, u8) {
+    let rmin = values.iter().fold(0f32, |a, &b| a.min(b));
+    let rmax = values.iter().fold(0f32, |a, &b| a.max(b));
+    let scale64 = (rmax as f64 - rmin as f64) / 255.0;
+    if scale64 < f32::MIN_POSITIVE as f64 {
+        return (vec![0; values.len()], 1.0, 0);
+    }
+    let zp = (-(rmin as f64) / scale64)
+        .round_ties_even()
+        .clamp(0.0, 255.0) as u8;
+    let scale = scale64 as f32;
+    let q = values
+        .iter()
+        .map(|v| ((v / scale).round_ties_even() + zp as f32).clamp(0.0, 255.0) as u8)
+        .collect();
+    (q, scale, zp)
 }
 
 /// A weight to quantize and how its op reads it.
@@ -389,15 +414,49 @@ pub(crate) fn quantize_dynamic(
             .or_default()
             .push(site.linear);
     }
-    let chosen: Vec<(String, Option<String>)> = choose(model, graph, &cands, options, report)?
-        .into_iter()
-        .map(|c| {
-            (
-                c.weight.clone(),
-                c.paths.iter().max_by_key(|p| p.len()).cloned(),
-            )
-        })
-        .collect();
+    // Embedding tables: Gather on the uint8 table, DequantizeLinear after.
+    let inits: HashMap<&str, &TensorProto> =
+        graph.initializer.iter().map(|t| (t.name(), t)).collect();
+    let mut gathers: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, node) in graph.node.iter().enumerate() {
+        let Some(table) = node.input.first() else {
+            continue;
+        };
+        if node.op_type() != "Gather"
+            || !inits
+                .get(table.as_str())
+                .is_some_and(|t| t.data_type() == FLOAT)
+        {
+            continue;
+        }
+        if !gathers.contains_key(table) && !matmuls.contains_key(table) {
+            let mut paths = node_paths(node);
+            if let Some(p) = table
+                .strip_suffix(".weight")
+                .filter(|p| !p.contains('/') && !p.contains("::"))
+            {
+                paths.push(p.to_string());
+            }
+            cands.push(Candidate {
+                weight: table.clone(),
+                axis: 0,
+                op: "Gather".into(),
+                paths,
+            });
+        }
+        gathers.entry(table.clone()).or_default().push(i);
+    }
+    let chosen: Vec<(String, Option<String>, String)> =
+        choose(model, graph, &cands, options, report)?
+            .into_iter()
+            .map(|c| {
+                (
+                    c.weight.clone(),
+                    c.paths.iter().max_by_key(|p| p.len()).cloned(),
+                    c.op.clone(),
+                )
+            })
+            .collect();
     if !chosen.is_empty() {
         check_opset(model, 11, "DynamicQuantizeLinear")?;
         report.warnings.push(
@@ -409,8 +468,36 @@ pub(crate) fn quantize_dynamic(
     let mut used = super::used_names(graph);
     // Per MatMul node: the weight's quantized names.
     let mut rewrite: HashMap<usize, (String, String, String)> = HashMap::new();
-    for (weight, module) in chosen {
+    let mut gather_rewrite: HashMap<usize, (String, String, String)> = HashMap::new();
+    for (weight, module, op) in chosen {
         let (dims, values) = take_weight(model, graph, &weight)?;
+        if op == "Gather" {
+            let (q, scale, zp) = quantize_asymmetric_u8(&values);
+            let q_name = super::fresh_name(&mut used, &format!("{weight}_quantized"));
+            let s_name = super::fresh_name(&mut used, &format!("{weight}_scale"));
+            let z_name = super::fresh_name(&mut used, &format!("{weight}_zero_point"));
+            graph
+                .initializer
+                .push(build::tensor_raw(&q_name, UINT8, &dims, q));
+            graph.initializer.push(f32_tensor(&s_name, &[], &[scale]));
+            graph
+                .initializer
+                .push(build::tensor_raw(&z_name, UINT8, &[], vec![zp]));
+            for &g in &gathers[&weight] {
+                gather_rewrite.insert(g, (q_name.clone(), s_name.clone(), z_name.clone()));
+            }
+            report.tensors.push(TensorReport {
+                name: weight,
+                module,
+                op,
+                shape: dims,
+                from: "float32".into(),
+                to: "uint8 (Gather + DequantizeLinear, per-tensor, asymmetric)".into(),
+                axis: None,
+                clamped: 0,
+            });
+            continue;
+        }
         let axis = options.per_channel.then_some(1);
         let (q, scales) = quantize_symmetric(&values, &dims, axis);
         let q_name = super::fresh_name(&mut used, &format!("{weight}_quantized"));
@@ -451,7 +538,22 @@ pub(crate) fn quantize_dynamic(
     let mut dql: HashMap<String, (String, String, String)> = HashMap::new();
     let old = std::mem::take(&mut graph.node);
     let mut nodes: Vec<NodeProto> = Vec::with_capacity(old.len() + rewrite.len() * 5);
-    for (i, node) in old.into_iter().enumerate() {
+    for (i, mut node) in old.into_iter().enumerate() {
+        if let Some((tq, ts, tz)) = gather_rewrite.get(&i) {
+            let y = node.output[0].clone();
+            let yq = super::fresh_name(&mut used, &format!("{y}_quantized"));
+            node.input[0] = tq.clone();
+            node.output[0] = yq.clone();
+            let dq_name = super::fresh_name(&mut used, &format!("{y}_DequantizeLinear"));
+            nodes.push(node);
+            nodes.push(build::node(
+                &dq_name,
+                "DequantizeLinear",
+                &[&yq, ts, tz],
+                &[&y],
+            ));
+            continue;
+        }
         let Some((wq, ws, wz)) = rewrite.get(&i) else {
             nodes.push(node);
             continue;
@@ -531,6 +633,15 @@ mod tests {
         let (q, s) = quantize_symmetric(&w, &[2, 3], Some(0));
         assert_eq!(s, vec![2.0 / 127.0, 1.0 / 127.0]);
         assert_eq!(q, vec![64, -127, 0, -64, 127, 0]);
+    }
+
+    #[test]
+    fn asymmetric_u8_maps_the_range_onto_0_255() {
+        let (q, s, z) = quantize_asymmetric_u8(&[-1.0, 0.0, 3.0]);
+        assert_eq!(s, 4.0 / 255.0);
+        assert_eq!(z, 64); // round(1 / (4/255)) = round(63.75)
+        assert_eq!(q, vec![0, 64, 255]);
+        assert_eq!(quantize_asymmetric_u8(&[0.0, 0.0]), (vec![0, 0], 1.0, 0));
     }
 
     #[test]
