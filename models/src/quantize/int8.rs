@@ -46,6 +46,9 @@ pub struct Int8Options {
     /// `--int8-dynamic` only: one scale per output column instead of one
     /// per tensor (`quantize_dynamic(per_channel=True)`). `--int8` is always per channel.
     pub per_channel: bool,
+    /// `--int8` only: how each channel's scale is chosen (`--int8-dynamic`
+    /// always uses absmax, as `quantize_dynamic`).
+    pub scale: ScaleMethod,
 }
 
 impl Default for Int8Options {
@@ -54,6 +57,7 @@ impl Default for Int8Options {
             selection: Selection::default(),
             min_elements: 256,
             per_channel: false,
+            scale: ScaleMethod::Mse,
         }
     }
 }
@@ -123,6 +127,82 @@ pub fn quantize_asymmetric_u8(values: &[f32]) -> (Vec<u8>, f32, u8) {
         .map(|v| ((v / scale).round_ties_even() + zp as f32).clamp(0.0, 255.0) as u8)
         .collect();
     (q, scale, zp)
+}
+
+/// Like [`quantize_symmetric`], but each channel's scale is the one of
+/// `r · max|w| / 127`, r in 0.70…1.00 (step 0.005), with the least squared
+/// error after rounding: clipping a few outliers buys finer steps for the
+/// rest. Never worse than absmax (r = 1 is a candidate).
+pub fn quantize_symmetric_mse(
+    values: &[f32],
+    dims: &[i64],
+    axis: Option<usize>,
+) -> (Vec<i8>, Vec<f32>) {
+    let (_, absmax_scales) = quantize_symmetric(values, dims, axis);
+    let (channels, inner) = match axis {
+        Some(a) => (
+            dims[a].max(1) as usize,
+            dims[a + 1..].iter().product::<i64>().max(1) as usize,
+        ),
+        None => (1, values.len().max(1)),
+    };
+    let channel = |k: usize| {
+        if axis.is_some() {
+            (k / inner) % channels
+        } else {
+            0
+        }
+    };
+    // Gather each channel's values once.
+    let mut per: Vec<Vec<f32>> = vec![Vec::new(); channels];
+    for (k, v) in values.iter().enumerate() {
+        per[channel(k)].push(*v);
+    }
+    let scales: Vec<f32> = per
+        .iter()
+        .zip(&absmax_scales)
+        .map(|(vals, &s0)| {
+            let mut best = (f64::INFINITY, s0);
+            for step in 0..=60 {
+                let s = s0 * (1.0 - 0.005 * step as f32);
+                if s < f32::MIN_POSITIVE {
+                    break;
+                }
+                let err: f64 = vals
+                    .iter()
+                    .map(|&v| {
+                        let q = (v / s).round_ties_even().clamp(-127.0, 127.0);
+                        let d = (v - q * s) as f64;
+                        d * d
+                    })
+                    .sum();
+                if err < best.0 {
+                    best = (err, s);
+                }
+            }
+            best.1
+        })
+        .collect();
+    let q = values
+        .iter()
+        .enumerate()
+        .map(|(k, v)| {
+            (v / scales[channel(k)])
+                .round_ties_even()
+                .clamp(-127.0, 127.0) as i8
+        })
+        .collect();
+    (q, scales)
+}
+
+/// How `--int8` picks each channel's scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScaleMethod {
+    /// `max|w| / 127`, as ONNX Runtime's quantizer.
+    AbsMax,
+    /// The clipped scale with the least squared rounding error (default).
+    #[default]
+    Mse,
 }
 
 /// A weight to quantize and how its op reads it.
@@ -322,7 +402,10 @@ pub(crate) fn quantize_qdq(
     let mut dq_nodes = Vec::new();
     for (weight, axis, op, module) in chosen {
         let (dims, values) = take_weight(model, graph, &weight)?;
-        let (q, scales) = quantize_symmetric(&values, &dims, Some(axis));
+        let (q, scales) = match options.scale {
+            ScaleMethod::AbsMax => quantize_symmetric(&values, &dims, Some(axis)),
+            ScaleMethod::Mse => quantize_symmetric_mse(&values, &dims, Some(axis)),
+        };
         let q_name = super::fresh_name(&mut used, &format!("{weight}_quantized"));
         let s_name = super::fresh_name(&mut used, &format!("{weight}_scale"));
         let z_name = super::fresh_name(&mut used, &format!("{weight}_zero_point"));

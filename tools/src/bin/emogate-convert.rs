@@ -9,7 +9,7 @@ use emogate_models::merge::{MergeOptions, MergeReport, merge_to_file};
 use emogate_models::onnx::{OnnxModel, SaveOptions, save_model};
 use emogate_models::peft::Adapter;
 use emogate_models::quantize::fp16::Fp16Options;
-use emogate_models::quantize::int8::Int8Options;
+use emogate_models::quantize::int8::{Int8Options, ScaleMethod};
 use emogate_models::quantize::{Mode, QuantizeReport, Selection, quantize_to_file};
 use emogate_tools::{cli, verify};
 
@@ -151,6 +151,11 @@ struct QuantizeArgs {
     /// int8: weights with fewer elements stay f32.
     #[arg(long, default_value_t = 256, value_name = "N")]
     min_elements: usize,
+    /// --int8: how each channel's scale is chosen: `mse` (the clipped scale
+    /// with the least squared rounding error) or `absmax` (max|w|/127, as
+    /// ONNX Runtime's quantizer).
+    #[arg(long, value_enum, default_value = "mse")]
+    int8_scale: ScaleArg,
     /// --int8-dynamic: one scale per output column instead of per tensor.
     #[arg(long)]
     per_channel: bool,
@@ -160,6 +165,12 @@ struct QuantizeArgs {
     /// Skip fsync before renaming outputs into place.
     #[arg(long)]
     no_sync: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ScaleArg {
+    Mse,
+    Absmax,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -387,6 +398,10 @@ fn quantize_cmd(a: QuantizeArgs) -> Result<()> {
         selection: selection.clone(),
         min_elements: a.min_elements,
         per_channel: a.per_channel,
+        scale: match a.int8_scale {
+            ScaleArg::Mse => ScaleMethod::Mse,
+            ScaleArg::Absmax => ScaleMethod::AbsMax,
+        },
     };
     let mode = if a.fp16 {
         Mode::Fp16(Fp16Options {
