@@ -314,6 +314,51 @@ fn module_selection_by_path() {
 }
 
 #[test]
+fn calibrated_int8_rounds_with_gptq() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = root().join("tests/fixtures/merge/llama.dynamo/model.onnx");
+    let out = dir.path().join("gptq.onnx");
+    let o = run(&[
+        "quantize",
+        "--model",
+        s(&model),
+        "--out",
+        s(&out),
+        "--int8",
+        "--calibrate",
+        "8",
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    // The 14 linear layers of the two blocks (the score head is below --min-elements; the embedding has no GPTQ).
+    assert_eq!(stdout.matches("symmetric, GPTQ)").count(), 14, "{stdout}");
+    let o = run(&[
+        "verify",
+        "--reference",
+        s(&model),
+        "--candidate",
+        s(&out),
+        "--random",
+        "16",
+        "--max-rel-err",
+        "0.05",
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = run(&[
+        "quantize",
+        "--model",
+        s(&model),
+        "--out",
+        s(&out),
+        "--fp16",
+        "--calibrate",
+        "8",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("--calibrate applies to --int8 only"));
+}
+
+#[test]
 fn unsupported_weight_types_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let src = root().join("tests/fixtures/merge/llama.legacy/model.onnx");

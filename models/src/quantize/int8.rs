@@ -24,6 +24,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::gptq::{Hessian, gptq};
 use super::types::infer_elem_types;
 use super::{QuantizeReport, Selection, Selector, Skipped, TensorReport, node_paths};
 use crate::error::{Error, Result};
@@ -49,6 +50,10 @@ pub struct Int8Options {
     /// `--int8` only: how each channel's scale is chosen (`--int8-dynamic`
     /// always uses absmax, as `quantize_dynamic`).
     pub scale: ScaleMethod,
+    /// `--int8` only: calibration statistics of linear layers' inputs, by
+    /// weight initializer name; those weights are rounded with GPTQ
+    /// ([`super::gptq`]) instead of to nearest.
+    pub hessians: HashMap<String, Hessian>,
 }
 
 impl Default for Int8Options {
@@ -58,6 +63,7 @@ impl Default for Int8Options {
             min_elements: 256,
             per_channel: false,
             scale: ScaleMethod::Mse,
+            hessians: HashMap::new(),
         }
     }
 }
@@ -402,10 +408,41 @@ pub(crate) fn quantize_qdq(
     let mut dq_nodes = Vec::new();
     for (weight, axis, op, module) in chosen {
         let (dims, values) = take_weight(model, graph, &weight)?;
-        let (q, scales) = match options.scale {
+        let (mut q, scales) = match options.scale {
             ScaleMethod::AbsMax => quantize_symmetric(&values, &dims, Some(axis)),
             ScaleMethod::Mse => quantize_symmetric_mse(&values, &dims, Some(axis)),
         };
+        let mut rounding = "";
+        if let (Some(h), 2) = (options.hessians.get(&weight), dims.len()) {
+            // GPTQ works on the [in, out] view the layer multiplies by.
+            let (r, c) = (dims[0] as usize, dims[1] as usize);
+            let transpose = |v: &[f32], rows: usize, cols: usize| -> Vec<f32> {
+                let mut t = vec![0f32; v.len()];
+                for i in 0..rows {
+                    for j in 0..cols {
+                        t[j * rows + i] = v[i * cols + j];
+                    }
+                }
+                t
+            };
+            let (view, n_in, n_out) = if axis == 1 {
+                (values.clone(), r, c)
+            } else {
+                (transpose(&values, r, c), c, r)
+            };
+            if let Some(g) = gptq(&view, n_in, n_out, &scales, h) {
+                q = if axis == 1 {
+                    g
+                } else {
+                    let f: Vec<f32> = g.iter().map(|&x| x as f32).collect();
+                    transpose(&f, n_in, n_out)
+                        .iter()
+                        .map(|&x| x as i8)
+                        .collect()
+                };
+                rounding = ", GPTQ";
+            }
+        }
         let q_name = super::fresh_name(&mut used, &format!("{weight}_quantized"));
         let s_name = super::fresh_name(&mut used, &format!("{weight}_scale"));
         let z_name = super::fresh_name(&mut used, &format!("{weight}_zero_point"));
@@ -443,7 +480,7 @@ pub(crate) fn quantize_qdq(
             op,
             shape: dims,
             from: "float32".into(),
-            to: "int8 (QDQ, per-channel, symmetric)".into(),
+            to: format!("int8 (QDQ, per-channel, symmetric{rounding})"),
             axis: Some(axis as i64),
             clamped: 0,
         });

@@ -22,6 +22,7 @@
 //! [`QuantizeReport`].
 
 pub mod fp16;
+pub mod gptq;
 pub mod int8;
 mod types;
 
