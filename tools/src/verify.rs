@@ -200,7 +200,7 @@ pub fn random_inputs(
                         (
                             80.0 + 3920.0 * rng.uniform(),
                             rng.uniform(),
-                            6.28 * rng.uniform(),
+                            std::f64::consts::TAU * rng.uniform(),
                         )
                     })
                     .collect();

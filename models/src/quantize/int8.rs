@@ -542,11 +542,10 @@ pub(crate) fn quantize_dynamic(
         let Some(table) = node.input.first() else {
             continue;
         };
-        if node.op_type() != "Gather"
-            || !inits
-                .get(table.as_str())
-                .is_some_and(|t| t.data_type() == FLOAT)
-        {
+        let float_table = inits
+            .get(table.as_str())
+            .is_some_and(|t| t.data_type() == FLOAT);
+        if node.op_type() != "Gather" || !float_table {
             continue;
         }
         if !gathers.contains_key(table) && !matmuls.contains_key(table) {

@@ -146,8 +146,19 @@ fn main() -> Result<()> {
                 ..Int8Options::default()
             }),
         ));
+        match emogate_tools::calibrate::hessians(&model, 256, 0) {
+            Ok(hessians) if !hessians.is_empty() => ours.push((
+                "emogate int8 --calibrate 256".to_string(),
+                Mode::Int8(Int8Options {
+                    hessians,
+                    ..Int8Options::default()
+                }),
+            )),
+            Ok(_) => {}
+            Err(e) => eprintln!("{label}: calibration: {e:#}"),
+        }
         for (name, mode) in ours {
-            let out = dir.join(format!("{}.onnx", name.replace([' ', ','], "_")));
+            let out = dir.join(format!("{}.onnx", name.replace([' ', ',', '-'], "_")));
             match quantize_to_file(
                 &model,
                 &mode,

@@ -650,7 +650,7 @@ fn verify_cmd(a: VerifyArgs) -> Result<bool> {
                 ));
             }
             if let Some(x) = a.max_rel_err
-                && !(m.mean_rel_err <= x)
+                && (m.mean_rel_err.is_nan() || m.mean_rel_err > x)
             {
                 report.failures.push(format!(
                     "{at}: mean relative error {:.3e} > --max-rel-err {x}",
