@@ -10,7 +10,7 @@ use emogate_models::onnx::proto::TensorProto;
 use emogate_models::onnx::proto::tensor_proto::DataType;
 use emogate_models::onnx::{FloatType, OnnxModel};
 use emogate_models::quantize::fp16::Fp16Options;
-use emogate_models::quantize::int8::Int8Options;
+use emogate_models::quantize::int8::{Int8Options, ScaleMethod};
 use emogate_models::quantize::{Mode, quantize};
 use emogate_tests::fixtures;
 use emogate_tools::npz::{NpyData, read_npz};
@@ -67,9 +67,11 @@ fn f32_values(t: &TensorProto) -> Vec<f32> {
     }
 }
 
+/// Every weight, with ONNX Runtime's absmax scales.
 fn all_int8() -> Int8Options {
     Int8Options {
         min_elements: 1,
+        scale: ScaleMethod::AbsMax,
         ..Int8Options::default()
     }
 }

@@ -755,6 +755,28 @@ mod tests {
     }
 
     #[test]
+    fn mse_scales_clip_outliers_and_never_lose_to_absmax() {
+        // One outlier per column: absmax wastes the range on it.
+        let mut w: Vec<f32> = (0..64)
+            .map(|k| ((k * 37 % 64) as f32 / 64.0 - 0.5) * 0.1)
+            .collect();
+        w[0] = 1.0;
+        w[1] = -1.0;
+        let dims = [32, 2];
+        let sse = |q: &[i8], s: &[f32]| -> f64 {
+            w.iter()
+                .enumerate()
+                .map(|(k, v)| ((v - q[k] as f32 * s[k % 2]) as f64).powi(2))
+                .sum()
+        };
+        let (qa, sa) = quantize_symmetric(&w, &dims, Some(1));
+        let (qm, sm) = quantize_symmetric_mse(&w, &dims, Some(1));
+        assert!(sm.iter().zip(&sa).all(|(m, a)| m <= a));
+        assert!(sse(&qm, &sm) <= sse(&qa, &sa));
+        assert!(qm.iter().all(|q| *q >= -127));
+    }
+
+    #[test]
     fn asymmetric_u8_maps_the_range_onto_0_255() {
         let (q, s, z) = quantize_asymmetric_u8(&[-1.0, 0.0, 3.0]);
         assert_eq!(s, 4.0 / 255.0);
