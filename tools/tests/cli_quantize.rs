@@ -314,6 +314,51 @@ fn module_selection_by_path() {
 }
 
 #[test]
+fn quantizes_a_merged_model_with_external_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = root().join("tests/fixtures/merge");
+    let merged = dir.path().join("merged.onnx");
+    let o = run(&[
+        "merge",
+        "--model",
+        s(&fx.join("llama.dynamo/model.onnx")),
+        "--adapter",
+        s(&fx.join("adapters/llama-plain")),
+        "--out",
+        s(&merged),
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let out = dir.path().join("merged-int8.onnx");
+    let o = run(&[
+        "quantize",
+        "--model",
+        s(&merged),
+        "--out",
+        s(&out),
+        "--int8",
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("(m.model.layers.1.mlp.gate_proj)"),
+        "{stdout}"
+    );
+    assert!(dir.path().join("merged-int8.onnx.data").exists());
+    let o = run(&[
+        "verify",
+        "--reference",
+        s(&merged),
+        "--candidate",
+        s(&out),
+        "--random",
+        "16",
+        "--max-rel-err",
+        "0.05",
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+}
+
+#[test]
 fn calibrated_int8_rounds_with_gptq() {
     let dir = tempfile::tempdir().unwrap();
     let model = root().join("tests/fixtures/merge/llama.dynamo/model.onnx");
