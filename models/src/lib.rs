@@ -15,6 +15,10 @@
 //! * [`merge::MergePlan`] — an adapter resolved against a graph: which
 //!   initializer each module adapts, in which orientation, and the merged
 //!   values; [`merge::merge_to_file`] streams them into a new model.
+//! * [`quantize::quantize_to_file`] — fp16 conversion that keeps
+//!   normalization and Softmax in f32, int8 weight-only QDQ (per-channel,
+//!   symmetric, TensorRT's form, optionally GPTQ-rounded) and ONNX Runtime's
+//!   dynamic int8 form, chosen by module path like the merge.
 //! * [`Error`] — every failure names the file, the field and what was expected.
 
 pub mod error;
@@ -22,5 +26,6 @@ pub mod manifest;
 pub mod merge;
 pub mod onnx;
 pub mod peft;
+pub mod quantize;
 
 pub use error::{Error, Result};

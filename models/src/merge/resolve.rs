@@ -281,7 +281,7 @@ fn add_bias(
 
 /// `['', 'm', 'm.model', …, 'm.model.layers.0.mlp.gate_proj', 'linear_4']`:
 /// the module is the end of the chain where each scope extends the one before.
-fn path_from_name_scopes(props: &[StringStringEntryProto]) -> Option<String> {
+pub(crate) fn path_from_name_scopes(props: &[StringStringEntryProto]) -> Option<String> {
     let value = props
         .iter()
         .find(|p| p.key() == "pkg.torch.onnx.name_scopes")?
@@ -302,7 +302,7 @@ fn path_from_name_scopes(props: &[StringStringEntryProto]) -> Option<String> {
 }
 
 /// `/m/model/layers.0/mlp/gate_proj/MatMul` → `m.model.layers.0.mlp.gate_proj`.
-fn path_from_node_name(name: &str) -> Option<String> {
+pub(crate) fn path_from_node_name(name: &str) -> Option<String> {
     let rest = name.strip_prefix('/')?;
     let mut parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
     parts.pop()?; // the op's own name

@@ -113,3 +113,13 @@ pub fn model(graph: GraphProto, opset: i64) -> ModelProto {
         ..Default::default()
     }
 }
+
+/// A tensor-valued attribute (`Constant`'s `value`).
+pub fn attr_tensor(name: &str, value: TensorProto) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.to_string()),
+        r#type: Some(AttributeType::Tensor as i32),
+        t: Some(value),
+        ..Default::default()
+    }
+}

@@ -8,15 +8,19 @@ use emogate_models::manifest::{MANIFEST_KEY, Manifest};
 use emogate_models::merge::{MergeOptions, MergeReport, merge_to_file};
 use emogate_models::onnx::{OnnxModel, SaveOptions, save_model};
 use emogate_models::peft::Adapter;
-use emogate_tools::cli;
+use emogate_models::quantize::fp16::Fp16Options;
+use emogate_models::quantize::int8::{Int8Options, ScaleMethod};
+use emogate_models::quantize::{Mode, QuantizeReport, Selection, quantize_to_file};
+use emogate_tools::{cli, verify};
 
 /// Offline converter for emogate affect models.
 ///
 /// Works directly on ONNX files, with no PyTorch: merge PEFT LoRA adapters
 /// (gate_proj and any other linear layer) into a base model exported by
-/// torch.onnx (legacy or dynamo exporter), and embed or show the model
-/// manifest the runtime reads. Inputs are never modified; outputs appear
-/// only once complete.
+/// torch.onnx (legacy or dynamo exporter), convert it to fp16 or int8,
+/// verify how far a converted model's outputs moved, and embed or show the
+/// model manifest the runtime reads. Inputs are never modified; outputs
+/// appear only once complete.
 #[derive(Parser)]
 #[command(name = "emogate-convert", version, about, long_about)]
 struct Cli {
@@ -67,10 +71,160 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Make a smaller model: fp16, int8 weights in QDQ form (TensorRT), or
+    /// int8 dynamic quantization (CPU runtimes).
+    ///
+    /// --fp16 converts float weights and values to f16; the graph's inputs
+    /// and outputs stay f32 (with Casts), and normalization (LayerNormalization,
+    /// RMSNorm/LayerNorm patterns of Pow/ReduceMean/Sqrt/Div) and Softmax stay
+    /// f32, as does anything named with --keep-f32. Weights beyond ±65504 are
+    /// clamped and counted.
+    ///
+    /// --int8 quantizes MatMul/Gemm/Conv weights (and Gather embedding
+    /// tables) symmetrically per output channel (zero point 0) as int8
+    /// initializers feeding DequantizeLinear (with the channel axis);
+    /// activations stay f32. TensorRT's ONNX parser
+    /// accepts this form.
+    ///
+    /// --int8-dynamic writes DynamicQuantizeLinear + MatMulInteger as ONNX
+    /// Runtime's quantize_dynamic does; TensorRT rejects it.
+    ///
+    /// Prints sizes, tensors converted and values clamped; --report writes
+    /// the same as JSON. A model with external data gets `<OUT>.data`.
+    Quantize(QuantizeArgs),
+    /// Run a reference and a candidate model on the same inputs and report
+    /// how far the candidate's outputs moved.
+    ///
+    /// Per output: max abs error, mean relative error (‖c−r‖/‖r‖ per input,
+    /// averaged), cosine similarity, top-1 agreement (class outputs) and
+    /// KL(reference‖candidate) for probability outputs, plus latency medians.
+    /// Inputs come from --inputs FILE.npz (one array per model input, named
+    /// after it, shaped as the input or [N, ...input shape]) or --random N
+    /// (seeded): from the model's manifest when it has one, otherwise from
+    /// the input shapes. Exits with status 2 when a threshold is missed
+    /// (or the candidate outputs NaN/Inf where the reference does not),
+    /// 1 on errors.
+    Verify(VerifyArgs),
     /// Read or write the model manifest (schema emogate.manifest/1) that
     /// tells the runtime how to feed the model and read its outputs.
     #[command(subcommand)]
     Manifest(ManifestCommand),
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["fp16", "int8", "int8_dynamic"])))]
+struct QuantizeArgs {
+    /// The f32 model (.onnx); merged models and models with external data work.
+    #[arg(long)]
+    model: PathBuf,
+    /// Where to write the converted model.
+    #[arg(long)]
+    out: PathBuf,
+    /// Convert to float16 (precision-sensitive subgraphs stay f32).
+    #[arg(long)]
+    fp16: bool,
+    /// int8 weights, symmetric, per output channel, QDQ form (TensorRT).
+    #[arg(long)]
+    int8: bool,
+    /// DynamicQuantizeLinear + MatMulInteger (CPU runtimes; not TensorRT).
+    #[arg(long)]
+    int8_dynamic: bool,
+    /// fp16: keep f32 graph inputs and outputs, with Casts inside (default).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    keep_io_types: bool,
+    /// fp16: also keep these in f32: an op type (`Softmax`) or a regular
+    /// expression over node names and module paths. Repeatable.
+    #[arg(long, value_name = "OP_OR_NODE_PATTERN")]
+    keep_f32: Vec<String>,
+    /// fp16: convert normalization and Softmax too (naive conversion; may
+    /// overflow to Inf/NaN on large activations). For comparisons only.
+    #[arg(long)]
+    no_keep_sensitive: bool,
+    /// Quantize only modules whose path matches this regular expression
+    /// (e.g. `mlp`, `^blocks\.1\.`). Repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    modules: Vec<String>,
+    /// Leave modules matching this regular expression in f32 (e.g.
+    /// `gate_proj`, the affective locus). Repeatable; wins over --modules.
+    #[arg(long, value_name = "PATTERN")]
+    exclude_modules: Vec<String>,
+    /// int8: weights with fewer elements stay f32.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    min_elements: usize,
+    /// --int8: how each channel's scale is chosen: `mse` (the clipped scale
+    /// with the least squared rounding error) or `absmax` (max|w|/127, as
+    /// ONNX Runtime's quantizer).
+    #[arg(long, value_enum, default_value = "mse")]
+    int8_scale: ScaleArg,
+    /// --int8: round weights with GPTQ, using the inputs each layer sees on
+    /// N seeded calibration inputs (from the manifest, else the input
+    /// shapes), run in tract. Same QDQ graph, smaller output error.
+    #[arg(long, value_name = "N")]
+    calibrate: Option<usize>,
+    /// --int8-dynamic: one scale per output column instead of per tensor.
+    #[arg(long)]
+    per_channel: bool,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Skip fsync before renaming outputs into place.
+    #[arg(long)]
+    no_sync: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ScaleArg {
+    Mse,
+    Absmax,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BackendArg {
+    Tract,
+    Ort,
+    Both,
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// The model whose outputs are right (usually the f32 original).
+    #[arg(long)]
+    reference: PathBuf,
+    /// The model to check (e.g. the output of `quantize`).
+    #[arg(long)]
+    candidate: PathBuf,
+    /// Inputs from a NumPy .npz file: one array per model input, named after
+    /// it, shaped as the input or [N, ...input shape] for N input sets.
+    #[arg(long, conflicts_with = "random")]
+    inputs: Option<PathBuf>,
+    /// N random input sets (default 200 when --inputs is not given).
+    #[arg(long, value_name = "N")]
+    random: Option<usize>,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Multiply every float input by this (tests large activations).
+    #[arg(long, default_value_t = 1.0)]
+    input_scale: f32,
+    /// Value of a symbolic input dimension, as NAME=N (default: 1 for the
+    /// first axis, 8 elsewhere). Repeatable.
+    #[arg(long = "dim", value_name = "NAME=N")]
+    dims: Vec<String>,
+    /// Which runtime runs both models.
+    #[arg(long, value_enum, default_value = "tract")]
+    backend: BackendArg,
+    /// Threads per runtime (1 gives stable latencies).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Fail when an output's mean relative error is above X.
+    #[arg(long, value_name = "X")]
+    max_rel_err: Option<f64>,
+    /// Fail when a class output's top-1 agreement is below Y (0..1).
+    #[arg(long, value_name = "Y")]
+    min_top1: Option<f64>,
+    /// Also write the metrics as JSON here.
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -99,7 +253,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     cli::init_logging(cli.verbose);
     match run(cli.command) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(2),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -107,9 +262,12 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<()> {
+/// `Ok(false)`: ran, but a verification threshold was missed.
+fn run(command: Command) -> Result<bool> {
     match command {
-        Command::Manifest(command) => run_manifest(command),
+        Command::Quantize(args) => quantize_cmd(args).map(|()| true),
+        Command::Verify(args) => verify_cmd(args),
+        Command::Manifest(command) => run_manifest(command).map(|()| true),
         Command::Merge {
             model,
             adapter,
@@ -152,7 +310,7 @@ fn run(command: Command) -> Result<()> {
             if let Some(path) = report {
                 cli::write_json_atomic(&path, &result)?;
             }
-            Ok(())
+            Ok(true)
         }
     }
 }
@@ -234,4 +392,347 @@ fn print_table(report: &MergeReport) {
             .map(|d| format!(" and {}", d.display()))
             .unwrap_or_default()
     );
+}
+
+fn quantize_cmd(a: QuantizeArgs) -> Result<()> {
+    let selection = Selection {
+        modules: a.modules.clone(),
+        exclude: a.exclude_modules.clone(),
+    };
+    let int8 = Int8Options {
+        selection: selection.clone(),
+        min_elements: a.min_elements,
+        per_channel: a.per_channel,
+        scale: match a.int8_scale {
+            ScaleArg::Mse => ScaleMethod::Mse,
+            ScaleArg::Absmax => ScaleMethod::AbsMax,
+        },
+        ..Int8Options::default()
+    };
+    let base =
+        OnnxModel::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let mut int8 = int8;
+    if let Some(n) = a.calibrate {
+        anyhow::ensure!(a.int8, "--calibrate applies to --int8 only");
+        anyhow::ensure!(n > 0, "--calibrate needs at least 1 input");
+        let started = std::time::Instant::now();
+        int8.hessians = emogate_tools::calibrate::hessians(&base, n, 0)
+            .with_context(|| format!("calibrating {}", a.model.display()))?;
+        tracing::info!(
+            layers = int8.hessians.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "calibrated"
+        );
+    }
+    let mode = if a.fp16 {
+        Mode::Fp16(Fp16Options {
+            keep_io_types: a.keep_io_types,
+            keep_sensitive: !a.no_keep_sensitive,
+            keep_f32: a.keep_f32.clone(),
+            selection,
+        })
+    } else if a.int8 {
+        Mode::Int8(int8)
+    } else {
+        Mode::Int8Dynamic(int8)
+    };
+    if !a.fp16 && (!a.keep_f32.is_empty() || a.no_keep_sensitive) {
+        anyhow::bail!("--keep-f32 and --no-keep-sensitive apply to --fp16 only");
+    }
+    if !a.int8_dynamic && a.per_channel {
+        anyhow::bail!(
+            "--per-channel applies to --int8-dynamic only (--int8 is always per channel)"
+        );
+    }
+    let base =
+        OnnxModel::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the output folder {}", parent.display()))?;
+    }
+    let save = SaveOptions {
+        sync: !a.no_sync,
+        ..SaveOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let report = quantize_to_file(&base, &mode, &a.out, &save)
+        .with_context(|| format!("{} conversion of {}", mode.name(), a.model.display()))?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "quantize done"
+    );
+    print_quantize_report(&report);
+    if let Some(path) = &a.report {
+        cli::write_json_atomic(path, &report)?;
+    }
+    Ok(())
+}
+
+fn print_quantize_report(r: &QuantizeReport) {
+    let mb = |b: u64| b as f64 / 1e6;
+    println!("{} conversion of {}", r.mode, r.model.display());
+    println!(
+        "{:<56} {:<10} {:<18} {:<38} {:>8}",
+        "tensor", "op", "shape", "to", "clamped"
+    );
+    for t in &r.tensors {
+        let name = match &t.module {
+            Some(m) => format!("{} ({m})", t.name),
+            None => t.name.clone(),
+        };
+        println!(
+            "{:<56} {:<10} {:<18} {:<38} {:>8}",
+            name,
+            t.op,
+            format!("{:?}", t.shape),
+            t.to,
+            t.clamped
+        );
+    }
+    for s in &r.skipped {
+        println!(
+            "skipped {}{}: {}",
+            s.weight,
+            s.module
+                .as_ref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default(),
+            s.reason
+        );
+    }
+    if !r.kept_f32.is_empty() {
+        let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
+        for k in &r.kept_f32 {
+            *reasons.entry(k.reason.as_str()).or_default() += 1;
+        }
+        for (reason, n) in reasons {
+            println!("kept in f32: {n} node(s): {reason}");
+        }
+    }
+    println!(
+        "tensors converted: {}; values clamped: {}; values flushed to zero: {}",
+        r.tensors.len(),
+        r.values_clamped,
+        r.values_flushed_to_zero
+    );
+    println!(
+        "size: {:.3} MB -> {:.3} MB files ({:.1}%), weights {:.3} MB -> {:.3} MB ({:.1}%)",
+        mb(r.file_bytes_before),
+        mb(r.file_bytes_after),
+        100.0 * r.file_bytes_after as f64 / r.file_bytes_before.max(1) as f64,
+        mb(r.weight_bytes_before),
+        mb(r.weight_bytes_after),
+        100.0 * r.weight_bytes_after as f64 / r.weight_bytes_before.max(1) as f64
+    );
+    for w in &r.warnings {
+        println!("warning: {w}");
+    }
+    if let Some(s) = &r.save {
+        println!(
+            "wrote {}{}",
+            s.model.display(),
+            s.data
+                .as_ref()
+                .map(|d| format!(" and {}", d.display()))
+                .unwrap_or_default()
+        );
+    }
+}
+
+#[derive(serde::Serialize)]
+struct VerifyReport {
+    reference: PathBuf,
+    candidate: PathBuf,
+    inputs: String,
+    samples: usize,
+    backends: Vec<BackendReport>,
+    passed: bool,
+    failures: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct BackendReport {
+    backend: &'static str,
+    reference_ms_p50: f64,
+    candidate_ms_p50: f64,
+    outputs: Vec<verify::OutputMetrics>,
+}
+
+fn verify_cmd(a: VerifyArgs) -> Result<bool> {
+    let reference = OnnxModel::load(&a.reference)
+        .with_context(|| format!("loading the reference {}", a.reference.display()))?;
+    let candidate = OnnxModel::load(&a.candidate)
+        .with_context(|| format!("loading the candidate {}", a.candidate.display()))?;
+    let mut dims = std::collections::HashMap::new();
+    for d in &a.dims {
+        let (k, v) = d
+            .split_once('=')
+            .with_context(|| format!("--dim `{d}`: expected NAME=N"))?;
+        let n: usize = v
+            .parse()
+            .with_context(|| format!("--dim `{d}`: `{v}` is not a positive integer"))?;
+        dims.insert(k.to_string(), n);
+    }
+    let descs = verify::model_inputs(&reference, &dims)?;
+    let cand_descs = verify::model_inputs(&candidate, &dims)?;
+    let names = |d: &[verify::InputDesc]| {
+        d.iter()
+            .map(|x| (x.name.clone(), x.shape.clone()))
+            .collect::<Vec<_>>()
+    };
+    if names(&descs) != names(&cand_descs) {
+        anyhow::bail!(
+            "the models' inputs differ: reference {:?}, candidate {:?}",
+            names(&descs),
+            names(&cand_descs)
+        );
+    }
+    let manifest = match Manifest::from_model(&reference)? {
+        Some(m) => Some(m),
+        None => Manifest::from_model(&candidate)?,
+    };
+    let (sets, source) = match &a.inputs {
+        Some(path) => (
+            verify::npz_inputs(path, &descs)?,
+            path.display().to_string(),
+        ),
+        None => {
+            let n = a.random.unwrap_or(200);
+            anyhow::ensure!(n > 0, "--random must be at least 1");
+            let how = if manifest.is_some() {
+                "manifest"
+            } else {
+                "input shapes"
+            };
+            (
+                verify::random_inputs(&descs, manifest.as_ref(), n, a.seed, a.input_scale)?,
+                format!(
+                    "random ({n} sets from the {how}, seed {}, scale {})",
+                    a.seed, a.input_scale
+                ),
+            )
+        }
+    };
+    if a.inputs.is_some() && a.input_scale != 1.0 {
+        anyhow::bail!("--input-scale applies to --random inputs only");
+    }
+    let kinds = match a.backend {
+        BackendArg::Tract => vec![verify::BackendKind::Tract],
+        BackendArg::Ort => vec![verify::BackendKind::Ort],
+        BackendArg::Both => vec![verify::BackendKind::Tract, verify::BackendKind::Ort],
+    };
+    let out_names = verify::output_names(&reference);
+    let mut report = VerifyReport {
+        reference: a.reference.clone(),
+        candidate: a.candidate.clone(),
+        inputs: source,
+        samples: sets.len(),
+        backends: Vec::new(),
+        passed: true,
+        failures: Vec::new(),
+    };
+    for kind in kinds {
+        let mut rb = verify::load_backend(kind, &a.reference, &descs, a.threads)?;
+        let (r_out, r_ms) =
+            verify::run_all(rb.as_mut(), &sets, &a.reference.display().to_string())?;
+        drop(rb);
+        let mut cb = verify::load_backend(kind, &a.candidate, &descs, a.threads)?;
+        let (c_out, c_ms) =
+            verify::run_all(cb.as_mut(), &sets, &a.candidate.display().to_string())?;
+        let roles = verify::output_roles(&out_names, manifest.as_ref(), &r_out);
+        let outputs = verify::compare(&out_names, &roles, &r_out, &c_out)?;
+        for m in &outputs {
+            let at = format!("{} output `{}`", kind.name(), m.name);
+            if m.nonfinite_candidate > m.nonfinite_reference {
+                report.failures.push(format!(
+                    "{at}: {} non-finite values (reference: {})",
+                    m.nonfinite_candidate, m.nonfinite_reference
+                ));
+            }
+            if let Some(x) = a.max_rel_err
+                && (m.mean_rel_err.is_nan() || m.mean_rel_err > x)
+            {
+                report.failures.push(format!(
+                    "{at}: mean relative error {:.3e} > --max-rel-err {x}",
+                    m.mean_rel_err
+                ));
+            }
+            if let (Some(y), Some(t)) = (a.min_top1, m.top1)
+                && t < y
+            {
+                report
+                    .failures
+                    .push(format!("{at}: top-1 agreement {:.4} < --min-top1 {y}", t));
+            }
+        }
+        report.backends.push(BackendReport {
+            backend: kind.name(),
+            reference_ms_p50: verify::median(&r_ms),
+            candidate_ms_p50: verify::median(&c_ms),
+            outputs,
+        });
+    }
+    if a.min_top1.is_some()
+        && !report
+            .backends
+            .iter()
+            .any(|b| b.outputs.iter().any(|o| o.top1.is_some()))
+    {
+        report.failures.push(
+            "--min-top1 was given but no output is a class output (no top-1 to check)".into(),
+        );
+    }
+    report.passed = report.failures.is_empty();
+    println!(
+        "reference {}\ncandidate {}\ninputs    {}",
+        a.reference.display(),
+        a.candidate.display(),
+        report.inputs
+    );
+    println!(
+        "{:<8} {:<20} {:>11} {:>11} {:>10} {:>10} {:>9} {:>11} {:>9}",
+        "backend",
+        "output",
+        "max_abs",
+        "mean_rel",
+        "cos_mean",
+        "cos_min",
+        "top1",
+        "KL",
+        "nonfinite"
+    );
+    for b in &report.backends {
+        for m in &b.outputs {
+            println!(
+                "{:<8} {:<20} {:>11.3e} {:>11.3e} {:>10.6} {:>10.6} {:>9} {:>11} {:>9}",
+                b.backend,
+                m.name,
+                m.max_abs_err,
+                m.mean_rel_err,
+                m.cosine_mean,
+                m.cosine_min,
+                m.top1
+                    .map(|t| format!("{:.2}%", 100.0 * t))
+                    .unwrap_or_else(|| "-".into()),
+                m.kl.map(|k| format!("{k:.3e}"))
+                    .unwrap_or_else(|| "-".into()),
+                m.nonfinite_candidate
+            );
+        }
+        println!(
+            "{:<8} latency p50: reference {:.3} ms, candidate {:.3} ms",
+            b.backend, b.reference_ms_p50, b.candidate_ms_p50
+        );
+    }
+    if let Some(path) = &a.report {
+        cli::write_json_atomic(path, &report)?;
+    }
+    if report.passed {
+        println!("PASS");
+    } else {
+        for f in &report.failures {
+            println!("FAIL {f}");
+        }
+    }
+    Ok(report.passed)
 }
