@@ -13,8 +13,25 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
+/// `emogate` as a command. Under emulation (`scripts/test-aarch64`) the
+/// binary is started through `EMOGATE_TEST_RUNNER` (`qemu-aarch64 ...`), as
+/// cargo starts the test itself.
+fn command() -> Command {
+    let bin = env!("CARGO_BIN_EXE_emogate");
+    let runner = std::env::var("EMOGATE_TEST_RUNNER").unwrap_or_default();
+    let mut runner = runner.split_whitespace();
+    match runner.next() {
+        Some(program) => {
+            let mut cmd = Command::new(program);
+            cmd.args(runner).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    }
+}
+
 fn emogate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_emogate"))
+    command()
         .current_dir(repo())
         .env_remove("ORT_DYLIB_PATH")
         .args(args)

@@ -16,6 +16,22 @@ use prost::Message;
 use safetensors::SafeTensors;
 
 const BIN: &str = env!("CARGO_BIN_EXE_emogate-convert");
+
+/// The converter as a command. Under emulation (`scripts/test-aarch64`) the
+/// binary is started through `EMOGATE_TEST_RUNNER` (`qemu-aarch64 ...`), as
+/// cargo starts the test itself.
+fn convert() -> Command {
+    let runner = std::env::var("EMOGATE_TEST_RUNNER").unwrap_or_default();
+    let mut runner = runner.split_whitespace();
+    match runner.next() {
+        Some(program) => {
+            let mut cmd = Command::new(program);
+            cmd.args(runner).arg(BIN);
+            cmd
+        }
+        None => Command::new(BIN),
+    }
+}
 /// Weights of the fixtures' layer-0 and layer-1 gate_proj (tests/fixtures/merge/INDEX.json).
 const LEGACY_GATE0: &str = "onnx::MatMul_598";
 const DYNAMO_GATES: [&str; 2] = ["val_131", "val_237"];
@@ -88,7 +104,7 @@ impl Case {
     }
 
     fn merge_to(&self, out: &Path, extra: &[&str]) -> Output {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = convert();
         cmd.arg("merge")
             .arg("--model")
             .arg(&self.model)
@@ -675,7 +691,7 @@ fn share_base_data_writes_only_changed_tensors() {
 
 #[test]
 fn help_mentions_merge() {
-    let o = Command::new(BIN).arg("--help").output().unwrap();
+    let o = convert().arg("--help").output().unwrap();
     assert!(o.status.success());
     let text = stdout(&o);
     assert!(text.contains("merge"), "{text}");
