@@ -324,6 +324,15 @@ fn open_gst_audio(spec: &str, _pipeline: &str) -> Result<Box<dyn AudioSource>, C
     })
 }
 
+/// Whether `spec` names a live device or pipeline (`v4l:`, `gst:`,
+/// `mic:`) rather than a file: live sources cannot be replayed faster
+/// than real time, and their specs are not paths.
+pub fn is_live(spec: &str) -> bool {
+    ["v4l:", "gst:", "mic:"]
+        .iter()
+        .any(|prefix| spec.starts_with(prefix))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,13 +481,4 @@ mod tests {
         let mic = open_audio("mic:null", &AudioOptions::default()).unwrap();
         assert_eq!(mic.name(), "mic:null");
     }
-}
-
-/// Whether `spec` names a live device or pipeline (`v4l:`, `gst:`,
-/// `mic:`) rather than a file: live sources cannot be replayed faster
-/// than real time, and their specs are not paths.
-pub fn is_live(spec: &str) -> bool {
-    ["v4l:", "gst:", "mic:"]
-        .iter()
-        .any(|prefix| spec.starts_with(prefix))
 }

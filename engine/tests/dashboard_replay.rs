@@ -83,8 +83,15 @@ fn dashboard_renders_live_events_from_a_replay_run() {
     let status = child.wait().unwrap();
     let published = labels.join().unwrap();
     let rendered = rendered.unwrap_or_else(|e| panic!("dashboard did not come up: {e}"));
-    assert!(status.success(), "emogate exited with {status:?} after SIGTERM");
-    assert!(rendered.errors.is_empty(), "page errors: {:?}", rendered.errors);
+    assert!(
+        status.success(),
+        "emogate exited with {status:?} after SIGTERM"
+    );
+    assert!(
+        rendered.errors.is_empty(),
+        "page errors: {:?}",
+        rendered.errors
+    );
     let shown = rendered.ready["label"].as_str().unwrap().trim().to_string();
     assert!(
         published.contains(&shown),
@@ -95,7 +102,11 @@ fn dashboard_renders_live_events_from_a_replay_run() {
         sources.contains("face.y4m") && sources.contains("voice.wav"),
         "{sources}"
     );
-    assert!(rendered.text.contains("tract"), "backend shown: {}", rendered.text);
+    assert!(
+        rendered.text.contains("tract"),
+        "backend shown: {}",
+        rendered.text
+    );
     let png_bytes = std::fs::metadata(&png).unwrap().len();
     assert!(png_bytes > 10_000, "screenshot of {png_bytes} bytes");
 }

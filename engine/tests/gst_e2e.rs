@@ -49,18 +49,32 @@ fn gstreamer_test_sources_stream_through_the_model_until_they_end() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let kinds: Vec<&str> = msgs.iter().map(|m| m["type"].as_str().unwrap()).collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "source_opened").count(), 2, "{kinds:?}");
-    assert_eq!(kinds.iter().filter(|k| **k == "source_ended").count(), 2, "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "source_opened").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "source_ended").count(),
+        2,
+        "{kinds:?}"
+    );
     let ev: Vec<&Value> = msgs.iter().filter(|m| m["type"] == "emotion").collect();
     // 4 s of audio, 2 s window, 250 ms hop: about 9 windows (start-up jitter).
     assert!((6..=10).contains(&ev.len()), "{} events", ev.len());
     for pair in ev.windows(2) {
-        assert_eq!(pair[1]["seq"].as_u64(), pair[0]["seq"].as_u64().map(|s| s + 1));
+        assert_eq!(
+            pair[1]["seq"].as_u64(),
+            pair[0]["seq"].as_u64().map(|s| s + 1)
+        );
         let dt = pair[1]["stamp_s"].as_f64().unwrap() - pair[0]["stamp_s"].as_f64().unwrap();
         assert!((dt - 0.25).abs() < 0.06, "stamps {dt:.3} s apart");
     }
     let full: Vec<&&Value> = ev.iter().filter(|e| e["degraded"] == false).collect();
-    assert!(full.len() + 1 >= ev.len(), "both modalities present: {ev:?}");
+    assert!(
+        full.len() + 1 >= ev.len(),
+        "both modalities present: {ev:?}"
+    );
     for e in &ev {
         let sum: f64 = e["probs"]
             .as_object()

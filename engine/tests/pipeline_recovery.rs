@@ -144,11 +144,30 @@ fn a_camera_that_disappears_is_reported_retried_and_recovered() {
         .collect();
     // The unplug, then two refused reopens, each to be retried.
     assert_eq!(errors.len(), 3, "{errors:?}");
-    assert!(errors[0].error.as_deref().unwrap().contains("device removed"));
-    assert!(errors[1].error.as_deref().unwrap().contains("No such device"));
-    assert!(errors.iter().all(|e| e.modality == "video" && e.retry_in_ms.is_some()));
+    assert!(
+        errors[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("device removed")
+    );
+    assert!(
+        errors[1]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("No such device")
+    );
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.modality == "video" && e.retry_in_ms.is_some())
+    );
     assert_eq!(
-        errors.iter().map(|e| e.retry_in_ms.unwrap()).collect::<Vec<_>>(),
+        errors
+            .iter()
+            .map(|e| e.retry_in_ms.unwrap())
+            .collect::<Vec<_>>(),
         [200, 400, 400],
         "backoff doubles up to its cap"
     );

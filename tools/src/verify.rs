@@ -20,7 +20,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail, ensure};
 use emogate_engine::backend::tract::{InputFact, TractBackend, TractOptions};
 use emogate_engine::backend::{Backend, Tensor, TensorData};
-use emogate_engine::offline::Featurizer;
+use emogate_engine::features::Featurizer;
 use emogate_models::manifest::{InputSpec as ManifestInput, Manifest, OutputKind};
 use emogate_models::onnx::OnnxModel;
 use emogate_models::onnx::proto::tensor_proto::DataType;

@@ -159,7 +159,8 @@ fn run_rust(args: &Args) -> Result<Measure> {
 }
 
 fn run_python(args: &Args) -> Result<Measure> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tools/bench/pipeline_python.py");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tools/bench/pipeline_python.py");
     let out = std::process::Command::new(&args.python)
         .arg(&script)
         .args(["--model".as_ref(), args.model.as_os_str()])
@@ -216,7 +217,10 @@ fn main() -> Result<()> {
         )
         .try_init();
     if args.seconds < 3.0 {
-        bail!("--seconds {}: expected at least 3 (a 2 s window plus hops)", args.seconds);
+        bail!(
+            "--seconds {}: expected at least 3 (a 2 s window plus hops)",
+            args.seconds
+        );
     }
     let mut rust = Vec::new();
     let mut python = Vec::new();
@@ -248,7 +252,11 @@ fn main() -> Result<()> {
     }
     println!(
         "target: non-model CPU ≤ 3 % of one core at a 250 ms hop: {}",
-        if r.overhead_share <= 0.03 { "met" } else { "MISSED" }
+        if r.overhead_share <= 0.03 {
+            "met"
+        } else {
+            "MISSED"
+        }
     );
     Ok(())
 }

@@ -172,7 +172,10 @@ fn run(command: Command) -> Result<()> {
 
 fn devices() {
     let list = emogate_device::list::list_devices();
-    for (title, items) in [("cameras", &list.cameras), ("microphones", &list.microphones)] {
+    for (title, items) in [
+        ("cameras", &list.cameras),
+        ("microphones", &list.microphones),
+    ] {
         if items.is_empty() {
             println!("{title}: none found");
             continue;

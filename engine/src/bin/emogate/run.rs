@@ -222,19 +222,16 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let video = video_cfg
         .map(|c| {
-            open_video(
-                &c.source,
-                &{
-                    let d = VideoOptions::default();
-                    VideoOptions {
-                        width: c.width.unwrap_or(d.width),
-                        height: c.height.unwrap_or(d.height),
-                        fps: c.fps.unwrap_or(d.fps),
-                        looped,
-                        dir_fps: c.fps.unwrap_or(d.dir_fps),
-                    }
-                },
-            )
+            open_video(&c.source, &{
+                let d = VideoOptions::default();
+                VideoOptions {
+                    width: c.width.unwrap_or(d.width),
+                    height: c.height.unwrap_or(d.height),
+                    fps: c.fps.unwrap_or(d.fps),
+                    looped,
+                    dir_fps: c.fps.unwrap_or(d.dir_fps),
+                }
+            })
             .with_context(|| format!("--video {}", c.source))
         })
         .transpose()?;
@@ -247,7 +244,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                     ..AudioOptions::default()
                 },
             )
-                .with_context(|| format!("--audio {}", c.source))
+            .with_context(|| format!("--audio {}", c.source))
         })
         .transpose()?;
 
