@@ -195,9 +195,12 @@ impl Sink for JsonlSink {
     fn flush(&mut self) -> Result<(), SinkError> {
         match &mut self.target {
             Target::Stdout(out) => out.flush().map_err(|e| SinkError::io("stdout", e)),
-            Target::File { path, file, .. } => file
-                .sync_data()
-                .map_err(|e| SinkError::io(path.display().to_string(), e)),
+            // Character devices and FIFOs (`/dev/null`, a named pipe)
+            // cannot be synced (EINVAL); nothing is lost by skipping them.
+            Target::File { path, file, .. } => match file.sync_data() {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+                other => other.map_err(|e| SinkError::io(path.display().to_string(), e)),
+            },
         }
     }
 }
@@ -240,6 +243,13 @@ mod tests {
             }
         }
         assert!(!numbered(&path, 3).exists());
+    }
+
+    #[test]
+    fn flushing_an_unsyncable_file_is_not_an_error() {
+        let mut sink = JsonlSink::file(Path::new("/dev/null"), None, 1).unwrap();
+        sink.publish(&notice(1)).unwrap();
+        sink.flush().unwrap();
     }
 
     #[test]
