@@ -32,7 +32,9 @@ AARCH64_SYSROOT_DEBS="${AARCH64_SYSROOT_DEBS:-libasound2 libasound2-dev}"
 AARCH64_SYSROOT="${AARCH64_SYSROOT:-$EMOGATE_ROOT/target/aarch64-sysroot}"
 AARCH64_LIBDIR="$AARCH64_SYSROOT/usr/lib/aarch64-linux-gnu"
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$EMOGATE_ROOT/target}"
-AARCH64_OUT="$CARGO_TARGET_DIR/$AARCH64_TARGET/release"
+# Cargo profile of the aarch64 builds (Cargo.toml explains it).
+AARCH64_PROFILE="${AARCH64_PROFILE:-jetson}"
+AARCH64_OUT="$CARGO_TARGET_DIR/$AARCH64_TARGET/$AARCH64_PROFILE"
 export CARGO_TARGET_DIR
 
 # pkg-config for the target only (host build scripts keep the host's).
@@ -40,9 +42,16 @@ export PKG_CONFIG_ALLOW_CROSS_aarch64_unknown_linux_gnu=1
 export PKG_CONFIG_SYSROOT_DIR_aarch64_unknown_linux_gnu="$AARCH64_SYSROOT"
 export PKG_CONFIG_LIBDIR_aarch64_unknown_linux_gnu="$AARCH64_LIBDIR/pkgconfig:$AARCH64_SYSROOT/usr/share/pkgconfig"
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="${CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS:-} -C link-arg=-Wl,--allow-shlib-undefined"
-# Emulated runs: Debian's arm64 glibc (libc6-arm64-cross) and the sysroot's
-# libraries. `-E` sets the variable for the emulated program only.
-AARCH64_QEMU="qemu-aarch64 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH=$AARCH64_LIBDIR"
+# bindgen (v4l2-sys for V4L2 cameras) parses the arm64 kernel and libc headers
+# of libc6-dev-arm64-cross.
+export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="${BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu:---sysroot=/usr/aarch64-linux-gnu}"
+# Emulated runs: the loader and libc of Debian's libc6-arm64-cross, then the
+# sysroot's libraries. LD_LIBRARY_PATH must name the cross libc's folder first:
+# the loader also searches /lib/aarch64-linux-gnu, and on a host that has the
+# multiarch libc6:arm64 installed it would pair the cross ld.so with that
+# libc.so.6, a different build, and every pthread_create then spins forever.
+# `-E` sets the variable for the emulated program only.
+AARCH64_QEMU="qemu-aarch64 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH=/usr/aarch64-linux-gnu/lib:$AARCH64_LIBDIR"
 
 aarch64_die() {
   echo "error: $*" >&2
