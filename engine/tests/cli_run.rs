@@ -13,21 +13,12 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// `emogate` as a command. Under emulation (`scripts/test-aarch64`) the
-/// binary is started through `EMOGATE_TEST_RUNNER` (`qemu-aarch64 ...`), as
-/// cargo starts the test itself.
+#[path = "../../tests/support/runner.rs"]
+mod runner;
+
+/// `emogate` as a command (through `EMOGATE_TEST_RUNNER` under emulation).
 fn command() -> Command {
-    let bin = env!("CARGO_BIN_EXE_emogate");
-    let runner = std::env::var("EMOGATE_TEST_RUNNER").unwrap_or_default();
-    let mut runner = runner.split_whitespace();
-    match runner.next() {
-        Some(program) => {
-            let mut cmd = Command::new(program);
-            cmd.args(runner).arg(bin);
-            cmd
-        }
-        None => Command::new(bin),
-    }
+    runner::command(env!("CARGO_BIN_EXE_emogate"))
 }
 
 fn emogate(args: &[&str]) -> Output {

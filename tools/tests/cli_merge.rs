@@ -17,20 +17,12 @@ use safetensors::SafeTensors;
 
 const BIN: &str = env!("CARGO_BIN_EXE_emogate-convert");
 
-/// The converter as a command. Under emulation (`scripts/test-aarch64`) the
-/// binary is started through `EMOGATE_TEST_RUNNER` (`qemu-aarch64 ...`), as
-/// cargo starts the test itself.
+#[path = "../../tests/support/runner.rs"]
+mod runner;
+
+/// The converter as a command (through `EMOGATE_TEST_RUNNER` under emulation).
 fn convert() -> Command {
-    let runner = std::env::var("EMOGATE_TEST_RUNNER").unwrap_or_default();
-    let mut runner = runner.split_whitespace();
-    match runner.next() {
-        Some(program) => {
-            let mut cmd = Command::new(program);
-            cmd.args(runner).arg(BIN);
-            cmd
-        }
-        None => Command::new(BIN),
-    }
+    runner::command(BIN)
 }
 /// Weights of the fixtures' layer-0 and layer-1 gate_proj (tests/fixtures/merge/INDEX.json).
 const LEGACY_GATE0: &str = "onnx::MatMul_598";

@@ -14,8 +14,11 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+#[path = "../../tests/support/runner.rs"]
+mod runner;
+
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
+    runner::command(BIN)
         .args(args)
         .output()
         .expect("run emogate-convert")
