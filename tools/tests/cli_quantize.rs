@@ -2,7 +2,7 @@
 //! real binary on copies of the committed models in a temp dir.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use emogate_models::onnx::proto::ModelProto;
 use emogate_models::onnx::proto::tensor_proto::DataType;
