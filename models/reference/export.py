@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build emogate-ref with seeded random weights and export it to ONNX with its manifest.
+"""Export emogate-ref's trained weights (train.py) to ONNX with its manifest.
 
     /work/venv-fixtures/bin/python models/reference/export.py
 
