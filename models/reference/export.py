@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build emogate-ref with seeded random weights and export it to ONNX with its manifest.
+"""Export emogate-ref's trained weights (train.py) to ONNX with its manifest.
 
     /work/venv-fixtures/bin/python models/reference/export.py
 
@@ -31,7 +31,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.dont_write_bytecode = True  # no __pycache__ next to the model
 sys.path.insert(0, str(HERE))
-from model import EmogateRef, RefConfig, build, count_macs  # noqa: E402
+from model import EmogateRef, RefConfig, count_macs, trained  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -243,7 +243,7 @@ def describe(path: Path, model: EmogateRef) -> dict:
 
 def export_reference(path: Path = ONNX_PATH, seed: int = SEED) -> tuple[EmogateRef, dict]:
     torch.manual_seed(seed)
-    model = build(seed)
+    model = trained()
     export_onnx(model, path)
     info = describe(path, model)
     # onnxruntime vs torch on three seeded inputs

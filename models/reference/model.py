@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -113,7 +114,7 @@ class FaceStem(nn.Module):
         x = self.act(self.pw1(self.dw1(x)))
         x = self.act(self.pw2(self.dw2(x)))
         x = self.pool(x)  # [1, d, 4, 4]
-        return x.reshape(1, self.dim, self.tokens).transpose(1, 2)  # [1, 16, d]
+        return x.reshape(x.shape[0], self.dim, self.tokens).transpose(1, 2)  # [B, 16, d]
 
 
 class AudioStem(nn.Module):
@@ -153,14 +154,14 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(d, d, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [1, T, d]
-        t, h, hd = self.tokens, self.heads, self.head_dim
-        q = self.q_proj(x).reshape(1, t, h, hd).transpose(1, 2)  # [1, h, T, hd]
-        k = self.k_proj(x).reshape(1, t, h, hd).transpose(1, 2)
-        v = self.v_proj(x).reshape(1, t, h, hd).transpose(1, 2)
+        b, t, h, hd = x.shape[0], self.tokens, self.heads, self.head_dim
+        q = self.q_proj(x).reshape(b, t, h, hd).transpose(1, 2)  # [1, h, T, hd]
+        k = self.k_proj(x).reshape(b, t, h, hd).transpose(1, 2)
+        v = self.v_proj(x).reshape(b, t, h, hd).transpose(1, 2)
         scores = torch.matmul(q, k.transpose(2, 3)) * self.scale  # [1, h, T, T]
         probs = torch.softmax(scores, dim=-1)
         out = torch.matmul(probs, v)  # [1, h, T, hd]
-        out = out.transpose(1, 2).reshape(1, t, self.dim)
+        out = out.transpose(1, 2).reshape(b, t, self.dim)
         return self.o_proj(out)
 
 
@@ -250,7 +251,22 @@ def init_random(model: EmogateRef, seed: int) -> EmogateRef:
 
 
 def build(seed: int, cfg: RefConfig | None = None) -> EmogateRef:
+    """Seeded random weights: the starting point of train.py."""
     return init_random(EmogateRef(cfg), seed).eval()
+
+
+TRAINED_WEIGHTS = Path(__file__).resolve().parent / "emogate-ref.safetensors"
+
+
+def trained(weights: Path = TRAINED_WEIGHTS) -> EmogateRef:
+    """The trained model: train.py's committed weights."""
+    from safetensors.torch import load_file
+
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights} is missing: run models/reference/train.py")
+    model = EmogateRef(RefConfig())
+    model.load_state_dict(load_file(str(weights)))
+    return model.eval()
 
 
 def count_macs(cfg: RefConfig | None = None) -> dict[str, int]:
