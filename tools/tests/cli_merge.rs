@@ -242,16 +242,16 @@ fn values(model: &OnnxModel, name: &str) -> Vec<f32> {
 #[test]
 fn wrong_shape_adapter_is_refused() {
     let case = Case::new("llama.legacy", "llama-plain");
-    // Layer 0's lora_A becomes [4, 31]: the graph's gate_proj has in=32.
+    // Layer 0's lora_A becomes [4, 63]: the graph's gate_proj has in=64.
     let mut tensors = read_f32_tensors(&case.weights());
     let a = tensors
         .iter_mut()
         .find(|t| t.0.contains("layers.0.mlp.gate_proj.lora_A"))
         .unwrap();
-    a.1 = vec![4, 31];
+    a.1 = vec![4, 63];
     a.2 =
-        a.2.chunks(32 * 4)
-            .flat_map(|row| row[..31 * 4].to_vec())
+        a.2.chunks(64 * 4)
+            .flat_map(|row| row[..63 * 4].to_vec())
             .collect();
     write_safetensors(&case.weights(), &tensors).unwrap();
 
@@ -261,8 +261,8 @@ fn wrong_shape_adapter_is_refused() {
         &[
             "model.onnx",
             "adapter module `model.layers.0.mlp.gate_proj`",
-            "in=31",
-            "in=32",
+            "in=63",
+            "in=64",
             LEGACY_GATE0,
         ],
     );
@@ -604,7 +604,7 @@ fn dynamo_merge_writes_out_data_and_peft_values() {
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
     let got = values(&merged, DYNAMO_GATES[0]);
-    let (out, inp) = (64, 32);
+    let (out, inp) = (128, 64);
     for o in 0..out {
         for i in 0..inp {
             let (g, p) = (got[i * out + o], peft[o * inp + i]);
@@ -637,9 +637,9 @@ fn share_base_data_writes_only_changed_tensors() {
         .len();
     let shared_data = std::fs::metadata(data_of(&shared)).unwrap().len();
     let full_data = std::fs::metadata(data_of(&case.out())).unwrap().len();
-    // Two 32x64 f32 gate_proj weights are 16 KiB; the base data is ~86 KiB.
+    // Two 64x128 f32 gate_proj weights are 64 KiB; the base data is ~316 KiB.
     assert!(
-        shared_data <= 2 * 32 * 64 * 4 + 4096,
+        shared_data <= 2 * 64 * 128 * 4 + 4096,
         "shared side file is {shared_data} bytes"
     );
     assert!(
