@@ -13,7 +13,7 @@ use emogate_device::clock::RealClock;
 use emogate_device::ring::audio_ring;
 use emogate_device::source::ClockHandle;
 use emogate_device::spec::{AudioOptions, VideoOptions, open_audio, open_video};
-use emogate_device::supervise::StopFlag;
+use emogate_media::StopFlag;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -27,13 +27,12 @@ use v4l::io::traits::CaptureStream;
 use v4l::video::Capture;
 use v4l::video::capture::Parameters;
 
-use crate::clock::Nanos;
+use emogate_media::{Frame, Nanos, PixelLayout, StopFlag, YuvRange};
+
 use crate::names;
 use crate::pixels;
-use crate::replay::PixelLayout;
-use crate::source::{CaptureError, ClockHandle, Frame, VideoSource, VideoStream};
+use crate::source::{CaptureError, ClockHandle, VideoSource, VideoStream};
 use crate::spec::CameraSelector;
-use crate::supervise::StopFlag;
 
 /// How long one dequeue waits before the stop flag is looked at again.
 const DEQUEUE_TIMEOUT: Duration = Duration::from_millis(200);
@@ -375,6 +374,12 @@ impl VideoSource for CameraSource {
             width: format.width as usize,
             height: format.height as usize,
             stride: format.stride as usize,
+            // V4L2's default quantization for the YUV formats we take is
+            // limited range (the kernel's V4L2_MAP_QUANTIZATION_DEFAULT).
+            range: match format.quantization {
+                v4l::format::Quantization::FullRange => YuvRange::Full,
+                _ => YuvRange::Limited,
+            },
             clock,
         }))
     }
@@ -387,6 +392,7 @@ struct CameraStream {
     width: usize,
     height: usize,
     stride: usize,
+    range: YuvRange,
     clock: ClockHandle,
 }
 
@@ -435,7 +441,7 @@ impl VideoStream for CameraStream {
                 &buf[..used],
                 captured_at,
             ) {
-                Ok(frame) => return Ok(Some(frame)),
+                Ok(frame) => return Ok(Some(frame.with_range(self.range))),
                 Err(message) => {
                     bad += 1;
                     tracing::warn!(source = %self.name, bad, %message, "skipping a bad frame");
@@ -477,13 +483,7 @@ pub fn to_frame(
 ) -> Result<Frame, String> {
     if kind == CameraFormat::Mjpeg {
         let (w, h, rgb) = decode_mjpeg(data)?;
-        return Ok(Frame {
-            width: w,
-            height: h,
-            layout: PixelLayout::Rgb8,
-            data: rgb,
-            captured_at,
-        });
+        return Frame::new(w, h, PixelLayout::Rgb8, rgb, captured_at).map_err(|e| e.to_string());
     }
     let layout = match kind {
         CameraFormat::Yuyv => PixelLayout::Yuyv,
@@ -506,13 +506,7 @@ pub fn to_frame(
         pixels::planes(layout, width, height, Some(&so))
     };
     let data = pixels::pack(data, &planes)?;
-    Ok(Frame {
-        width,
-        height,
-        layout,
-        data,
-        captured_at,
-    })
+    Frame::new(width, height, layout, data, captured_at).map_err(|e| e.to_string())
 }
 
 /// Decodes one MJPEG frame to tightly packed RGB: (width, height, pixels).
@@ -650,7 +644,7 @@ mod tests {
             (f.layout, f.width, f.height, f.captured_at),
             (PixelLayout::Yuyv, 2, 2, 7)
         );
-        assert_eq!(f.data, yuyv);
+        assert_eq!(f.data[..], yuyv);
         // 2×2 NV12 with bytesperline 4: luma rows and the chroma row padded.
         let nv12 = [1, 2, 0, 0, 3, 4, 0, 0, 5, 6, 0, 0];
         let f = to_frame(CameraFormat::Nv12, 2, 2, 4, &nv12, 0).unwrap();

@@ -7,8 +7,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Nanoseconds since the clock's origin.
-pub type Nanos = u64;
+use emogate_media::Nanos;
 
 /// The process-wide capture clock.
 #[derive(Debug, Clone, Copy)]
@@ -78,7 +77,7 @@ impl crate::source::Clock for RealClock {
         CaptureClock::global().now()
     }
 
-    fn wait_until(&self, t: Nanos, stop: &crate::supervise::StopFlag, timeout: Duration) -> bool {
+    fn wait_until(&self, t: Nanos, stop: &emogate_media::StopFlag, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             let now = self.now();
@@ -177,7 +176,7 @@ impl crate::source::Clock for VirtualClock {
         self.lock().now
     }
 
-    fn wait_until(&self, t: Nanos, stop: &crate::supervise::StopFlag, timeout: Duration) -> bool {
+    fn wait_until(&self, t: Nanos, stop: &emogate_media::StopFlag, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut s = self.lock();
         if s.now >= t {
@@ -226,7 +225,7 @@ impl crate::source::Clock for VirtualClock {
 mod virtual_tests {
     use super::*;
     use crate::source::Clock;
-    use crate::supervise::StopFlag;
+    use emogate_media::StopFlag;
     use std::sync::Arc;
 
     #[test]

@@ -38,14 +38,13 @@ use gstreamer_audio as gst_audio;
 use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 
-use crate::clock::Nanos;
+use emogate_media::{Frame, Nanos, PixelLayout, StopFlag, YuvRange};
+
 use crate::pixels;
-use crate::replay::PixelLayout;
 use crate::ring::AudioProducer;
 use crate::source::{
-    AudioSource, AudioStream, CaptureError, ClockHandle, Frame, VideoSource, VideoStream,
+    AudioSource, AudioStream, CaptureError, ClockHandle, VideoSource, VideoStream,
 };
-use crate::supervise::StopFlag;
 
 /// What is appended to a video pipeline without an appsink.
 pub const VIDEO_TAIL: &str = " ! videoconvert ! video/x-raw,format=RGB ! appsink name=emogate";
@@ -495,13 +494,13 @@ pub fn video_frame(
             (layout, data)
         }
     };
-    Ok(Frame {
-        width,
-        height,
-        layout,
-        data,
-        captured_at,
-    })
+    let range = match info.colorimetry().range() {
+        gst_video::VideoColorRange::Range0_255 => YuvRange::Full,
+        _ => YuvRange::Limited,
+    };
+    Frame::new(width, height, layout, data, captured_at)
+        .map(|f| f.with_range(range))
+        .map_err(|e| e.to_string())
 }
 
 impl AudioSource for GstAudioSource {

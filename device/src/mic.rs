@@ -26,11 +26,11 @@ use cpal::{
     SupportedBufferSize, SupportedStreamConfig, U24,
 };
 
-use crate::clock::Nanos;
 use crate::names;
 use crate::ring::AudioProducer;
 use crate::source::{AudioSource, AudioStream, CaptureError, ClockHandle};
-use crate::supervise::StopFlag;
+use emogate_media::Nanos;
+use emogate_media::StopFlag;
 
 /// The name that selects the host's default input device.
 pub const DEFAULT_DEVICE: &str = "default";

@@ -5,7 +5,7 @@
 //! reads tightly packed planes, so padded rows are repacked here; frames
 //! already tight are copied once.
 
-use crate::replay::PixelLayout;
+use emogate_media::PixelLayout;
 
 /// One plane of a frame: `rows` rows of `row_bytes` useful bytes, each
 /// starting `stride` bytes after the previous, from `offset`.
@@ -26,20 +26,14 @@ pub(crate) fn planes(
     height: usize,
     strides_offsets: Option<&[(usize, usize)]>,
 ) -> Vec<Plane> {
-    let cw = width.div_ceil(2);
-    let ch = height.div_ceil(2);
-    let shapes: Vec<(usize, usize)> = match layout {
-        PixelLayout::Gray8 => vec![(width, height)],
-        PixelLayout::Rgb8 | PixelLayout::Bgr8 => vec![(width * 3, height)],
-        PixelLayout::Yuyv => vec![(cw * 4, height)],
-        PixelLayout::Nv12 => vec![(width, height), (cw * 2, ch)],
-        PixelLayout::Yuv420p => vec![(width, height), (cw, ch), (cw, ch)],
-    };
+    let shapes = layout.planes(width, height);
     let mut next = 0usize;
     shapes
+        .as_slice()
         .iter()
         .enumerate()
-        .map(|(i, &(row_bytes, rows))| {
+        .map(|(i, shape)| {
+            let (row_bytes, rows) = (shape.row_bytes, shape.rows);
             let (stride, offset) = strides_offsets
                 .and_then(|so| so.get(i).copied())
                 .unwrap_or((row_bytes, next));

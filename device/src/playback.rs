@@ -12,14 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use emogate_media::{Frame, Nanos, StopFlag};
+
 use crate::audio::{AudioError, read_wav};
-use crate::clock::Nanos;
 use crate::replay::{ReplayError, VideoReplay};
 use crate::ring::AudioProducer;
 use crate::source::{
-    AudioSource, AudioStream, CaptureError, ClockHandle, Frame, VideoSource, VideoStream,
+    AudioSource, AudioStream, CaptureError, ClockHandle, VideoSource, VideoStream,
 };
-use crate::supervise::StopFlag;
 
 /// How long one blocking wait on the clock lasts before the stop flag is
 /// looked at again.
@@ -108,7 +108,7 @@ impl VideoStream for VideoFileStream {
                 }
                 let lap = (self.index / n) as u32;
                 let f = &frames[(self.index % n) as usize];
-                (f, length * lap + f.at)
+                (f, length * lap + Duration::from_nanos(f.captured_at))
             }
         };
         let stamp = self.origin + nanos(at);
@@ -116,13 +116,8 @@ impl VideoStream for VideoFileStream {
             return Ok(None);
         }
         self.index += 1;
-        Ok(Some(Frame {
-            width: frame.width,
-            height: frame.height,
-            layout: frame.layout,
-            data: frame.data.clone(),
-            captured_at: stamp,
-        }))
+        // Shares the clip's bytes: replaying copies no pixels.
+        Ok(Some(frame.at(stamp)))
     }
 }
 

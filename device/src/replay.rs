@@ -9,29 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Pixel layout of a [`VideoFrame`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PixelLayout {
-    Gray8,
-    Rgb8,
-    Bgr8,
-    /// Planar Y, then U and V at half resolution (4:2:0), "I420".
-    Yuv420p,
-    /// Packed 4:2:2, `Y0 U Y1 V` per pixel pair (UVC cameras' raw format).
-    Yuyv,
-    /// Y plane, then interleaved `U V` at half resolution (Jetson ISP output).
-    Nv12,
-}
-
-/// One decoded frame and when it was captured (from the clip's start).
-#[derive(Debug, Clone, PartialEq)]
-pub struct VideoFrame {
-    pub width: usize,
-    pub height: usize,
-    pub layout: PixelLayout,
-    pub data: Vec<u8>,
-    pub at: Duration,
-}
+use bytes::Bytes;
+use emogate_media::{Frame, Nanos, PixelLayout, YuvRange};
 
 /// Errors reading a video file, naming the file and what was expected.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +35,7 @@ fn format_err(path: &Path, message: impl Into<String>) -> ReplayError {
 /// A video source replayed from disk.
 #[derive(Debug, Clone)]
 pub struct VideoReplay {
-    frames: Vec<VideoFrame>,
+    frames: Vec<Frame>,
     /// Frame period; `None` for a still image (valid at any time).
     period: Option<Duration>,
     path: PathBuf,
@@ -89,7 +68,7 @@ impl VideoReplay {
                 ));
             }
             let period = Duration::from_secs_f64(1.0 / dir_fps);
-            let frames: Vec<VideoFrame> = files
+            let frames: Vec<Frame> = files
                 .iter()
                 .enumerate()
                 .map(|(i, f)| read_png(f, period * i as u32))
@@ -150,7 +129,7 @@ impl VideoReplay {
     }
 
     /// The newest frame captured at or before `t` (looping if asked).
-    pub fn frame_at(&self, t: Duration, looped: bool) -> Option<&VideoFrame> {
+    pub fn frame_at(&self, t: Duration, looped: bool) -> Option<&Frame> {
         let Some(period) = self.period else {
             return self.frames.first();
         };
@@ -161,7 +140,7 @@ impl VideoReplay {
         self.frames.get(index)
     }
 
-    pub fn frames(&self) -> &[VideoFrame] {
+    pub fn frames(&self) -> &[Frame] {
         &self.frames
     }
 
@@ -170,7 +149,13 @@ impl VideoReplay {
     }
 }
 
-fn read_png(path: &Path, at: Duration) -> Result<VideoFrame, ReplayError> {
+/// A clip offset as the frame's capture time (replay's clock starts at
+/// the clip's start).
+fn nanos(d: Duration) -> Nanos {
+    d.as_nanos().try_into().unwrap_or(Nanos::MAX)
+}
+
+fn read_png(path: &Path, at: Duration) -> Result<Frame, ReplayError> {
     let file = std::fs::File::open(path).map_err(|e| ReplayError::Io {
         path: path.into(),
         source: e,
@@ -211,22 +196,17 @@ fn read_png(path: &Path, at: Duration) -> Result<VideoFrame, ReplayError> {
             ));
         }
     };
-    Ok(VideoFrame {
-        width: w,
-        height: h,
-        layout,
-        data,
-        at,
-    })
+    Frame::new(w, h, layout, data, nanos(at))
+        .map_err(|e| format_err(path, format!("decoded image: {e}")))
 }
 
 /// Parses a Y4M clip: header `YUV4MPEG2 W.. H.. F num:den [C..]`, frames
 /// `FRAME[ params]\n` + planes. Supports `Cmono` and the 4:2:0 variants.
-fn read_y4m(path: &Path) -> Result<(Vec<VideoFrame>, Duration), ReplayError> {
-    let bytes = std::fs::read(path).map_err(|e| ReplayError::Io {
+fn read_y4m(path: &Path) -> Result<(Vec<Frame>, Duration), ReplayError> {
+    let bytes = Bytes::from(std::fs::read(path).map_err(|e| ReplayError::Io {
         path: path.into(),
         source: e,
-    })?;
+    })?);
     let header_end = bytes
         .iter()
         .position(|b| *b == b'\n')
@@ -241,6 +221,7 @@ fn read_y4m(path: &Path) -> Result<(Vec<VideoFrame>, Duration), ReplayError> {
         ));
     }
     let (mut w, mut h, mut fps, mut layout) = (0usize, 0usize, (25u64, 1u64), PixelLayout::Yuv420p);
+    let mut range = YuvRange::Limited;
     for token in tokens {
         let (key, value) = token.split_at(1.min(token.len()));
         match key {
@@ -281,16 +262,15 @@ fn read_y4m(path: &Path) -> Result<(Vec<VideoFrame>, Duration), ReplayError> {
                     }
                 }
             }
+            // ffmpeg writes the range as an extension token.
+            "X" if value.eq_ignore_ascii_case("COLORRANGE=FULL") => range = YuvRange::Full,
             _ => {}
         }
     }
     if w == 0 || h == 0 {
         return Err(format_err(path, "header lacks W and H"));
     }
-    let frame_len = match layout {
-        PixelLayout::Gray8 => w * h,
-        _ => w * h + 2 * (w.div_ceil(2) * h.div_ceil(2)),
-    };
+    let frame_len = layout.frame_len(w, h);
     let period = Duration::from_nanos(1_000_000_000 * fps.1 / fps.0);
     let mut frames = Vec::new();
     let mut pos = header_end + 1;
@@ -323,13 +303,11 @@ fn read_y4m(path: &Path) -> Result<(Vec<VideoFrame>, Duration), ReplayError> {
                 ),
             ));
         }
-        frames.push(VideoFrame {
-            width: w,
-            height: h,
-            layout,
-            data: bytes[start..end].to_vec(),
-            at: period * frames.len() as u32,
-        });
+        // A slice of the file's bytes: frames share one buffer, no copy.
+        let at = nanos(period * frames.len() as u32);
+        let frame = Frame::new(w, h, layout, bytes.slice(start..end), at)
+            .map_err(|e| format_err(path, format!("frame {}: {e}", frames.len())))?;
+        frames.push(frame.with_range(range));
         pos = end;
     }
     if frames.is_empty() {
@@ -355,7 +333,7 @@ mod tests {
         assert_eq!(clip.duration(), Some(Duration::from_secs(3)));
         let f = clip.frame_at(Duration::from_millis(1550), false).unwrap();
         assert_eq!((f.width, f.height, f.layout), (96, 96, PixelLayout::Gray8));
-        assert_eq!(f.at, Duration::from_millis(1500));
+        assert_eq!(f.captured_at, 1_500_000_000);
         assert!(clip.frame_at(Duration::from_secs(4), false).is_none());
         assert!(clip.frame_at(Duration::from_secs(4), true).is_some());
         // Frame 15 of the clip is the still image.

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::clock::Nanos;
+use emogate_media::Nanos;
 
 struct Shared {
     slots: Box<[AtomicU32]>,

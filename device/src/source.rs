@@ -17,20 +17,9 @@
 
 use std::time::Duration;
 
-use crate::clock::Nanos;
-use crate::replay::PixelLayout;
-use crate::ring::AudioProducer;
+use emogate_media::{Frame, Nanos, StopFlag};
 
-/// One captured video frame.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Frame {
-    pub width: usize,
-    pub height: usize,
-    pub layout: PixelLayout,
-    pub data: Vec<u8>,
-    /// When the frame was captured, on the pipeline's [`crate::source::Clock`].
-    pub captured_at: Nanos,
-}
+use crate::ring::AudioProducer;
 
 /// Errors of capture. Each names the source (device name, pipeline or
 /// file) so a log line alone tells which one failed.
@@ -98,10 +87,7 @@ pub trait VideoStream {
     ///
     /// # Errors
     /// [`CaptureError::Stream`] when the device went away.
-    fn next_frame(
-        &mut self,
-        stop: &crate::supervise::StopFlag,
-    ) -> Result<Option<Frame>, CaptureError>;
+    fn next_frame(&mut self, stop: &StopFlag) -> Result<Option<Frame>, CaptureError>;
 }
 
 /// Where audio comes from. Opened again after each failure.
@@ -139,7 +125,7 @@ pub trait AudioStream {
     ///
     /// # Errors
     /// [`CaptureError::Stream`] when the device went away.
-    fn wait(&mut self, stop: &crate::supervise::StopFlag) -> Result<(), CaptureError>;
+    fn wait(&mut self, stop: &StopFlag) -> Result<(), CaptureError>;
 }
 
 /// The clock sources stamp with and pace against. Live capture uses the
@@ -152,7 +138,7 @@ pub trait Clock: Send + Sync {
 
     /// Blocks until `now() >= t`, or until `stop` is raised or `timeout`
     /// passes; returns whether `t` was reached.
-    fn wait_until(&self, t: Nanos, stop: &crate::supervise::StopFlag, timeout: Duration) -> bool;
+    fn wait_until(&self, t: Nanos, stop: &StopFlag, timeout: Duration) -> bool;
 
     /// Whether this clock follows real time (live devices need one).
     fn is_real_time(&self) -> bool;

@@ -7,31 +7,16 @@
 //! and tries again, while the other modality carries on.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::clock::Nanos;
 use crate::ring::{AudioConsumer, audio_ring};
-use crate::source::{AudioSource, CaptureError, ClockHandle, Frame, VideoSource};
-
-/// A shared "please stop" flag (SIGTERM, end of run).
-#[derive(Debug, Clone, Default)]
-pub struct StopFlag(Arc<AtomicBool>);
-
-impl StopFlag {
-    pub fn new() -> Self {
-        Self::default()
-    }
-    pub fn raise(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-    pub fn is_raised(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+use crate::source::{AudioSource, CaptureError, ClockHandle, VideoSource};
+use emogate_media::Nanos;
+use emogate_media::{Frame, StopFlag};
 
 /// Which modality a report is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use emogate_device::clock::{RealClock, VirtualClock};
 use emogate_device::gst::{GstAudioSource, GstVideoSource};
-use emogate_device::replay::PixelLayout;
 use emogate_device::ring::audio_ring;
-use emogate_device::source::{AudioSource, CaptureError, ClockHandle, Frame, VideoSource};
-use emogate_device::supervise::StopFlag;
+use emogate_device::source::{AudioSource, CaptureError, ClockHandle, VideoSource};
+use emogate_media::Frame;
+use emogate_media::PixelLayout;
+use emogate_media::StopFlag;
 
 fn clock() -> ClockHandle {
     Arc::new(RealClock)

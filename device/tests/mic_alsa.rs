@@ -14,7 +14,8 @@ use emogate_device::clock::{RealClock, VirtualClock};
 use emogate_device::mic::MicSource;
 use emogate_device::ring::audio_ring;
 use emogate_device::source::{AudioSource, CaptureError, ClockHandle};
-use emogate_device::supervise::{Backoff, SourceReport, StopFlag, spawn_audio};
+use emogate_device::supervise::{Backoff, SourceReport, spawn_audio};
+use emogate_media::StopFlag;
 
 /// One test at a time on the device: ALSA plugins are not all reentrant.
 static DEVICE: Mutex<()> = Mutex::new(());

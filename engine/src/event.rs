@@ -9,12 +9,13 @@
 
 use std::collections::BTreeMap;
 
-use emogate_device::clock::{CaptureClock, Nanos};
+use emogate_device::clock::CaptureClock;
+use emogate_media::Nanos;
 use emogate_models::manifest::{Manifest, OutputKind};
 use serde::Serialize;
 
-use crate::backend::Tensor;
 use crate::post::{PostConfig, PostError, Postprocessor};
+use emogate_infer::Tensor;
 
 /// `std_msgs/Header`: the capture time as Unix time, and a frame id.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use emogate_device::playback::{VideoFile, WavFile};
-use emogate_device::source::{CaptureError, ClockHandle, Frame, VideoSource, VideoStream};
-use emogate_device::supervise::{Backoff, StopFlag};
+use emogate_device::source::{CaptureError, ClockHandle, VideoSource, VideoStream};
+use emogate_device::supervise::Backoff;
 use emogate_engine::event::Message;
-use emogate_engine::model::{AffectModel, BackendChoice, ModelSpec};
 use emogate_engine::pipeline::{MissingPolicy, Pacing, Pipeline, PipelineConfig};
 use emogate_engine::sink::{Sink, SinkError};
+use emogate_infer::affect::{AffectModel, BackendChoice, ModelSpec};
+use emogate_media::{Frame, StopFlag};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -462,13 +462,7 @@ impl Manifest {
     /// fixed dimension that differs, an output too small for the labels.
     pub fn check_against(&self, model: &OnnxModel) -> Result<()> {
         let graph = model.graph();
-        let init_names: std::collections::HashSet<&str> =
-            graph.initializer.iter().map(|t| t.name()).collect();
-        let graph_inputs: Vec<_> = graph
-            .input
-            .iter()
-            .filter(|i| !init_names.contains(i.name()))
-            .collect();
+        let graph_inputs: Vec<_> = crate::onnx::runtime_inputs(graph).collect();
         let mismatch = |what: String, msg: String| Err(Error::field(model.path(), what, msg));
         for gi in &graph_inputs {
             if self.input(gi.name()).is_none() {

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use emogate_engine::backend::Tensor;
+use emogate_infer::Tensor;
 use serde::Deserialize;
 
 /// `tests/fixtures`.

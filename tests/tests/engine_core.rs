@@ -2,8 +2,8 @@
 //! the reference model with its embedded manifest, adapter hot-swap, a
 //! third-party model run from a sidecar manifest, and load-time errors.
 
-use emogate_engine::backend::Tensor;
-use emogate_engine::model::{AffectModel, BackendChoice, EngineError, ModelSpec};
+use emogate_infer::Tensor;
+use emogate_infer::affect::{AffectError, AffectModel, BackendChoice, ModelSpec};
 use emogate_tests::{
     fixtures, json_floats as floats, json_shape as shape, max_abs_diff, reference_expected,
     reference_inputs, repo_root as root,
@@ -104,7 +104,7 @@ fn third_party_model_runs_from_a_sidecar_manifest() {
     })
     .err()
     .unwrap();
-    assert!(matches!(err, EngineError::NoManifest { .. }));
+    assert!(matches!(err, AffectError::NoManifest { .. }));
     assert!(err.to_string().contains("--manifest"), "{err}");
 }
 

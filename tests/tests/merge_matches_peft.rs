@@ -2,7 +2,7 @@
 //! base model (legacy and dynamo exporters, folded and unfolded), must
 //! reproduce PEFT's `merge_and_unload()` logits when run by tract.
 
-use emogate_engine::backend::{Backend, tract::TractBackend};
+use emogate_infer::backend::{Backend, tract::TractBackend};
 use emogate_models::merge::{MergeOptions, merge_to_file};
 use emogate_models::onnx::OnnxModel;
 use emogate_models::peft::Adapter;

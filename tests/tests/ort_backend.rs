@@ -5,9 +5,9 @@
 
 use std::path::PathBuf;
 
-use emogate_engine::backend::Tensor;
-use emogate_engine::backend::ort::{OrtBackend, OrtOptions, Provider};
-use emogate_engine::model::{AffectModel, BackendChoice, ModelSpec};
+use emogate_infer::Tensor;
+use emogate_infer::affect::{AffectModel, BackendChoice, ModelSpec};
+use emogate_infer::backend::ort::{OrtBackend, OrtOptions, Provider};
 use emogate_tests::{
     fixtures, json_floats as floats, json_shape as shape, max_abs_diff, reference_expected,
     reference_inputs, repo_root as root,

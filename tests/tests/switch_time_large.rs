@@ -6,8 +6,9 @@
 
 use std::time::Instant;
 
-use emogate_engine::backend::tract::{InputFact, TractBackend, TractOptions};
-use emogate_engine::backend::{Backend, Tensor};
+use emogate_infer::Tensor;
+use emogate_infer::backend::tract::{TractBackend, TractOptions};
+use emogate_infer::backend::{Backend, InputFact};
 use emogate_models::merge::MergePlan;
 use emogate_models::onnx::OnnxModel;
 use emogate_models::peft::Adapter;

@@ -2,7 +2,8 @@
 //! tract runs it, a gate_proj adapter resolves against its legacy-style
 //! names, and the merge changes its output.
 
-use emogate_engine::backend::{Backend, Tensor, tract::TractBackend};
+use emogate_infer::Tensor;
+use emogate_infer::backend::{Backend, tract::TractBackend};
 use emogate_models::merge::{MergeOptions, merge_to_file};
 use emogate_models::onnx::OnnxModel;
 use emogate_models::peft::Adapter;

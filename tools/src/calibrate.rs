@@ -7,8 +7,9 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, Result, bail};
-use emogate_engine::backend::Backend;
-use emogate_engine::backend::tract::{InputFact, TractBackend, TractOptions};
+use emogate_infer::backend::Backend;
+use emogate_infer::backend::InputFact;
+use emogate_infer::backend::tract::{TractBackend, TractOptions};
 use emogate_models::manifest::Manifest;
 use emogate_models::merge::resolve::{Layout, LinearIndex};
 use emogate_models::onnx::OnnxModel;

@@ -18,9 +18,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
-use emogate_engine::backend::tract::{InputFact, TractBackend, TractOptions};
-use emogate_engine::backend::{Backend, Tensor, TensorData};
-use emogate_engine::features::Featurizer;
+use emogate_infer::Featurizer;
+use emogate_infer::backend::tract::{TractBackend, TractOptions};
+use emogate_infer::backend::{Backend, InputFact};
+use emogate_infer::{Tensor, TensorData};
 use emogate_models::manifest::{InputSpec as ManifestInput, Manifest, OutputKind};
 use emogate_models::onnx::OnnxModel;
 use emogate_models::onnx::proto::tensor_proto::DataType;
@@ -408,7 +409,7 @@ pub fn load_backend(
         }
         #[cfg(feature = "ort")]
         BackendKind::Ort => {
-            use emogate_engine::backend::ort::{OrtBackend, OrtOptions};
+            use emogate_infer::backend::ort::{OrtBackend, OrtOptions};
             let options = OrtOptions {
                 threads,
                 ..OrtOptions::default()

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use emogate_device::playback::{VideoFile, WavFile};
-use emogate_device::supervise::StopFlag;
 use emogate_engine::event::Message;
-use emogate_engine::model::{AffectModel, BackendChoice, ModelSpec};
 use emogate_engine::pipeline::{Pacing, Pipeline, PipelineConfig};
 use emogate_engine::sink::jsonl::JsonlSink;
 use emogate_engine::sink::{Sink, SinkError};
+use emogate_infer::affect::{AffectModel, BackendChoice, ModelSpec};
+use emogate_media::StopFlag;
 
 /// Real-time pipeline benchmark: latency and non-model CPU, Rust vs Python.
 #[derive(Parser)]

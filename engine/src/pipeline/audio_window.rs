@@ -7,11 +7,11 @@
 
 use std::collections::VecDeque;
 
-use emogate_device::clock::Nanos;
 use emogate_device::ring::AudioConsumer;
+use emogate_media::Nanos;
 
-use crate::pre::PreError;
-use crate::pre::resample::Resampler;
+use emogate_infer::pre::PreError;
+use emogate_infer::pre::resample::Resampler;
 
 pub(crate) struct AudioWindow {
     model_rate: u32,

@@ -27,19 +27,20 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
-use emogate_device::clock::{Nanos, RealClock, VirtualClock};
-use emogate_device::source::{AudioSource, ClockHandle, Frame, VideoSource};
+use emogate_device::clock::{RealClock, VirtualClock};
+use emogate_device::source::{AudioSource, ClockHandle, VideoSource};
 use emogate_device::supervise::{
-    Backoff, Modality, SourceReport, StopFlag, Supervised, VideoFeed, spawn_audio, spawn_video,
+    Backoff, Modality, SourceReport, Supervised, VideoFeed, spawn_audio, spawn_video,
 };
+use emogate_media::{Frame, Nanos, StopFlag};
 
 use crate::event::{Event, EventBuilder, Header, Latency, Message, SourceNotice, Window};
-use crate::features::{Featurizer, as_frame};
-use crate::model::{AffectModel, EngineError};
 use crate::post::{PostConfig, PostError};
-use crate::pre::PreError;
 use crate::sink::{Sink, StatusHandle};
 use audio_window::AudioWindow;
+use emogate_infer::Featurizer;
+use emogate_infer::affect::{AffectError, AffectModel};
+use emogate_infer::pre::PreError;
 use handoff::Handoff;
 pub use status::PipelineStatus;
 use status::RunInfo;
@@ -50,7 +51,7 @@ pub enum PipelineError {
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
-    Engine(#[from] EngineError),
+    Engine(#[from] AffectError),
     #[error(transparent)]
     Pre(#[from] PreError),
     #[error(transparent)]
@@ -721,8 +722,7 @@ fn run_inference(
     let mut seq = 0u64;
     while let Some(job) = handoff.take() {
         let t0 = Instant::now();
-        let frame = job.frame.as_deref().map(as_frame).transpose()?;
-        let inputs = featurizer.build(frame.as_ref(), job.audio.as_deref())?;
+        let inputs = featurizer.build(job.frame.as_deref(), job.audio.as_deref())?;
         let t1 = Instant::now();
         let cpu0 = thread_cpu_ns();
         let outputs = model.run(&inputs)?;

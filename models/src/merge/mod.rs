@@ -416,7 +416,7 @@ impl<'a> MergePlan<'a> {
     }
 }
 
-impl MergePlan<'_> {
+impl<'a> MergePlan<'a> {
     /// Merges in memory: the edited proto with every merged tensor inline
     /// (`raw_data`), the rest untouched — external tensors keep pointing at
     /// the base model's side files, so only the changed weights are held.
@@ -454,6 +454,25 @@ impl MergePlan<'_> {
             tensor.raw_data = Some(update.bytes.as_bytes().into_owned().into());
         }
         Ok((proto, all, reports))
+    }
+
+    /// The model the plan merges into.
+    pub fn model(&self) -> &'a OnnxModel {
+        self.model
+    }
+
+    /// Writes the merged model to `out` on this thread (no adapter
+    /// metadata: for a runtime that needs a file; the converter uses
+    /// [`merge_to_file`]).
+    ///
+    /// # Errors
+    /// Anything [`MergePlan::updates`] and [`save_model`] report.
+    pub fn write_to_file(&self, out: &Path, options: &SaveOptions) -> Result<SaveSummary> {
+        let updates = self.updates().flat_map(|item| match item {
+            Ok((updates, _)) => updates.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        });
+        save_model(self.model, self.proto.clone(), updates, out, options)
     }
 
     /// Whether the plan had to add weight copies (which changes the graph,

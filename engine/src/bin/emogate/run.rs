@@ -7,12 +7,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use emogate_device::spec::{AudioOptions, VideoOptions, is_live, open_audio, open_video};
-use emogate_device::supervise::StopFlag;
+use emogate_engine::backend_choice::BackendSettings;
 use emogate_engine::config::{RunConfig, SourceConfig};
-use emogate_engine::model::{AffectModel, BackendChoice, ModelSpec};
 use emogate_engine::pipeline::{MissingPolicy, Pacing, Pipeline, PipelineConfig};
 use emogate_engine::post::PostConfig;
 use emogate_engine::sink::{OutputSpec, Sink};
+use emogate_infer::affect::{AffectModel, ModelSpec};
+use emogate_media::StopFlag;
 
 /// Settings of `emogate run`. Each overrides the same key of `--config`.
 #[derive(Args, Debug, Default)]
@@ -150,17 +151,19 @@ pub fn run(args: RunArgs) -> Result<()> {
         .context("no model: give --model or `model` in --config")?;
     let mut adapters: Vec<(String, PathBuf)> = file.adapters.clone().into_iter().collect();
     for a in &args.adapters {
-        let (name, dir) = emogate_engine::model::parse_adapter_spec(a)?;
+        let (name, dir) = emogate_infer::affect::parse_adapter_spec(a)?;
         adapters.retain(|(n, _)| *n != name);
         adapters.push((name, dir));
     }
-    let threads = args.threads.or(file.threads).unwrap_or(1);
-    let backend_name = args
-        .backend
-        .clone()
-        .or(file.backend.clone())
-        .unwrap_or_else(|| "tract".into());
-    let backend = backend_choice(&backend_name, threads, &args, &file)?;
+    let settings = BackendSettings {
+        backend: args.backend.clone().or(file.backend.clone()),
+        threads: args.threads.or(file.threads),
+        ep: args.ep.clone().or(file.ep.as_ref().map(|v| v.join(","))),
+        ep_strict: args.ep_strict || file.ep_strict.unwrap_or(false),
+        ort_lib: args.ort_lib.clone().or(file.ort_lib.clone()),
+        trt_cache: args.trt_cache.clone().or(file.trt_cache.clone()),
+    };
+    let backend = settings.choice()?;
     let spec = ModelSpec {
         path: model.clone(),
         manifest: args.manifest.clone().or(file.manifest.clone()),
@@ -313,40 +316,4 @@ fn merge_source(
     c.height = args.height.or(c.height);
     c.fps = args.fps.or(c.fps);
     Some(c)
-}
-
-fn backend_choice(
-    name: &str,
-    threads: usize,
-    args: &RunArgs,
-    file: &RunConfig,
-) -> Result<BackendChoice> {
-    match name {
-        "tract" => Ok(BackendChoice::Tract { threads }),
-        #[cfg(feature = "ort")]
-        "ort" => {
-            use emogate_engine::backend::ort::{OrtOptions, parse_providers};
-            let ep = args
-                .ep
-                .clone()
-                .or(file.ep.as_ref().map(|v| v.join(",")))
-                .unwrap_or_else(|| "cpu".into());
-            Ok(BackendChoice::Ort(OrtOptions {
-                library: args.ort_lib.clone().or(file.ort_lib.clone()),
-                providers: parse_providers(&ep)?,
-                strict: args.ep_strict || file.ep_strict.unwrap_or(false),
-                trt_fp16: true,
-                trt_cache_dir: args.trt_cache.clone().or(file.trt_cache.clone()),
-                threads,
-            }))
-        }
-        #[cfg(not(feature = "ort"))]
-        "ort" => {
-            let _ = (args, file);
-            bail!(
-                "--backend ort: this emogate was built without ONNX Runtime support; rebuild with `--features ort`"
-            )
-        }
-        other => bail!("--backend `{other}`: expected tract or ort"),
-    }
 }

@@ -16,12 +16,13 @@ use emogate_models::merge::MergePlan;
 use emogate_models::onnx::OnnxModel;
 use emogate_models::peft::Adapter;
 
-use crate::backend::tract::{InputFact, TractBackend, TractOptions};
-use crate::backend::{Backend, BackendError, Tensor};
+use crate::Tensor;
+use crate::backend::tract::TractRuntime;
+use crate::backend::{Backend, BackendError, InputFact, Runtime};
 
-/// Errors of the engine core.
+/// Errors of loading and running an affect model.
 #[derive(Debug, thiserror::Error)]
-pub enum EngineError {
+pub enum AffectError {
     #[error(transparent)]
     Model(#[from] emogate_models::Error),
     #[error(transparent)]
@@ -44,6 +45,19 @@ pub enum BackendChoice {
     Ort(crate::backend::ort::OrtOptions),
 }
 
+impl BackendChoice {
+    /// The runtime that loads models for this choice.
+    pub fn runtime(&self) -> Box<dyn Runtime> {
+        match self {
+            BackendChoice::Tract { threads } => Box::new(TractRuntime { threads: *threads }),
+            #[cfg(feature = "ort")]
+            BackendChoice::Ort(options) => Box::new(crate::backend::ort::OrtRuntime {
+                options: options.clone(),
+            }),
+        }
+    }
+}
+
 impl Default for BackendChoice {
     fn default() -> Self {
         BackendChoice::Tract { threads: 1 }
@@ -64,12 +78,12 @@ pub struct ModelSpec {
 }
 
 /// Parses `NAME=DIR`.
-pub fn parse_adapter_spec(spec: &str) -> Result<(String, PathBuf), EngineError> {
+pub fn parse_adapter_spec(spec: &str) -> Result<(String, PathBuf), AffectError> {
     match spec.split_once('=') {
         Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
             Ok((name.to_string(), PathBuf::from(dir)))
         }
-        _ => Err(EngineError::AdapterSpec { spec: spec.into() }),
+        _ => Err(AffectError::AdapterSpec { spec: spec.into() }),
     }
 }
 
@@ -84,7 +98,7 @@ pub struct AffectModel {
 struct Parts {
     onnx: OnnxModel,
     manifest: Manifest,
-    choice: BackendChoice,
+    runtime: Box<dyn Runtime>,
     adapters: BTreeMap<String, Adapter>,
     /// `feed[i]` = index into the manifest's inputs for graph input `i`.
     feed: Vec<usize>,
@@ -97,23 +111,18 @@ impl AffectModel {
     /// checks the manifest against the graph, and plans the backend.
     ///
     /// # Errors
-    /// [`EngineError`] naming the file and field at fault.
-    pub fn load(spec: &ModelSpec) -> Result<Self, EngineError> {
+    /// [`AffectError`] naming the file and field at fault.
+    pub fn load(spec: &ModelSpec) -> Result<Self, AffectError> {
         let onnx = OnnxModel::load(&spec.path)?;
         let manifest = match &spec.manifest {
             Some(path) => Manifest::from_file(path)?,
-            None => Manifest::from_model(&onnx)?.ok_or_else(|| EngineError::NoManifest {
+            None => Manifest::from_model(&onnx)?.ok_or_else(|| AffectError::NoManifest {
                 path: spec.path.clone(),
             })?,
         };
         manifest.check_against(&onnx)?;
         let graph = onnx.graph();
-        let inits: std::collections::HashSet<&str> =
-            graph.initializer.iter().map(|t| t.name()).collect();
-        let feed = graph
-            .input
-            .iter()
-            .filter(|i| !inits.contains(i.name()))
+        let feed = emogate_models::onnx::runtime_inputs(graph)
             .map(|i| {
                 manifest
                     .inputs
@@ -140,7 +149,7 @@ impl AffectModel {
         let parts = Parts {
             onnx,
             manifest,
-            choice: spec.backend.clone(),
+            runtime: spec.backend.runtime(),
             adapters,
             feed,
             outputs,
@@ -186,9 +195,9 @@ impl AffectModel {
     ///
     /// # Errors
     /// [`BackendError`] from the runtime.
-    pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
+    pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, AffectError> {
         if inputs.len() != self.parts.manifest.inputs.len() {
-            return Err(EngineError::Backend(BackendError::Input {
+            return Err(AffectError::Backend(BackendError::Input {
                 model: self.parts.onnx.path().display().to_string(),
                 index: inputs.len(),
                 message: format!(
@@ -206,7 +215,7 @@ impl AffectModel {
             .iter()
             .map(|i| {
                 outputs.get_mut(*i).and_then(Option::take).ok_or_else(|| {
-                    EngineError::Backend(BackendError::Run {
+                    AffectError::Backend(BackendError::Run {
                         model: self.parts.onnx.path().display().to_string(),
                         message: format!("the backend returned no output #{i}"),
                     })
@@ -220,8 +229,8 @@ impl AffectModel {
     /// windows are still being served.
     ///
     /// # Errors
-    /// [`EngineError::UnknownAdapter`], merge errors, backend errors.
-    pub fn prepare(&self, adapter: Option<&str>) -> Result<Box<dyn Backend>, EngineError> {
+    /// [`AffectError::UnknownAdapter`], merge errors, backend errors.
+    pub fn prepare(&self, adapter: Option<&str>) -> Result<Box<dyn Backend>, AffectError> {
         self.parts.prepare(adapter)
     }
 
@@ -238,7 +247,7 @@ impl AffectModel {
     }
 
     /// Prepares and installs `adapter`; returns how long the switch took.
-    pub fn switch(&mut self, adapter: Option<&str>) -> Result<Duration, EngineError> {
+    pub fn switch(&mut self, adapter: Option<&str>) -> Result<Duration, AffectError> {
         let started = Instant::now();
         let backend = self.prepare(adapter)?;
         self.install(adapter.map(str::to_string), backend);
@@ -263,13 +272,13 @@ pub struct Preparer(std::sync::Arc<Parts>);
 
 impl Preparer {
     /// Same as [`AffectModel::prepare`].
-    pub fn prepare(&self, adapter: Option<&str>) -> Result<Box<dyn Backend>, EngineError> {
+    pub fn prepare(&self, adapter: Option<&str>) -> Result<Box<dyn Backend>, AffectError> {
         self.0.prepare(adapter)
     }
 }
 
 impl Parts {
-    fn prepare(&self, adapter: Option<&str>) -> Result<Box<dyn Backend>, EngineError> {
+    fn prepare(&self, adapter: Option<&str>) -> Result<Box<dyn Backend>, AffectError> {
         let inputs = self.input_facts();
         let merged = match adapter {
             None => None,
@@ -277,7 +286,7 @@ impl Parts {
                 let adapter =
                     self.adapters
                         .get(name)
-                        .ok_or_else(|| EngineError::UnknownAdapter {
+                        .ok_or_else(|| AffectError::UnknownAdapter {
                             name: name.into(),
                             loaded: if self.adapters.is_empty() {
                                 "none".into()
@@ -288,93 +297,7 @@ impl Parts {
                 Some(MergePlan::new(&self.onnx, adapter)?)
             }
         };
-        match &self.choice {
-            BackendChoice::Tract { threads } => {
-                let options = TractOptions {
-                    inputs: Some(inputs),
-                    threads: *threads,
-                };
-                let backend = match merged {
-                    None => TractBackend::load_with(self.onnx.path(), &options)?,
-                    Some(plan) => {
-                        let (proto, _, _) = plan.merged_proto()?;
-                        TractBackend::from_proto(&proto, self.onnx.dir(), &options)?
-                    }
-                };
-                Ok(Box::new(backend))
-            }
-            #[cfg(feature = "ort")]
-            BackendChoice::Ort(options) => {
-                use crate::backend::ort::OrtBackend;
-                let Some(plan) = merged else {
-                    return Ok(Box::new(OrtBackend::load(
-                        self.onnx.path(),
-                        Vec::new(),
-                        options,
-                    )?));
-                };
-                if plan.changes_graph() {
-                    // Weight copies changed the graph: give ONNX Runtime a file.
-                    return self
-                        .prepare_from_file(adapter.expect("merged implies a name"), options);
-                }
-                // Same graph: override just the merged initializers.
-                let (proto, updates, _) = plan.merged_proto()?;
-                let graph = proto.graph.as_ref().expect("checked at load");
-                let mut overrides = Vec::new();
-                for update in updates {
-                    let tensor = graph
-                        .initializer
-                        .iter()
-                        .find(|t| t.name() == update.name)
-                        .expect("merged_proto checked the name");
-                    let ty = self.onnx.float_type(tensor)?;
-                    if ty != emogate_models::onnx::FloatType::F32 {
-                        // Overrides must match the initializer's type; only
-                        // f32 is passed that way, others go through a file.
-                        return self
-                            .prepare_from_file(adapter.expect("merged implies a name"), options);
-                    }
-                    let shape = tensor.dims.iter().map(|d| *d as usize).collect();
-                    overrides.push((
-                        update.name.clone(),
-                        Tensor::f32(shape, ty.decode(&update.bytes.as_bytes())),
-                    ));
-                }
-                Ok(Box::new(OrtBackend::load(
-                    self.onnx.path(),
-                    overrides,
-                    options,
-                )?))
-            }
-        }
-    }
-
-    /// Merges into a temp file and opens that with ONNX Runtime (which
-    /// maps the file; the temp folder can go once the session exists).
-    #[cfg(feature = "ort")]
-    fn prepare_from_file(
-        &self,
-        adapter: &str,
-        options: &crate::backend::ort::OrtOptions,
-    ) -> Result<Box<dyn Backend>, EngineError> {
-        let dir = tempfile::tempdir().map_err(|e| emogate_models::Error::Io {
-            path: std::env::temp_dir(),
-            source: e,
-        })?;
-        let out = dir.path().join("merged.onnx");
-        emogate_models::merge::merge_to_file(
-            &self.onnx,
-            &self.adapters[adapter],
-            &out,
-            &Default::default(),
-            &mut |_, _| {},
-        )?;
-        Ok(Box::new(crate::backend::ort::OrtBackend::load(
-            &out,
-            Vec::new(),
-            options,
-        )?))
+        Ok(self.runtime.load(&self.onnx, merged.as_ref(), &inputs)?)
     }
 
     /// Input shapes in graph order, from the manifest.

@@ -1,8 +1,6 @@
 //! Preprocessing: turning what a device captured into the tensor values a
 //! model was trained on.
 //!
-//! * [`audio`] — sample-format conversion, downmixing, a WAV reader
-//!   (re-exported from `emogate_device::audio`, where capture needs them).
 //! * [`resample`] — band-limited rate conversion to the model's rate.
 //! * [`mel`] — log-mel features bit-for-bit close to librosa.
 //! * [`video`] — pixel-format conversion, crop, resize, normalize, layout.
@@ -10,7 +8,6 @@
 //! Each stage owns its scratch memory, so the steady-state path of a
 //! pipeline allocates nothing per window or per frame.
 
-pub use emogate_device::audio;
 pub mod mel;
 pub mod resample;
 pub mod video;
@@ -33,9 +30,9 @@ pub enum PreError {
         got: usize,
         expected: usize,
     },
-    /// Audio decoding or conversion failed (a WAV file, a channel count).
+    /// A frame whose bytes do not fit its size and layout.
     #[error(transparent)]
-    Audio(#[from] emogate_device::audio::AudioError),
+    Frame(#[from] emogate_media::FrameError),
 }
 
 impl PreError {
@@ -64,4 +61,25 @@ impl PreError {
             })
         }
     }
+}
+
+/// Test fixtures: a WAV file as interleaved f32 samples in -1..1.
+#[cfg(test)]
+pub(crate) fn read_wav_fixture(path: &std::path::Path) -> (u32, u16, Vec<f32>) {
+    let mut reader = hound::WavReader::open(path).expect("readable WAV fixture");
+    let spec = reader.spec();
+    let samples = match spec.sample_format {
+        hound::SampleFormat::Float => reader
+            .samples::<f32>()
+            .map(|s| s.expect("sample"))
+            .collect(),
+        hound::SampleFormat::Int => {
+            let scale = (1i64 << (spec.bits_per_sample - 1)) as f32;
+            reader
+                .samples::<i32>()
+                .map(|s| s.expect("sample") as f32 / scale)
+                .collect()
+        }
+    };
+    (spec.sample_rate, spec.channels, samples)
 }

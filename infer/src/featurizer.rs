@@ -2,13 +2,13 @@
 //! video frame and the last `window_s` seconds of audio, exactly as in
 //! training (crop, resize, normalize, layout; log-mel or waveform).
 
-use emogate_device::replay::{PixelLayout, VideoFrame};
+use emogate_media::Frame;
 use emogate_models::manifest::{AudioFeatures, AudioInput, AudioLayout, InputSpec, Manifest};
 
-use crate::backend::Tensor;
+use crate::Tensor;
 use crate::pre::PreError;
 use crate::pre::mel::{MelConfig, MelSpec};
-use crate::pre::video::{Frame, PixelFormat, VideoPre, VideoSpec};
+use crate::pre::video::{VideoPre, VideoSpec};
 
 /// One model input's preprocessing.
 enum InputPre {
@@ -71,7 +71,7 @@ impl Featurizer {
     /// [`PreError`] for a frame or window of the wrong size.
     pub fn build(
         &mut self,
-        frame: Option<&Frame<'_>>,
+        frame: Option<&Frame>,
         audio: Option<&[f32]>,
     ) -> Result<Vec<Tensor>, PreError> {
         let mut tensors = Vec::with_capacity(self.inputs.len());
@@ -114,33 +114,4 @@ impl Featurizer {
         }
         Ok(tensors)
     }
-}
-
-/// A captured frame's pixel layout as the preprocessor's format.
-pub fn pixel_format(layout: PixelLayout) -> PixelFormat {
-    match layout {
-        PixelLayout::Gray8 => PixelFormat::Gray8,
-        PixelLayout::Rgb8 => PixelFormat::Rgb8,
-        PixelLayout::Bgr8 => PixelFormat::Bgr8,
-        PixelLayout::Yuv420p => PixelFormat::Yuv420p,
-        PixelLayout::Yuyv => PixelFormat::Yuyv,
-        PixelLayout::Nv12 => PixelFormat::Nv12,
-    }
-}
-
-/// A captured frame as the preprocessor's [`Frame`] (borrowing its pixels).
-///
-/// # Errors
-/// [`PreError::BufferSize`] when the buffer does not match the size and layout.
-pub fn as_frame(f: &emogate_device::source::Frame) -> Result<Frame<'_>, PreError> {
-    Frame::new(f.width, f.height, pixel_format(f.layout), f.data.as_slice())
-}
-
-/// A replayed frame as the preprocessor's [`Frame`].
-///
-/// # Errors
-/// As [`as_frame`].
-pub fn replay_frame(f: &VideoFrame) -> Result<Frame<'_>, PreError> {
-    let format = pixel_format(f.layout);
-    Frame::new(f.width, f.height, format, f.data.as_slice())
 }

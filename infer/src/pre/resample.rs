@@ -377,28 +377,19 @@ mod tests {
     /// `signal.wav`; resampling it back must land on the original, in time.
     #[test]
     fn soxr_fixture_round_trips() {
-        use crate::pre::audio::read_wav;
+        use crate::pre::read_wav_fixture;
         use std::path::Path;
         let dir = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../tests/fixtures/engine/logmel/"
         );
-        let stereo =
-            read_wav(Path::new(&format!("{dir}signal_44k1_stereo_i16.wav"))).expect("fixture");
-        assert_eq!(
-            (stereo.sample_rate, stereo.channels, stereo.samples.len()),
-            (44_100, 2, 2 * 88_200)
-        );
-        let peak = stereo
-            .samples
-            .iter()
-            .step_by(2)
-            .fold(0f32, |m, v| m.max(v.abs()));
+        let (rate, channels, stereo) =
+            read_wav_fixture(Path::new(&format!("{dir}signal_44k1_stereo_i16.wav")));
+        assert_eq!((rate, channels, stereo.len()), (44_100, 2, 2 * 88_200));
+        let peak = stereo.iter().step_by(2).fold(0f32, |m, v| m.max(v.abs()));
         assert_eq!(peak, 20_369.0 / 32_768.0);
-        let left: Vec<f32> = stereo.samples.iter().step_by(2).copied().collect();
-        let original = read_wav(Path::new(&format!("{dir}signal.wav")))
-            .expect("fixture")
-            .samples;
+        let left: Vec<f32> = stereo.iter().step_by(2).copied().collect();
+        let (_, _, original) = read_wav_fixture(Path::new(&format!("{dir}signal.wav")));
         let back = resample(&left, 44_100, 16_000).expect("valid rates");
         assert_eq!(back.len(), original.len());
         let err: Vec<f32> = back.iter().zip(&original).map(|(a, b)| a - b).collect();

@@ -15,142 +15,54 @@
 //! alias; bilinear with half-pixel centres when enlarging or keeping the
 //! size (like OpenCV `INTER_LINEAR`).
 
-use std::borrow::Cow;
-
 use emogate_models::manifest::VideoInput;
 // The manifest's channel order and tensor layout, used as is.
 pub use emogate_models::manifest::{ColorOrder, VideoLayout};
 
+use emogate_media::{Frame, PixelLayout, YuvRange};
+
 use super::PreError;
 
-/// How a frame's bytes are laid out. All formats are tightly packed (no
-/// row padding); planar YUV has chroma planes of `ceil(w/2) × ceil(h/2)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PixelFormat {
-    Rgb8,
-    Bgr8,
-    Gray8,
-    /// I420: Y plane, then U plane, then V plane.
-    Yuv420p,
-    /// Packed 4:2:2, `Y0 U Y1 V` for each pixel pair.
-    Yuyv,
-    /// Y plane, then one plane of interleaved `U V` pairs.
-    Nv12,
-}
-
-/// The quantization range of a YUV source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum YuvRange {
-    /// Y in 16–235, chroma in 16–240 (BT.601 "studio swing").
-    #[default]
-    Limited,
-    /// Y and chroma in 0–255 (JFIF).
-    Full,
-}
-
-/// One captured image, owned or borrowed from a driver buffer.
-#[derive(Debug, Clone)]
-pub struct Frame<'a> {
-    pub width: usize,
-    pub height: usize,
-    pub format: PixelFormat,
-    /// Ignored for RGB, BGR and gray formats.
-    pub range: YuvRange,
-    pub data: Cow<'a, [u8]>,
-}
-
-impl<'a> Frame<'a> {
-    /// A frame with limited-range YUV, checking the buffer length.
-    ///
-    /// # Errors
-    /// [`PreError::Invalid`] for a zero dimension, [`PreError::BufferSize`]
-    /// if `data` is not [`Frame::expected_len`] bytes.
-    pub fn new(
-        width: usize,
-        height: usize,
-        format: PixelFormat,
-        data: impl Into<Cow<'a, [u8]>>,
-    ) -> Result<Self, PreError> {
-        let frame = Frame {
-            width,
-            height,
-            format,
-            range: YuvRange::Limited,
-            data: data.into(),
-        };
-        frame.check()?;
-        Ok(frame)
-    }
-
-    /// The same frame with another YUV range.
-    pub fn with_range(mut self, range: YuvRange) -> Self {
-        self.range = range;
-        self
-    }
-
-    /// Bytes in a tightly packed `width × height` frame of `format`.
-    pub fn expected_len(width: usize, height: usize, format: PixelFormat) -> usize {
-        let chroma = width.div_ceil(2) * height.div_ceil(2);
-        match format {
-            PixelFormat::Rgb8 | PixelFormat::Bgr8 => width * height * 3,
-            PixelFormat::Gray8 => width * height,
-            PixelFormat::Yuv420p | PixelFormat::Nv12 => width * height + 2 * chroma,
-            PixelFormat::Yuyv => width.div_ceil(2) * 4 * height,
+/// Pixels `x0..x1` of row `y` of `frame` as RGB f32 (0–255), into `out`.
+/// The frame must have passed [`Frame::check`].
+fn row_rgb(frame: &Frame, y: usize, x0: usize, x1: usize, out: &mut [f32]) {
+    let (w, d) = (frame.width, &frame.data[..]);
+    let px = out.chunks_exact_mut(3);
+    match frame.layout {
+        PixelLayout::Rgb8 | PixelLayout::Bgr8 => {
+            let src = &d[(y * w + x0) * 3..(y * w + x1) * 3];
+            let bgr = frame.layout == PixelLayout::Bgr8;
+            for (o, s) in px.zip(src.chunks_exact(3)) {
+                let (r, b) = if bgr { (s[2], s[0]) } else { (s[0], s[2]) };
+                o.copy_from_slice(&[f32::from(r), f32::from(s[1]), f32::from(b)]);
+            }
         }
-    }
-
-    fn check(&self) -> Result<(), PreError> {
-        if self.width == 0 || self.height == 0 {
-            return Err(PreError::invalid(
-                "frame size",
-                format!("{}x{}", self.width, self.height),
-                "both dimensions positive",
-            ));
+        PixelLayout::Gray8 => {
+            for (o, s) in px.zip(&d[y * w + x0..y * w + x1]) {
+                o.fill(f32::from(*s));
+            }
         }
-        let expected = Self::expected_len(self.width, self.height, self.format);
-        PreError::check_len("frame buffer", self.data.len(), expected)
-    }
-
-    /// Converts pixels `x0..x1` of row `y` to RGB f32 (0–255) into `out`.
-    fn row_rgb(&self, y: usize, x0: usize, x1: usize, out: &mut [f32]) {
-        let (w, d) = (self.width, &self.data[..]);
-        let px = out.chunks_exact_mut(3);
-        match self.format {
-            PixelFormat::Rgb8 | PixelFormat::Bgr8 => {
-                let src = &d[(y * w + x0) * 3..(y * w + x1) * 3];
-                let bgr = self.format == PixelFormat::Bgr8;
-                for (o, s) in px.zip(src.chunks_exact(3)) {
-                    let (r, b) = if bgr { (s[2], s[0]) } else { (s[0], s[2]) };
-                    o.copy_from_slice(&[f32::from(r), f32::from(s[1]), f32::from(b)]);
-                }
+        PixelLayout::Yuv420p | PixelLayout::Nv12 => {
+            let cw = w.div_ceil(2);
+            let plane = w * frame.height;
+            let crow = (y / 2) * cw;
+            for (o, x) in px.zip(x0..x1) {
+                let (u, v) = if frame.layout == PixelLayout::Nv12 {
+                    let at = plane + 2 * (crow + x / 2);
+                    (d[at], d[at + 1])
+                } else {
+                    let chroma = cw * frame.height.div_ceil(2);
+                    (d[plane + crow + x / 2], d[plane + chroma + crow + x / 2])
+                };
+                o.copy_from_slice(&yuv_to_rgb(d[y * w + x], u, v, frame.range));
             }
-            PixelFormat::Gray8 => {
-                for (o, s) in px.zip(&d[y * w + x0..y * w + x1]) {
-                    o.fill(f32::from(*s));
-                }
-            }
-            PixelFormat::Yuv420p | PixelFormat::Nv12 => {
-                let cw = w.div_ceil(2);
-                let plane = w * self.height;
-                let crow = (y / 2) * cw;
-                for (o, x) in px.zip(x0..x1) {
-                    let (u, v) = if self.format == PixelFormat::Nv12 {
-                        let at = plane + 2 * (crow + x / 2);
-                        (d[at], d[at + 1])
-                    } else {
-                        let chroma = cw * self.height.div_ceil(2);
-                        (d[plane + crow + x / 2], d[plane + chroma + crow + x / 2])
-                    };
-                    o.copy_from_slice(&yuv_to_rgb(d[y * w + x], u, v, self.range));
-                }
-            }
-            PixelFormat::Yuyv => {
-                let row = &d[y * w.div_ceil(2) * 4..];
-                for (o, x) in px.zip(x0..x1) {
-                    let pair = &row[(x / 2) * 4..(x / 2) * 4 + 4];
-                    let luma = pair[2 * (x % 2)];
-                    o.copy_from_slice(&yuv_to_rgb(luma, pair[1], pair[3], self.range));
-                }
+        }
+        PixelLayout::Yuyv => {
+            let row = &d[y * w.div_ceil(2) * 4..];
+            for (o, x) in px.zip(x0..x1) {
+                let pair = &row[(x / 2) * 4..(x / 2) * 4 + 4];
+                let luma = pair[2 * (x % 2)];
+                o.copy_from_slice(&yuv_to_rgb(luma, pair[1], pair[3], frame.range));
             }
         }
     }
@@ -412,7 +324,7 @@ impl VideoPre {
         self.row.resize((x1 - x0) * 3, 0.0);
         self.tmp.resize((y1 - y0) * w * 3, 0.0);
         for (y, tmp_row) in (y0..y1).zip(self.tmp.chunks_exact_mut(w * 3)) {
-            frame.row_rgb(y, x0, x1, &mut self.row);
+            row_rgb(frame, y, x0, x1, &mut self.row);
             for (ox, o) in tmp_row.chunks_exact_mut(3).enumerate() {
                 let mut acc = [0f32; 3];
                 for (sx, wt) in self.cols.taps(ox) {
@@ -563,14 +475,14 @@ mod tests {
         out
     }
 
-    fn gray(width: usize, height: usize, data: Vec<u8>) -> Frame<'static> {
-        Frame::new(width, height, PixelFormat::Gray8, data).expect("valid gray frame")
+    fn gray(width: usize, height: usize, data: Vec<u8>) -> Frame {
+        Frame::new(width, height, PixelLayout::Gray8, data, 0).expect("valid gray frame")
     }
 
     #[test]
     fn constant_image_stays_constant_at_any_size() {
         let frame =
-            Frame::new(7, 5, PixelFormat::Rgb8, [10u8, 120, 240].repeat(35)).expect("7x5 RGB");
+            Frame::new(7, 5, PixelLayout::Rgb8, [10u8, 120, 240].repeat(35), 0).expect("7x5 RGB");
         for (h, w) in [(2, 3), (11, 13), (3, 20), (5, 7)] {
             let mut pre =
                 VideoPre::new(spec(h, w, ColorOrder::Rgb, VideoLayout::Nhwc)).expect("valid spec");
@@ -624,7 +536,7 @@ mod tests {
         let data: Vec<u8> = (0..2)
             .flat_map(|y| (0..2).flat_map(move |x| (0..3).map(move |c| 100 * y + 10 * x + c)))
             .collect();
-        let frame = Frame::new(2, 2, PixelFormat::Rgb8, data).expect("2x2 RGB");
+        let frame = Frame::new(2, 2, PixelLayout::Rgb8, data, 0).expect("2x2 RGB");
         let value = |y: usize, x: usize, c: usize| (100 * y + 10 * x + c) as f32 / 255.0;
         let mut nchw =
             VideoPre::new(spec(2, 2, ColorOrder::Rgb, VideoLayout::Nchw)).expect("valid spec");
@@ -650,7 +562,7 @@ mod tests {
 
     #[test]
     fn normalization_is_exact_and_broadcasts() {
-        let frame = Frame::new(1, 1, PixelFormat::Rgb8, vec![255u8, 0, 51]).expect("1x1 RGB");
+        let frame = Frame::new(1, 1, PixelLayout::Rgb8, vec![255u8, 0, 51], 0).expect("1x1 RGB");
         let mut pre = VideoPre::new(VideoSpec {
             mean: vec![0.5, 0.25, 0.2],
             std: vec![0.25],
@@ -678,7 +590,7 @@ mod tests {
 
     #[test]
     fn gray_target_uses_bt601_luma() {
-        let frame = Frame::new(1, 1, PixelFormat::Bgr8, vec![0u8, 0, 255]).expect("1x1 BGR red");
+        let frame = Frame::new(1, 1, PixelLayout::Bgr8, vec![0u8, 0, 255], 0).expect("1x1 BGR red");
         let mut pre =
             VideoPre::new(spec(1, 1, ColorOrder::Gray, VideoLayout::Nchw)).expect("valid spec");
         assert!((run(&mut pre, &frame, None)[0] - 0.299).abs() < 1e-6);
@@ -723,11 +635,12 @@ mod tests {
             Frame::new(
                 2,
                 2,
-                PixelFormat::Yuyv,
+                PixelLayout::Yuyv,
                 vec![81, 90, 81, 240, 81, 90, 81, 240],
+                0,
             ),
-            Frame::new(2, 2, PixelFormat::Nv12, vec![81, 81, 81, 81, 90, 240]),
-            Frame::new(2, 2, PixelFormat::Yuv420p, vec![81, 81, 81, 81, 90, 240]),
+            Frame::new(2, 2, PixelLayout::Nv12, vec![81, 81, 81, 81, 90, 240], 0),
+            Frame::new(2, 2, PixelLayout::Yuv420p, vec![81, 81, 81, 81, 90, 240], 0),
         ];
         for frame in frames {
             let frame = frame.expect("valid YUV frame");
@@ -735,18 +648,22 @@ mod tests {
             assert!(
                 out.chunks_exact(3).all(|px| px == red),
                 "{:?}: {out:?}",
-                frame.format
+                frame.layout
             );
         }
         // Odd sizes round chroma up: 3x3 I420 is 9 + 2·(2·2) bytes.
-        assert_eq!(Frame::expected_len(3, 3, PixelFormat::Yuv420p), 17);
-        assert_eq!(Frame::expected_len(3, 1, PixelFormat::Yuyv), 8);
+        assert_eq!(PixelLayout::Yuv420p.frame_len(3, 3), 17);
+        assert_eq!(PixelLayout::Yuyv.frame_len(3, 1), 8);
     }
 
     #[test]
     fn wrong_sizes_are_errors() {
-        let err = Frame::new(4, 4, PixelFormat::Rgb8, vec![0u8; 47]).expect_err("one byte short");
-        assert_eq!(err.to_string(), "frame buffer holds 47 values; expected 48");
+        let err =
+            Frame::new(4, 4, PixelLayout::Rgb8, vec![0u8; 47], 0).expect_err("one byte short");
+        assert_eq!(
+            err.to_string(),
+            "a 4x4 rgb24 frame needs 48 bytes; the buffer holds 47"
+        );
         let mut pre =
             VideoPre::new(spec(2, 2, ColorOrder::Rgb, VideoLayout::Nchw)).expect("valid spec");
         let frame = gray(4, 4, vec![0; 16]);
@@ -758,7 +675,7 @@ mod tests {
             "video output buffer holds 11 values; expected 12"
         );
         let bad = Frame {
-            data: Cow::Owned(vec![0; 3]),
+            data: vec![0; 3].into(),
             ..frame.clone()
         };
         assert!(pre.process(&bad, None, &mut [0.0; 12]).is_err());

@@ -18,7 +18,11 @@ use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
 use ort::value::Tensor as OrtTensor;
 
-use super::{Backend, BackendError, Tensor, TensorData};
+use emogate_models::merge::MergePlan;
+use emogate_models::onnx::{FloatType, OnnxModel};
+
+use super::{Backend, BackendError, InputFact, Runtime};
+use crate::{Tensor, TensorData};
 
 /// An execution provider a session may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +153,85 @@ fn load_library(
     })?;
     tracing::info!(library = %path.display(), "ONNX Runtime loaded");
     Ok(ENVIRONMENT.get_or_init(|| env))
+}
+
+/// Loads models into ONNX Runtime sessions ([`Runtime`]).
+#[derive(Debug, Clone, Default)]
+pub struct OrtRuntime {
+    pub options: OrtOptions,
+}
+
+impl Runtime for OrtRuntime {
+    fn name(&self) -> &'static str {
+        "ort"
+    }
+
+    fn load(
+        &self,
+        model: &OnnxModel,
+        merged: Option<&MergePlan<'_>>,
+        _inputs: &[InputFact],
+    ) -> Result<Box<dyn Backend>, BackendError> {
+        let merge_err = |e: emogate_models::Error| BackendError::Load {
+            path: model.path().to_path_buf(),
+            message: format!("merging the adapter: {e}"),
+        };
+        let Some(plan) = merged else {
+            return Ok(Box::new(OrtBackend::load(
+                model.path(),
+                Vec::new(),
+                &self.options,
+            )?));
+        };
+        if plan.changes_graph() {
+            // Weight copies changed the graph: give ONNX Runtime a file.
+            return self.load_merged_file(plan);
+        }
+        // Same graph: override just the merged initializers.
+        let (proto, updates, _) = plan.merged_proto().map_err(merge_err)?;
+        let Some(graph) = proto.graph.as_ref() else {
+            return self.load_merged_file(plan);
+        };
+        let mut overrides = Vec::new();
+        for update in updates {
+            let Some(tensor) = graph.initializer.iter().find(|t| t.name() == update.name) else {
+                return self.load_merged_file(plan);
+            };
+            let ty = model.float_type(tensor).map_err(merge_err)?;
+            if ty != FloatType::F32 {
+                // Overrides must match the initializer's type; only f32 is
+                // passed that way, others go through a file.
+                return self.load_merged_file(plan);
+            }
+            let shape = tensor.dims.iter().map(|d| *d as usize).collect();
+            overrides.push((
+                update.name.clone(),
+                Tensor::f32(shape, ty.decode(&update.bytes.as_bytes())),
+            ));
+        }
+        Ok(Box::new(OrtBackend::load(
+            model.path(),
+            overrides,
+            &self.options,
+        )?))
+    }
+}
+
+impl OrtRuntime {
+    /// Merges into a temp file and opens that (ONNX Runtime maps the file;
+    /// the temp folder can go once the session exists).
+    fn load_merged_file(&self, plan: &MergePlan<'_>) -> Result<Box<dyn Backend>, BackendError> {
+        let model = plan.model();
+        let load_err = |message: String| BackendError::Load {
+            path: model.path().to_path_buf(),
+            message,
+        };
+        let dir = tempfile::tempdir().map_err(|e| load_err(format!("temporary folder: {e}")))?;
+        let out = dir.path().join("merged.onnx");
+        plan.write_to_file(&out, &Default::default())
+            .map_err(|e| load_err(format!("merging the adapter: {e}")))?;
+        Ok(Box::new(OrtBackend::load(&out, Vec::new(), &self.options)?))
+    }
 }
 
 /// A model in an ONNX Runtime session.

@@ -6,16 +6,13 @@ use std::sync::Once;
 use emogate_models::onnx::proto::ModelProto;
 use tract_onnx::prelude::*;
 
-use super::{Backend, BackendError, Tensor, TensorData};
+use emogate_models::merge::MergePlan;
+use emogate_models::onnx::OnnxModel;
+
+use super::{Backend, BackendError, InputFact, Runtime};
+use crate::{Tensor, TensorData};
 
 type Plan = std::sync::Arc<TypedRunnableModel>;
-
-/// Element type and shape of one input, to bind symbolic dimensions.
-#[derive(Debug, Clone, PartialEq)]
-pub enum InputFact {
-    F32(Vec<usize>),
-    I64(Vec<usize>),
-}
 
 /// How tract plans a model.
 #[derive(Debug, Clone, Default)]
@@ -26,6 +23,42 @@ pub struct TractOptions {
     /// Threads for matrix products (tract is single-threaded by default;
     /// big fusion blocks benefit, tiny convolutions do not). Process-wide.
     pub threads: usize,
+}
+
+/// Loads models into tract ([`Runtime`]).
+#[derive(Debug, Clone, Default)]
+pub struct TractRuntime {
+    /// Threads for matrix products; see [`TractOptions::threads`].
+    pub threads: usize,
+}
+
+impl Runtime for TractRuntime {
+    fn name(&self) -> &'static str {
+        "tract"
+    }
+
+    fn load(
+        &self,
+        model: &OnnxModel,
+        merged: Option<&MergePlan<'_>>,
+        inputs: &[InputFact],
+    ) -> Result<Box<dyn Backend>, BackendError> {
+        let options = TractOptions {
+            inputs: Some(inputs.to_vec()),
+            threads: self.threads,
+        };
+        let backend = match merged {
+            None => TractBackend::load_with(model.path(), &options)?,
+            Some(plan) => {
+                let (proto, _, _) = plan.merged_proto().map_err(|e| BackendError::Load {
+                    path: model.path().to_path_buf(),
+                    message: format!("merging the adapter: {e}"),
+                })?;
+                TractBackend::from_proto(&proto, model.dir(), &options)?
+            }
+        };
+        Ok(Box::new(backend))
+    }
 }
 
 /// A model optimized and planned by tract.
