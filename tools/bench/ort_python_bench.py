@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Times ONNX Runtime's Python API on a model, for `emogate bench`'s ratio.
+"""Times ONNX Runtime's Python API on a model, for `emogate-bench-model`'s ratio.
 
 Feeds random inputs of each graph input's static shape, runs warm-up
 iterations, then prints JSON: {"version", "p50_ms", "p99_ms", "threads"}.

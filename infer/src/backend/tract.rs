@@ -7,7 +7,8 @@ use emogate_models::onnx::proto::ModelProto;
 use tract_onnx::prelude::*;
 
 use emogate_models::merge::MergePlan;
-use emogate_models::onnx::OnnxModel;
+use emogate_models::onnx::{FloatType, OnnxModel, TensorBytes};
+use tract_onnx::tract_core::ops::konst::Const;
 
 use super::{Backend, BackendError, InputFact, Runtime};
 use crate::{Tensor, TensorData};
@@ -49,15 +50,100 @@ impl Runtime for TractRuntime {
         };
         let backend = match merged {
             None => TractBackend::load_with(model.path(), &options)?,
-            Some(plan) => {
-                let (proto, _, _) = plan.merged_proto().map_err(|e| BackendError::Load {
-                    path: model.path().to_path_buf(),
-                    message: format!("merging the adapter: {e}"),
-                })?;
-                TractBackend::from_proto(&proto, model.dir(), &options)?
+            Some(plan) if !plan.changes_graph() => {
+                match TractBackend::load_with_weights(model, plan, &options)? {
+                    Some(backend) => backend,
+                    None => TractBackend::from_merged_proto(model, plan, &options)?,
+                }
             }
+            Some(plan) => TractBackend::from_merged_proto(model, plan, &options)?,
         };
         Ok(Box::new(backend))
+    }
+}
+
+impl TractBackend {
+    /// Loads the base model and swaps the merged weights into the constants
+    /// tract made of their initializers: no copy of the ONNX graph is made
+    /// or re-encoded. `Ok(None)` when a weight cannot be swapped that way
+    /// (not f32, or tract merged its constant with an identical one that
+    /// another node also reads); the caller then loads the merged graph.
+    fn load_with_weights(
+        model: &OnnxModel,
+        plan: &MergePlan<'_>,
+        options: &TractOptions,
+    ) -> Result<Option<Self>, BackendError> {
+        let path = model.path();
+        let load = |message: String| BackendError::Load {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut inference = tract_onnx::onnx()
+            .model_for_path(path)
+            .map_err(|e| load(format!("{e:#}")))?;
+        let initializers = emogate_models::onnx::initializers_by_name(model.graph());
+        for item in plan.updates() {
+            let (updates, _) = item.map_err(|e| load(format!("merging the adapter: {e}")))?;
+            for update in updates {
+                let Some(proto) = initializers.get(update.name.as_str()) else {
+                    return Ok(None);
+                };
+                let ty = model
+                    .float_type(proto)
+                    .map_err(|e| load(format!("merging the adapter: {e}")))?;
+                if ty != FloatType::F32 {
+                    return Ok(None);
+                }
+                // Every ONNX use of the initializer must read this one
+                // constant, and nothing else may: tract folds identical
+                // constants into one node at load.
+                let uses = model
+                    .graph()
+                    .node
+                    .iter()
+                    .flat_map(|n| &n.input)
+                    .filter(|i| **i == update.name)
+                    .count();
+                let Ok(id) = inference.node_id_by_name(&update.name) else {
+                    return Ok(None);
+                };
+                let node = inference.node(id);
+                if node.op_as::<Const>().is_none() || node.outputs[0].successors.len() != uses {
+                    return Ok(None);
+                }
+                let dims: Vec<usize> = proto.dims.iter().map(|d| *d as usize).collect();
+                let values = match update.bytes {
+                    TensorBytes::F32(v) => v,
+                    raw => ty.decode(&raw.as_bytes()),
+                };
+                let tensor = tract_ndarray::ArrayD::from_shape_vec(dims, values)
+                    .map_err(|e| load(format!("merged weight `{}`: {e}", update.name)))?
+                    .into_arc_tensor();
+                let fact = TypedFact::try_from(tensor.clone())
+                    .map_err(|e| load(format!("merged weight `{}`: {e:#}", update.name)))?;
+                let op = Const::new(tensor)
+                    .map_err(|e| load(format!("merged weight `{}`: {e:#}", update.name)))?;
+                let node = inference.node_mut(id);
+                node.op = Box::new(op);
+                node.outputs[0].fact = fact.into();
+            }
+        }
+        Self::plan(inference, path.display().to_string(), options)
+            .map(Some)
+            .map_err(|e| load(format!("{e:#}")))
+    }
+
+    /// Loads the merged graph (weight copies added) from memory.
+    fn from_merged_proto(
+        model: &OnnxModel,
+        plan: &MergePlan<'_>,
+        options: &TractOptions,
+    ) -> Result<Self, BackendError> {
+        let (proto, _, _) = plan.merged_proto().map_err(|e| BackendError::Load {
+            path: model.path().to_path_buf(),
+            message: format!("merging the adapter: {e}"),
+        })?;
+        TractBackend::from_proto(&proto, model.dir(), options)
     }
 }
 
