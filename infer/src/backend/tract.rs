@@ -282,3 +282,86 @@ impl Backend for TractBackend {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use emogate_models::manifest::Manifest;
+    use emogate_models::peft::Adapter;
+
+    use super::*;
+
+    fn reference() -> PathBuf {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/reference"))
+    }
+
+    /// Seeded inputs of the manifest's shapes, in -1..1.
+    fn inputs(manifest: &Manifest) -> (Vec<InputFact>, Vec<Tensor>) {
+        let mut state = 0x9e37_79b9_u32;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as f32 / u32::MAX as f32 * 2.0 - 1.0
+        };
+        manifest
+            .inputs
+            .iter()
+            .map(|spec| {
+                let shape = Manifest::input_shape(spec);
+                let values = (0..shape.iter().product::<usize>())
+                    .map(|_| next())
+                    .collect();
+                (InputFact::F32(shape.clone()), Tensor::f32(shape, values))
+            })
+            .unzip()
+    }
+
+    /// The constant swap is the path adapters take, and it gives what the
+    /// merged graph gives.
+    #[test]
+    fn swapped_weights_match_the_merged_graph() {
+        let model = OnnxModel::load(reference().join("emogate-ref.onnx")).expect("reference model");
+        let manifest = Manifest::from_model(&model)
+            .expect("manifest")
+            .expect("embedded manifest");
+        let (facts, tensors) = inputs(&manifest);
+        let options = TractOptions {
+            inputs: Some(facts),
+            threads: 1,
+        };
+        for name in ["calm", "excited"] {
+            let adapter = Adapter::load(reference().join("adapters").join(name)).expect("adapter");
+            let plan = MergePlan::new(&model, &adapter).expect("plan");
+            assert!(!plan.changes_graph());
+            let mut swapped = TractBackend::load_with_weights(&model, &plan, &options)
+                .expect("loads")
+                .expect("every gate_proj weight is swapped in place");
+            let mut merged =
+                TractBackend::from_merged_proto(&model, &plan, &options).expect("loads");
+            let mut base = TractBackend::load_with(model.path(), &options).expect("loads");
+            let (a, b, c) = (
+                swapped.run(&tensors).expect("runs"),
+                merged.run(&tensors).expect("runs"),
+                base.run(&tensors).expect("runs"),
+            );
+            let values = |t: &[Tensor]| -> Vec<f32> {
+                t.iter()
+                    .flat_map(|t| t.as_f32().expect("f32").to_vec())
+                    .collect()
+            };
+            let (a, b, c) = (values(&a), values(&b), values(&c));
+            let diff = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                diff <= 1e-6,
+                "{name}: swapped vs merged graph differ by {diff}"
+            );
+            assert_ne!(a, c, "{name}: the adapter changed nothing");
+        }
+    }
+}
