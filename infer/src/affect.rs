@@ -89,13 +89,13 @@ pub fn parse_adapter_spec(spec: &str) -> Result<(String, PathBuf), AffectError> 
 
 /// A loaded model.
 pub struct AffectModel {
-    parts: std::sync::Arc<Parts>,
+    blueprint: std::sync::Arc<Blueprint>,
     active: Option<String>,
     backend: Box<dyn Backend>,
 }
 
 /// Everything but the running backend: what a new backend is built from.
-struct Parts {
+struct Blueprint {
     onnx: OnnxModel,
     manifest: Manifest,
     runtime: Box<dyn Runtime>,
@@ -146,7 +146,7 @@ impl AffectModel {
         for (name, dir) in &spec.adapters {
             adapters.insert(name.clone(), Adapter::load(dir)?);
         }
-        let parts = Parts {
+        let blueprint = Blueprint {
             onnx,
             manifest,
             runtime: spec.backend.runtime(),
@@ -154,20 +154,20 @@ impl AffectModel {
             feed,
             outputs,
         };
-        let backend = parts.prepare(spec.active.as_deref())?;
+        let backend = blueprint.prepare(spec.active.as_deref())?;
         Ok(AffectModel {
-            parts: std::sync::Arc::new(parts),
+            blueprint: std::sync::Arc::new(blueprint),
             active: spec.active.clone(),
             backend,
         })
     }
 
     pub fn manifest(&self) -> &Manifest {
-        &self.parts.manifest
+        &self.blueprint.manifest
     }
 
     pub fn onnx(&self) -> &OnnxModel {
-        &self.parts.onnx
+        &self.blueprint.onnx
     }
 
     /// The active adapter.
@@ -177,7 +177,7 @@ impl AffectModel {
 
     /// Names of the loaded adapters.
     pub fn adapter_names(&self) -> Vec<String> {
-        self.parts.adapters.keys().cloned().collect()
+        self.blueprint.adapters.keys().cloned().collect()
     }
 
     /// The backend's name (`tract`, `ort`).
@@ -196,27 +196,27 @@ impl AffectModel {
     /// # Errors
     /// [`BackendError`] from the runtime.
     pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, AffectError> {
-        if inputs.len() != self.parts.manifest.inputs.len() {
+        if inputs.len() != self.blueprint.manifest.inputs.len() {
             return Err(AffectError::Backend(BackendError::Input {
-                model: self.parts.onnx.path().display().to_string(),
+                model: self.blueprint.onnx.path().display().to_string(),
                 index: inputs.len(),
                 message: format!(
                     "got {} inputs, the manifest describes {}",
                     inputs.len(),
-                    self.parts.manifest.inputs.len()
+                    self.blueprint.manifest.inputs.len()
                 ),
             }));
         }
-        let ordered: Vec<Tensor> = self.parts.feed.iter().map(|i| inputs[*i].clone()).collect();
+        let ordered: Vec<Tensor> = self.blueprint.feed.iter().map(|i| inputs[*i].clone()).collect();
         let outputs = self.backend.run(&ordered)?;
         let mut outputs: Vec<Option<Tensor>> = outputs.into_iter().map(Some).collect();
-        self.parts
+        self.blueprint
             .outputs
             .iter()
             .map(|i| {
                 outputs.get_mut(*i).and_then(Option::take).ok_or_else(|| {
                     AffectError::Backend(BackendError::Run {
-                        model: self.parts.onnx.path().display().to_string(),
+                        model: self.blueprint.onnx.path().display().to_string(),
                         message: format!("the backend returned no output #{i}"),
                     })
                 })
@@ -231,13 +231,13 @@ impl AffectModel {
     /// # Errors
     /// [`AffectError::UnknownAdapter`], merge errors, backend errors.
     pub fn prepare(&self, adapter: Option<&str>) -> Result<Box<dyn Backend>, AffectError> {
-        self.parts.prepare(adapter)
+        self.blueprint.prepare(adapter)
     }
 
     /// A handle that builds backends on another thread while this model
     /// keeps serving windows.
     pub fn preparer(&self) -> Preparer {
-        Preparer(std::sync::Arc::clone(&self.parts))
+        Preparer(std::sync::Arc::clone(&self.blueprint))
     }
 
     /// Swaps in a backend made by [`AffectModel::prepare`].
@@ -261,14 +261,14 @@ impl AffectModel {
 
     /// The model file.
     pub fn path(&self) -> &Path {
-        self.parts.onnx.path()
+        self.blueprint.onnx.path()
     }
 }
 
 /// Builds backends for an [`AffectModel`] from any thread (see
 /// [`AffectModel::preparer`]).
 #[derive(Clone)]
-pub struct Preparer(std::sync::Arc<Parts>);
+pub struct Preparer(std::sync::Arc<Blueprint>);
 
 impl Preparer {
     /// Same as [`AffectModel::prepare`].
@@ -277,7 +277,7 @@ impl Preparer {
     }
 }
 
-impl Parts {
+impl Blueprint {
     fn prepare(&self, adapter: Option<&str>) -> Result<Box<dyn Backend>, AffectError> {
         let inputs = self.input_facts();
         let merged = match adapter {
