@@ -207,7 +207,12 @@ impl AffectModel {
                 ),
             }));
         }
-        let ordered: Vec<Tensor> = self.blueprint.feed.iter().map(|i| inputs[*i].clone()).collect();
+        let ordered: Vec<Tensor> = self
+            .blueprint
+            .feed
+            .iter()
+            .map(|i| inputs[*i].clone())
+            .collect();
         let outputs = self.backend.run(&ordered)?;
         let mut outputs: Vec<Option<Tensor>> = outputs.into_iter().map(Some).collect();
         self.blueprint
