@@ -38,9 +38,10 @@
 //! * [`supervise`] — one thread per source that opens it, reports
 //!   failures as [`supervise::SourceReport`]s and reopens with backoff;
 //!   [`supervise::VideoFeed`] holds the newest frames, bounded.
-//! * [`replay`] decodes video files (a still image, a folder of frames, a
-//!   Y4M clip); [`playback::VideoFile`] and [`playback::WavFile`] play
-//!   them and WAV audio as sources, paced on the clock, optionally looped.
+//! * [`clip`] decodes video files (a still image, a folder of frames, a
+//!   Y4M clip); [`file_source::VideoFile`] and [`file_source::WavFile`]
+//!   play them and WAV audio as sources, paced on the clock, optionally
+//!   looped.
 //! * [`audio`] — sample-format conversion, downmix and a WAV reader.
 //!
 //! Build needs: `libasound2-dev` and `pkg-config` (cpal), `libclang-dev`
@@ -50,17 +51,17 @@
 pub mod audio;
 #[cfg(feature = "v4l")]
 pub mod camera;
+pub mod clip;
 pub mod clock;
+pub mod device_match;
+pub mod file_source;
 #[cfg(feature = "gstreamer")]
 pub mod gst;
 pub mod list;
 #[cfg(feature = "mic")]
 pub mod mic;
-pub mod names;
 #[cfg(any(feature = "v4l", feature = "gstreamer"))]
 mod pixels;
-pub mod playback;
-pub mod replay;
 pub mod ring;
 pub mod source;
 pub mod spec;

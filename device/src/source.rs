@@ -67,7 +67,7 @@ impl CaptureError {
 
 /// Where video frames come from. Opened again after each failure.
 pub trait VideoSource: Send {
-    /// A short human name for logs and `/status` (e.g. `v4l:0`, `replay:face.y4m`).
+    /// A short human name for logs and `/status` (e.g. `v4l:0`, `file:face.y4m`).
     fn name(&self) -> String;
 
     /// Opens a stream of frames stamped on `clock`.

@@ -14,7 +14,7 @@ use emogate_media::{Frame, Nanos, PixelLayout, YuvRange};
 
 /// Errors reading a video file, naming the file and what was expected.
 #[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
+pub enum ClipError {
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -25,8 +25,8 @@ pub enum ReplayError {
     Format { path: PathBuf, message: String },
 }
 
-fn format_err(path: &Path, message: impl Into<String>) -> ReplayError {
-    ReplayError::Format {
+fn format_err(path: &Path, message: impl Into<String>) -> ClipError {
+    ClipError::Format {
         path: path.to_path_buf(),
         message: message.into(),
     }
@@ -34,23 +34,23 @@ fn format_err(path: &Path, message: impl Into<String>) -> ReplayError {
 
 /// A video source replayed from disk.
 #[derive(Debug, Clone)]
-pub struct VideoReplay {
+pub struct Clip {
     frames: Vec<Frame>,
     /// Frame period; `None` for a still image (valid at any time).
     period: Option<Duration>,
     path: PathBuf,
 }
 
-impl VideoReplay {
+impl Clip {
     /// Opens a `.y4m` clip, a `.png` still image, or a folder of `.png`
     /// frames (sorted by name, shown at `dir_fps`).
     ///
     /// # Errors
-    /// [`ReplayError`] naming the file and the unsupported field.
-    pub fn open(path: &Path, dir_fps: f64) -> Result<Self, ReplayError> {
+    /// [`ClipError`] naming the file and the unsupported field.
+    pub fn open(path: &Path, dir_fps: f64) -> Result<Self, ClipError> {
         if path.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(|e| ReplayError::Io {
+                .map_err(|e| ClipError::Io {
                     path: path.into(),
                     source: e,
                 })?
@@ -92,7 +92,7 @@ impl VideoReplay {
                     ),
                 ));
             }
-            return Ok(VideoReplay {
+            return Ok(Clip {
                 frames,
                 period: Some(period),
                 path: path.into(),
@@ -105,13 +105,13 @@ impl VideoReplay {
         match ext.as_deref() {
             Some("y4m") => {
                 let (frames, period) = read_y4m(path)?;
-                Ok(VideoReplay {
+                Ok(Clip {
                     frames,
                     period: Some(period),
                     path: path.into(),
                 })
             }
-            Some("png") => Ok(VideoReplay {
+            Some("png") => Ok(Clip {
                 frames: vec![read_png(path, Duration::ZERO)?],
                 period: None,
                 path: path.into(),
@@ -155,8 +155,8 @@ fn nanos(d: Duration) -> Nanos {
     d.as_nanos().try_into().unwrap_or(Nanos::MAX)
 }
 
-fn read_png(path: &Path, at: Duration) -> Result<Frame, ReplayError> {
-    let file = std::fs::File::open(path).map_err(|e| ReplayError::Io {
+fn read_png(path: &Path, at: Duration) -> Result<Frame, ClipError> {
+    let file = std::fs::File::open(path).map_err(|e| ClipError::Io {
         path: path.into(),
         source: e,
     })?;
@@ -202,8 +202,8 @@ fn read_png(path: &Path, at: Duration) -> Result<Frame, ReplayError> {
 
 /// Parses a Y4M clip: header `YUV4MPEG2 W.. H.. F num:den [C..]`, frames
 /// `FRAME[ params]\n` + planes. Supports `Cmono` and the 4:2:0 variants.
-fn read_y4m(path: &Path) -> Result<(Vec<Frame>, Duration), ReplayError> {
-    let bytes = Bytes::from(std::fs::read(path).map_err(|e| ReplayError::Io {
+fn read_y4m(path: &Path) -> Result<(Vec<Frame>, Duration), ClipError> {
+    let bytes = Bytes::from(std::fs::read(path).map_err(|e| ClipError::Io {
         path: path.into(),
         source: e,
     })?);
@@ -328,7 +328,7 @@ mod tests {
 
     #[test]
     fn reads_the_bundled_clip_and_still() {
-        let clip = VideoReplay::open(&sample("face.y4m"), 10.0).unwrap();
+        let clip = Clip::open(&sample("face.y4m"), 10.0).unwrap();
         assert_eq!(clip.frames().len(), 30);
         assert_eq!(clip.duration(), Some(Duration::from_secs(3)));
         let f = clip.frame_at(Duration::from_millis(1550), false).unwrap();
@@ -337,7 +337,7 @@ mod tests {
         assert!(clip.frame_at(Duration::from_secs(4), false).is_none());
         assert!(clip.frame_at(Duration::from_secs(4), true).is_some());
         // Frame 15 of the clip is the still image.
-        let still = VideoReplay::open(&sample("face.png"), 10.0).unwrap();
+        let still = Clip::open(&sample("face.png"), 10.0).unwrap();
         let s = still.frame_at(Duration::from_secs(100), false).unwrap();
         assert_eq!(s.data, clip.frames()[15].data);
     }
@@ -347,12 +347,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.y4m");
         std::fs::write(&p, b"YUV4MPEG2 W4 H4 F10:1 C444\nFRAME\n").unwrap();
-        let e = VideoReplay::open(&p, 10.0).unwrap_err().to_string();
+        let e = Clip::open(&p, 10.0).unwrap_err().to_string();
         assert!(e.contains("x.y4m") && e.contains("C `444`"), "{e}");
         std::fs::write(&p, b"YUV4MPEG2 W4 H4 F10:1 Cmono\nFRAME\n0123").unwrap();
-        let e = VideoReplay::open(&p, 10.0).unwrap_err().to_string();
+        let e = Clip::open(&p, 10.0).unwrap_err().to_string();
         assert!(e.contains("truncated"), "{e}");
-        let e = VideoReplay::open(&dir.path().join("clip.mp4"), 10.0)
+        let e = Clip::open(&dir.path().join("clip.mp4"), 10.0)
             .unwrap_err()
             .to_string();
         assert!(e.contains("clip.mp4") && e.contains(".y4m"), "{e}");

@@ -15,7 +15,7 @@ use std::time::Duration;
 use emogate_media::{Frame, Nanos, StopFlag};
 
 use crate::audio::{AudioError, read_wav};
-use crate::replay::{ReplayError, VideoReplay};
+use crate::clip::{Clip, ClipError};
 use crate::ring::AudioProducer;
 use crate::source::{
     AudioSource, AudioStream, CaptureError, ClockHandle, VideoSource, VideoStream,
@@ -41,43 +41,43 @@ fn nanos(d: Duration) -> Nanos {
     d.as_nanos() as Nanos
 }
 
-/// Video from a file ([`VideoReplay`]): a clip plays its frames at their
+/// Video from a file ([`Clip`]): a clip plays its frames at their
 /// timestamps; a still image repeats at `still_fps`.
 pub struct VideoFile {
-    replay: Arc<VideoReplay>,
+    clip: Arc<Clip>,
     looped: bool,
     still_fps: f64,
 }
 
 impl VideoFile {
-    /// Decodes `path` (see [`VideoReplay::open`]); a folder of frames plays
+    /// Decodes `path` (see [`Clip::open`]); a folder of frames plays
     /// at `dir_fps`.
     ///
     /// # Errors
-    /// [`ReplayError`] naming the file and what was wrong.
-    pub fn open(path: &Path, dir_fps: f64, looped: bool) -> Result<Self, ReplayError> {
+    /// [`ClipError`] naming the file and what was wrong.
+    pub fn open(path: &Path, dir_fps: f64, looped: bool) -> Result<Self, ClipError> {
         Ok(VideoFile {
-            replay: Arc::new(VideoReplay::open(path, dir_fps)?),
+            clip: Arc::new(Clip::open(path, dir_fps)?),
             looped,
             still_fps: 10.0,
         })
     }
 
     /// The decoded clip.
-    pub fn replay(&self) -> &VideoReplay {
-        &self.replay
+    pub fn clip(&self) -> &Clip {
+        &self.clip
     }
 }
 
 impl VideoSource for VideoFile {
     fn name(&self) -> String {
-        format!("file:{}", self.replay.path().display())
+        format!("file:{}", self.clip.path().display())
     }
 
     fn open(&mut self, clock: ClockHandle) -> Result<Box<dyn VideoStream>, CaptureError> {
         let origin = clock.now();
         Ok(Box::new(VideoFileStream {
-            replay: Arc::clone(&self.replay),
+            clip: Arc::clone(&self.clip),
             looped: self.looped,
             still_period: Duration::from_secs_f64(1.0 / self.still_fps),
             clock,
@@ -88,7 +88,7 @@ impl VideoSource for VideoFile {
 }
 
 struct VideoFileStream {
-    replay: Arc<VideoReplay>,
+    clip: Arc<Clip>,
     looped: bool,
     still_period: Duration,
     clock: ClockHandle,
@@ -98,8 +98,8 @@ struct VideoFileStream {
 
 impl VideoStream for VideoFileStream {
     fn next_frame(&mut self, stop: &StopFlag) -> Result<Option<Frame>, CaptureError> {
-        let frames = self.replay.frames();
-        let (frame, at) = match self.replay.duration() {
+        let frames = self.clip.frames();
+        let (frame, at) = match self.clip.duration() {
             None => (&frames[0], self.still_period * self.index as u32),
             Some(length) => {
                 let n = frames.len() as u64;
