@@ -4,6 +4,7 @@
 //! Also [`read_wav`], WAV files through `hound` for file inputs and
 //! fixtures, converted the same way.
 
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// Errors of audio decoding and conversion, naming the file or value.
@@ -161,35 +162,50 @@ pub fn read_wav(path: &Path) -> Result<Wav, AudioError> {
     };
     let file = std::fs::File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
-    decode_wav(std::io::BufReader::new(file), len, path)
+    decode_wav(BufReader::new(file), len, path)
 }
 
 const WAV_FORMS: &str = "PCM (8, 16, 24 or 32-bit) or 32-bit IEEE float samples";
 
 /// Decodes WAV data of `len` bytes from `reader`; `origin` names it in
 /// errors.
-fn decode_wav<R: std::io::Read>(reader: R, len: u64, origin: &Path) -> Result<Wav, AudioError> {
+fn decode_wav<R: Read + Seek>(mut input: R, len: u64, origin: &Path) -> Result<Wav, AudioError> {
     let wav_err = |message: String| AudioError::Wav {
         path: origin.to_path_buf(),
         message,
     };
-    let mut reader = hound::WavReader::new(reader).map_err(|e| match e {
-        hound::Error::IoError(e) if ran_out(&e) => wav_err(format!(
-            "header is cut off before the `data` chunk; expected a RIFF/WAVE file of {WAV_FORMS}"
-        )),
-        hound::Error::IoError(source) => AudioError::Io {
-            path: origin.to_path_buf(),
-            source,
-        },
-        hound::Error::Unsupported => wav_err(format!(
-            "format tag (`fmt ` chunk) names an encoding that is not decoded here \
-             (compressed: ADPCM, MP3, A-law, ...); expected {WAV_FORMS}"
-        )),
-        other => wav_err(format!(
-            "header: {}; expected a RIFF/WAVE file of {WAV_FORMS}",
-            hound_reason(&other)
-        )),
-    })?;
+    let mut reader = match hound::WavReader::new(&mut input) {
+        Ok(reader) => reader,
+        Err(hound::Error::IoError(e)) if ran_out(&e) => {
+            return Err(wav_err(format!(
+                "header is cut off before the `data` chunk; expected a RIFF/WAVE file of {WAV_FORMS}"
+            )));
+        }
+        Err(hound::Error::IoError(source)) => {
+            return Err(AudioError::Io {
+                path: origin.to_path_buf(),
+                source,
+            });
+        }
+        // hound does not say which encoding it met; the tag tells the
+        // user what the file is (MP3 in WAV, ADPCM), not only what it
+        // is not.
+        Err(hound::Error::Unsupported) => {
+            let tag = match format_tag(&mut input) {
+                Some(tag) => format!("format tag {tag} ({})", tag_name(tag)),
+                None => "format tag (`fmt ` chunk)".into(),
+            };
+            return Err(wav_err(format!(
+                "{tag}: expected PCM (1), IEEE float (3) or extensible (65534) holding {WAV_FORMS}"
+            )));
+        }
+        Err(other) => {
+            return Err(wav_err(format!(
+                "header: {}; expected a RIFF/WAVE file of {WAV_FORMS}",
+                hound_reason(&other)
+            )));
+        }
+    };
     let spec = reader.spec();
     if spec.sample_rate == 0 {
         return Err(wav_err("sample rate 0: expected a positive rate".into()));
@@ -246,6 +262,61 @@ fn decode_wav<R: std::io::Read>(reader: R, len: u64, origin: &Path) -> Result<Wa
         channels: spec.channels,
         samples,
     })
+}
+
+/// The `fmt ` chunk's format tag (for an extensible one, its sub-format's),
+/// found by walking the RIFF chunks; `None` when the file does not get
+/// that far. Only used to name an encoding hound refused.
+fn format_tag<R: Read + Seek>(input: &mut R) -> Option<u16> {
+    let read_u16 = |input: &mut R| {
+        let mut b = [0u8; 2];
+        input
+            .read_exact(&mut b)
+            .ok()
+            .map(|()| u16::from_le_bytes(b))
+    };
+    input.seek(SeekFrom::Start(12)).ok()?;
+    // Few chunks come before `fmt `; the bound keeps a garbage file from
+    // being walked for long.
+    for _ in 0..64 {
+        let mut head = [0u8; 8];
+        input.read_exact(&mut head).ok()?;
+        let size = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if &head[..4] == b"fmt " {
+            let tag = read_u16(input)?;
+            if tag != 0xFFFE || size < 26 {
+                return Some(tag);
+            }
+            // WAVE_FORMAT_EXTENSIBLE: the sub-format GUID at byte 24 of
+            // the chunk starts with the plain tag.
+            input.seek(SeekFrom::Current(22)).ok()?;
+            return read_u16(input);
+        }
+        // Chunks are padded to an even length.
+        let skip = i64::from(size) + i64::from(size & 1);
+        input.seek(SeekFrom::Current(skip)).ok()?;
+    }
+    None
+}
+
+/// Names of compressed formats met in the wild, so the error says what the
+/// file is rather than only that it is not PCM.
+fn tag_name(tag: u16) -> &'static str {
+    match tag {
+        1 => "PCM",
+        2 => "Microsoft ADPCM",
+        3 => "IEEE float",
+        6 => "A-law",
+        7 => "µ-law",
+        0x11 => "IMA ADPCM",
+        0x31 => "GSM 6.10",
+        0x50 => "MPEG",
+        0x55 => "MP3",
+        0x161..=0x163 => "WMA",
+        0x2000 => "AC-3",
+        0xF1AC => "FLAC",
+        _ => "unknown",
+    }
 }
 
 /// Whether a read failed because the data ended, not because the OS
@@ -309,7 +380,7 @@ mod tests {
     ];
 
     fn parse_wav(bytes: &[u8], origin: &Path) -> Result<Wav, AudioError> {
-        decode_wav(bytes, bytes.len() as u64, origin)
+        decode_wav(std::io::Cursor::new(bytes), bytes.len() as u64, origin)
     }
 
     fn parse_ok(bytes: &[u8]) -> Wav {
@@ -421,10 +492,23 @@ mod tests {
             Path::new("song.wav"),
         )
         .expect_err("MP3 in WAV is not decoded");
-        let m = err.to_string();
+        assert_eq!(
+            err.to_string(),
+            "song.wav: format tag 85 (MP3): expected PCM (1), IEEE float (3) or extensible (65534) \
+             holding PCM (8, 16, 24 or 32-bit) or 32-bit IEEE float samples"
+        );
+        let mut f = fmt_body(EXTENSIBLE, 1, 16000, 16);
+        f.extend_from_slice(&22u16.to_le_bytes()); // cbSize
+        f.extend_from_slice(&16u16.to_le_bytes()); // valid bits
+        f.extend_from_slice(&4u32.to_le_bytes()); // channel mask
+        f.extend_from_slice(&2u16.to_le_bytes()); // sub-format: ADPCM
+        f.extend_from_slice(&SUBTYPE_TAIL);
+        let err = parse_wav(&wav_bytes(&f, &[0; 4]), Path::new("adpcm.wav"))
+            .expect_err("extensible ADPCM");
         assert!(
-            m.starts_with("song.wav: format tag") && m.contains("expected PCM"),
-            "{m}"
+            err.to_string()
+                .starts_with("adpcm.wav: format tag 2 (Microsoft ADPCM)"),
+            "{err}"
         );
         let err = parse_wav(
             &wav_bytes(&fmt_body(FLOAT, 1, 16000, 64), &0.125f64.to_le_bytes()),
