@@ -41,7 +41,7 @@ fn wait_for(clock: &ClockHandle, t: Nanos, stop: &StopFlag) -> bool {
 const STILL_PERIOD: Duration = Duration::from_millis(100);
 
 /// Video from a file ([`Clip`]): a clip plays its frames at their
-/// timestamps; a still image repeats every [`STILL_PERIOD`].
+/// timestamps; a still image repeats ten times a second.
 pub struct VideoFile {
     clip: Arc<Clip>,
     looped: bool,
