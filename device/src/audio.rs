@@ -1,10 +1,10 @@
 //! Audio samples: every capture format becomes mono `f32` in [-1, 1], the
 //! one representation the resampler and feature extractors accept.
 //!
-//! Also a small WAV reader, so file inputs and fixtures need no codec
-//! library: PCM 8/16/24/32-bit, IEEE float 32/64-bit, plain or
-//! `WAVE_FORMAT_EXTENSIBLE`.
+//! Also [`read_wav`], WAV files through `hound` for file inputs and
+//! fixtures, converted the same way.
 
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// Errors of audio decoding and conversion, naming the file or value.
@@ -147,220 +147,165 @@ impl Wav {
     }
 }
 
-/// Reads a WAV file.
+/// Reads a WAV file (through `hound`): PCM 8, 16, 24 or 32-bit, or 32-bit
+/// IEEE float, plain or `WAVE_FORMAT_EXTENSIBLE`.
 ///
 /// # Errors
 /// [`AudioError::Io`] if the file cannot be read; [`AudioError::Wav`] naming
-/// the file and the field when it is malformed or not PCM/float.
+/// the file, the field and what was expected when it is malformed,
+/// truncated or in an encoding not decoded here (compressed formats,
+/// 64-bit float).
 pub fn read_wav(path: &Path) -> Result<Wav, AudioError> {
-    let bytes = std::fs::read(path).map_err(|source| AudioError::Io {
+    let io = |source| AudioError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    parse_wav(&bytes, path)
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    decode_wav(BufReader::new(file), len, path)
 }
 
-/// Decodes WAV bytes; `origin` names where they came from in errors.
-///
-/// # Errors
-/// [`AudioError::Wav`] as for [`read_wav`].
-pub fn parse_wav(bytes: &[u8], origin: &Path) -> Result<Wav, AudioError> {
-    parse(bytes).map_err(|message| AudioError::Wav {
+const WAV_FORMS: &str = "PCM (8, 16, 24 or 32-bit) or 32-bit IEEE float samples";
+
+/// Decodes WAV data of `len` bytes from `reader`; `origin` names it in
+/// errors.
+fn decode_wav<R: Read + Seek>(mut input: R, len: u64, origin: &Path) -> Result<Wav, AudioError> {
+    let wav_err = |message: String| AudioError::Wav {
         path: origin.to_path_buf(),
         message,
-    })
-}
-
-/// How the samples of a data chunk are stored.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Encoding {
-    U8,
-    I16,
-    I24,
-    I32,
-    F32,
-    F64,
-}
-
-impl Encoding {
-    fn bytes(self) -> usize {
-        match self {
-            Encoding::U8 => 1,
-            Encoding::I16 => 2,
-            Encoding::I24 => 3,
-            Encoding::I32 | Encoding::F32 => 4,
-            Encoding::F64 => 8,
+    };
+    let mut reader = match hound::WavReader::new(&mut input) {
+        Ok(reader) => reader,
+        Err(hound::Error::IoError(e)) if ran_out(&e) => {
+            return Err(wav_err(format!(
+                "header is cut off before the `data` chunk; expected a RIFF/WAVE file of {WAV_FORMS}"
+            )));
         }
-    }
-
-    fn decode(self, b: &[u8]) -> f32 {
-        match self {
-            Encoding::U8 => b[0].to_f32(),
-            Encoding::I16 => i16::from_le_bytes([b[0], b[1]]).to_f32(),
-            // Shifting into the top of an i32 sign-extends and scales at once.
-            Encoding::I24 => i32::from_le_bytes([0, b[0], b[1], b[2]]).to_f32(),
-            Encoding::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]).to_f32(),
-            Encoding::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]).to_f32(),
-            Encoding::F64 => (f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-                as f32)
-                .to_f32(),
+        Err(hound::Error::IoError(source)) => {
+            return Err(AudioError::Io {
+                path: origin.to_path_buf(),
+                source,
+            });
         }
-    }
-}
-
-const PCM: u16 = 1;
-const FLOAT: u16 = 3;
-const EXTENSIBLE: u16 = 0xFFFE;
-/// Bytes 2..16 of every `KSDATAFORMAT_SUBTYPE_*` GUID whose first two
-/// bytes are a plain format tag.
-const SUBTYPE_TAIL: [u8; 14] = [
-    0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71,
-];
-
-struct Format {
-    channels: u16,
-    sample_rate: u32,
-    block_align: usize,
-    encoding: Encoding,
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn parse(bytes: &[u8]) -> Result<Wav, String> {
-    if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
-        let head = String::from_utf8_lossy(&bytes[..bytes.len().min(12)]).into_owned();
-        return Err(format!(
-            "header {head:?}: expected a RIFF/WAVE file (`RIFF`, size, `WAVE`)"
-        ));
-    }
-    let mut format = None;
-    let mut data = None;
-    let mut pos = 12usize;
-    while pos + 8 <= bytes.len() {
-        let id = &bytes[pos..pos + 4];
-        let size = u32_at(bytes, pos + 4);
-        let body = pos + 8;
-        let remaining = bytes.len() - body;
-        // Streaming writers that never seek back leave the size at 0xFFFFFFFF.
-        let len = if id == b"data" && size == u32::MAX {
-            remaining
-        } else {
-            size as usize
-        };
-        if len > remaining {
-            return Err(format!(
-                "chunk {:?} declares {len} bytes but only {remaining} remain: the file is truncated",
-                String::from_utf8_lossy(id)
-            ));
+        // hound does not say which encoding it met; the tag tells the
+        // user what the file is (MP3 in WAV, ADPCM), not only what it
+        // is not.
+        Err(hound::Error::Unsupported) => {
+            let tag = match format_tag(&mut input) {
+                Some(tag) => format!("format tag {tag} ({})", tag_name(tag)),
+                None => "format tag (`fmt ` chunk)".into(),
+            };
+            return Err(wav_err(format!(
+                "{tag}: expected PCM (1), IEEE float (3) or extensible (65534) holding {WAV_FORMS}"
+            )));
         }
-        match id {
-            b"fmt " => format = Some(parse_fmt(&bytes[body..body + len])?),
-            b"data" => data = Some(&bytes[body..body + len]),
-            _ => {}
+        Err(other) => {
+            return Err(wav_err(format!(
+                "header: {}; expected a RIFF/WAVE file of {WAV_FORMS}",
+                hound_reason(&other)
+            )));
         }
-        // Chunks are padded to an even length.
-        pos = body + len + (len & 1);
+    };
+    let spec = reader.spec();
+    if spec.sample_rate == 0 {
+        return Err(wav_err("sample rate 0: expected a positive rate".into()));
     }
-    let format = format.ok_or("no `fmt ` chunk: expected one before the data")?;
-    let data = data.ok_or("no `data` chunk: expected one holding the samples")?;
-    let width = format.encoding.bytes();
-    let mut samples = Vec::with_capacity(data.len() / width);
-    // A trailing partial frame (a writer killed mid-write) is dropped.
-    for frame in data.chunks_exact(format.block_align) {
-        samples.extend(
-            frame
-                .chunks_exact(width)
-                .take(usize::from(format.channels))
-                .map(|b| format.encoding.decode(b)),
-        );
+    let bits = spec.bits_per_sample;
+    let declared = reader.len() as usize;
+    // The header's sample count is not checked against the file by hound:
+    // reserve no more than the file can hold, so a corrupt count cannot
+    // ask for gigabytes.
+    let bytes_per_sample = usize::from(bits.div_ceil(8)).max(1);
+    let fits = usize::try_from(len).unwrap_or(usize::MAX) / bytes_per_sample;
+    let mut samples = Vec::with_capacity(declared.min(fits));
+    let truncated = |read: usize| {
+        wav_err(format!(
+            "the `data` chunk is truncated: it declares {declared} samples, the file holds {read}"
+        ))
+    };
+    let sample_err = |read: usize, e: hound::Error| match e {
+        hound::Error::IoError(e) if ran_out(&e) => truncated(read),
+        hound::Error::IoError(source) => AudioError::Io {
+            path: origin.to_path_buf(),
+            source,
+        },
+        other => wav_err(format!("sample {read}: {}", hound_reason(&other))),
+    };
+    match (spec.sample_format, bits) {
+        (hound::SampleFormat::Int, 8 | 16 | 24 | 32) => {
+            // Integers scale by their full-scale value, as in [`Sample`].
+            let scale = 1.0 / f64::from(1u32 << (bits - 1));
+            for s in reader.samples::<i32>() {
+                let s = s.map_err(|e| sample_err(samples.len(), e))?;
+                samples.push((f64::from(s) * scale) as f32);
+            }
+        }
+        (hound::SampleFormat::Float, 32) => {
+            for s in reader.samples::<f32>() {
+                let s = s.map_err(|e| sample_err(samples.len(), e))?;
+                samples.push(s.to_f32());
+            }
+        }
+        (hound::SampleFormat::Int, _) => {
+            return Err(wav_err(format!(
+                "bits per sample {bits} for PCM: expected 8, 16, 24 or 32"
+            )));
+        }
+        (hound::SampleFormat::Float, _) => {
+            return Err(wav_err(format!(
+                "bits per sample {bits} for IEEE float: expected 32"
+            )));
+        }
     }
     Ok(Wav {
-        sample_rate: format.sample_rate,
-        channels: format.channels,
+        sample_rate: spec.sample_rate,
+        channels: spec.channels,
         samples,
     })
 }
 
-fn parse_fmt(b: &[u8]) -> Result<Format, String> {
-    if b.len() < 16 {
-        return Err(format!(
-            "`fmt ` chunk of {} bytes: expected at least 16",
-            b.len()
-        ));
-    }
-    let mut tag = u16_at(b, 0);
-    let channels = u16_at(b, 2);
-    let sample_rate = u32_at(b, 4);
-    let block_align = usize::from(u16_at(b, 12));
-    let bits = u16_at(b, 14);
-    if tag == EXTENSIBLE {
-        if b.len() < 40 {
-            return Err(format!(
-                "extensible `fmt ` chunk of {} bytes: expected 40",
-                b.len()
-            ));
-        }
-        if b[26..40] != SUBTYPE_TAIL {
-            return Err("extensible sub-format GUID is not a KSDATAFORMAT_SUBTYPE: expected PCM or IEEE float".into());
-        }
-        tag = u16_at(b, 24);
-    }
-    let encoding = match (tag, bits) {
-        (PCM, 8) => Encoding::U8,
-        (PCM, 16) => Encoding::I16,
-        (PCM, 24) => Encoding::I24,
-        (PCM, 32) => Encoding::I32,
-        (FLOAT, 32) => Encoding::F32,
-        (FLOAT, 64) => Encoding::F64,
-        (PCM, _) => {
-            return Err(format!(
-                "bits per sample {bits} for PCM: expected 8, 16, 24 or 32"
-            ));
-        }
-        (FLOAT, _) => {
-            return Err(format!(
-                "bits per sample {bits} for IEEE float: expected 32 or 64"
-            ));
-        }
-        _ => {
-            return Err(format!(
-                "format tag {tag} ({}): expected PCM (1), IEEE float (3) or extensible (65534)",
-                tag_name(tag)
-            ));
-        }
+/// The `fmt ` chunk's format tag (for an extensible one, its sub-format's),
+/// found by walking the RIFF chunks; `None` when the file does not get
+/// that far. Only used to name an encoding hound refused.
+fn format_tag<R: Read + Seek>(input: &mut R) -> Option<u16> {
+    let read_u16 = |input: &mut R| {
+        let mut b = [0u8; 2];
+        input
+            .read_exact(&mut b)
+            .ok()
+            .map(|()| u16::from_le_bytes(b))
     };
-    if channels == 0 {
-        return Err("channel count 0: expected at least 1".into());
+    input.seek(SeekFrom::Start(12)).ok()?;
+    // Few chunks come before `fmt `; the bound keeps a garbage file from
+    // being walked for long.
+    for _ in 0..64 {
+        let mut head = [0u8; 8];
+        input.read_exact(&mut head).ok()?;
+        let size = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if &head[..4] == b"fmt " {
+            let tag = read_u16(input)?;
+            if tag != 0xFFFE || size < 26 {
+                return Some(tag);
+            }
+            // WAVE_FORMAT_EXTENSIBLE: the sub-format GUID at byte 24 of
+            // the chunk starts with the plain tag.
+            input.seek(SeekFrom::Current(22)).ok()?;
+            return read_u16(input);
+        }
+        // Chunks are padded to an even length.
+        let skip = i64::from(size) + i64::from(size & 1);
+        input.seek(SeekFrom::Current(skip)).ok()?;
     }
-    if sample_rate == 0 {
-        return Err("sample rate 0: expected a positive rate".into());
-    }
-    let expected_align = usize::from(channels) * encoding.bytes();
-    if block_align != expected_align {
-        return Err(format!(
-            "block align {block_align}: expected {expected_align} ({channels} channels × {} bytes)",
-            encoding.bytes()
-        ));
-    }
-    Ok(Format {
-        channels,
-        sample_rate,
-        block_align,
-        encoding,
-    })
+    None
 }
 
 /// Names of compressed formats met in the wild, so the error says what the
 /// file is rather than only that it is not PCM.
 fn tag_name(tag: u16) -> &'static str {
     match tag {
+        1 => "PCM",
         2 => "Microsoft ADPCM",
+        3 => "IEEE float",
         6 => "A-law",
         7 => "µ-law",
         0x11 => "IMA ADPCM",
@@ -371,6 +316,22 @@ fn tag_name(tag: u16) -> &'static str {
         0x2000 => "AC-3",
         0xF1AC => "FLAC",
         _ => "unknown",
+    }
+}
+
+/// Whether a read failed because the data ended, not because the OS
+/// failed: hound reports running out of bytes as an `io::Error` of its
+/// own making (kind `Other`), which carries no OS error code.
+fn ran_out(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::UnexpectedEof || e.raw_os_error().is_none()
+}
+
+/// hound's reason without its "Ill-formed WAVE file: " prefix (the
+/// caller says what was expected).
+fn hound_reason(e: &hound::Error) -> String {
+    match e {
+        hound::Error::FormatError(reason) => (*reason).to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -387,9 +348,9 @@ mod tests {
         b.extend_from_slice(b"fmt ");
         b.extend_from_slice(&(fmt.len() as u32).to_le_bytes());
         b.extend_from_slice(fmt);
-        // An unknown chunk of odd length must be skipped with its pad byte.
+        // An unknown chunk before the data must be skipped.
         b.extend_from_slice(b"LIST");
-        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&4u32.to_le_bytes());
         b.extend_from_slice(&[1, 2, 3, 0]);
         b.extend_from_slice(b"data");
         b.extend_from_slice(&(data.len() as u32).to_le_bytes());
@@ -407,6 +368,19 @@ mod tests {
         f.extend_from_slice(&align.to_le_bytes());
         f.extend_from_slice(&bits.to_le_bytes());
         f
+    }
+
+    const PCM: u16 = 1;
+    const FLOAT: u16 = 3;
+    const EXTENSIBLE: u16 = 0xFFFE;
+    /// Bytes 2..16 of every `KSDATAFORMAT_SUBTYPE_*` GUID whose first two
+    /// bytes are a plain format tag.
+    const SUBTYPE_TAIL: [u8; 14] = [
+        0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71,
+    ];
+
+    fn parse_wav(bytes: &[u8], origin: &Path) -> Result<Wav, AudioError> {
+        decode_wav(std::io::Cursor::new(bytes), bytes.len() as u64, origin)
     }
 
     fn parse_ok(bytes: &[u8]) -> Wav {
@@ -477,11 +451,26 @@ mod tests {
             .collect();
         let wav = parse_ok(&wav_bytes(&fmt_body(FLOAT, 1, 16000, 32), &data));
         assert_eq!(wav.samples, [0.25, -0.75]);
-        let wav = parse_ok(&wav_bytes(
-            &fmt_body(FLOAT, 1, 16000, 64),
-            &0.125f64.to_le_bytes(),
-        ));
-        assert_eq!(wav.samples, [0.125]);
+    }
+
+    #[test]
+    fn reads_what_hound_writes() {
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: 48_000,
+            bits_per_sample: 24,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut cursor = std::io::Cursor::new(Vec::new());
+        let mut w = hound::WavWriter::new(&mut cursor, spec).expect("writer");
+        for s in [4_194_304i32, -8_388_608, 0, 2_097_152] {
+            w.write_sample(s).expect("sample");
+        }
+        w.finalize().expect("finalize");
+        let wav = parse_ok(cursor.get_ref());
+        assert_eq!((wav.sample_rate, wav.channels), (48_000, 2));
+        assert_eq!(wav.samples, [0.5, -1.0, 0.0, 0.25]);
+        assert_eq!(wav.to_mono(), [-0.25, 0.125]);
     }
 
     #[test]
@@ -505,16 +494,42 @@ mod tests {
         .expect_err("MP3 in WAV is not decoded");
         assert_eq!(
             err.to_string(),
-            "song.wav: format tag 85 (MP3): expected PCM (1), IEEE float (3) or extensible (65534)"
+            "song.wav: format tag 85 (MP3): expected PCM (1), IEEE float (3) or extensible (65534) \
+             holding PCM (8, 16, 24 or 32-bit) or 32-bit IEEE float samples"
+        );
+        let mut f = fmt_body(EXTENSIBLE, 1, 16000, 16);
+        f.extend_from_slice(&22u16.to_le_bytes()); // cbSize
+        f.extend_from_slice(&16u16.to_le_bytes()); // valid bits
+        f.extend_from_slice(&4u32.to_le_bytes()); // channel mask
+        f.extend_from_slice(&2u16.to_le_bytes()); // sub-format: ADPCM
+        f.extend_from_slice(&SUBTYPE_TAIL);
+        let err = parse_wav(&wav_bytes(&f, &[0; 4]), Path::new("adpcm.wav"))
+            .expect_err("extensible ADPCM");
+        assert!(
+            err.to_string()
+                .starts_with("adpcm.wav: format tag 2 (Microsoft ADPCM)"),
+            "{err}"
+        );
+        let err = parse_wav(
+            &wav_bytes(&fmt_body(FLOAT, 1, 16000, 64), &0.125f64.to_le_bytes()),
+            Path::new("f64.wav"),
+        )
+        .expect_err("64-bit float");
+        let m = err.to_string();
+        assert!(
+            m.starts_with("f64.wav: header: bits per sample") && m.contains("32-bit IEEE float"),
+            "{m}"
         );
         let err = parse_wav(
             &wav_bytes(&fmt_body(PCM, 1, 16000, 12), &[0; 4]),
             Path::new("x.wav"),
         )
         .expect_err("12-bit PCM");
-        assert!(err.to_string().contains("bits per sample 12"), "{err}");
+        assert!(err.to_string().starts_with("x.wav: header: "), "{err}");
         let err = parse_wav(b"OggS\0\0\0\0\0\0\0\0", Path::new("a.ogg")).expect_err("not RIFF");
         assert!(err.to_string().starts_with("a.ogg: header"), "{err}");
+        let err = parse_wav(b"RIFF", Path::new("cut.wav")).expect_err("cut header");
+        assert!(err.to_string().contains("cut off"), "{err}");
     }
 
     #[test]
@@ -522,6 +537,19 @@ mod tests {
         let mut b = wav_bytes(&fmt_body(PCM, 1, 8000, 16), &[0; 8]);
         b.truncate(b.len() - 2);
         let err = parse_wav(&b, Path::new("cut.wav")).expect_err("truncated");
+        assert!(
+            err.to_string()
+                .contains("truncated: it declares 4 samples, the file holds 3"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_huge_declared_length_is_truncation_not_an_allocation() {
+        let mut b = wav_bytes(&fmt_body(PCM, 1, 8000, 16), &[0; 4]);
+        let at = b.len() - 8;
+        b[at..at + 4].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        let err = parse_wav(&b, Path::new("big.wav")).expect_err("truncated");
         assert!(err.to_string().contains("truncated"), "{err}");
     }
 

@@ -29,10 +29,9 @@ use v4l::video::capture::Parameters;
 
 use emogate_media::{Frame, Nanos, PixelLayout, StopFlag, YuvRange};
 
-use crate::names;
+use crate::device_match::{self, CameraSelector};
 use crate::pixels;
 use crate::source::{CaptureError, ClockHandle, VideoSource, VideoStream};
-use crate::spec::CameraSelector;
 
 /// How long one dequeue waits before the stop flag is looked at again.
 const DEQUEUE_TIMEOUT: Duration = Duration::from_millis(200);
@@ -177,7 +176,7 @@ pub fn video_nodes() -> Vec<VideoNode> {
     nodes
 }
 
-/// Picks the node `wanted` names (see [`crate::names`]): its name, its
+/// Picks the node `wanted` names (see [`crate::device_match`]): its name, its
 /// path or its index.
 pub fn resolve_name(nodes: &[VideoNode], wanted: &str) -> Option<usize> {
     let labels: Vec<Vec<String>> = nodes
@@ -190,7 +189,7 @@ pub fn resolve_name(nodes: &[VideoNode], wanted: &str) -> Option<usize> {
             ]
         })
         .collect();
-    names::pick(wanted, &labels).map(|i| nodes[i].index)
+    device_match::pick(wanted, &labels).map(|i| nodes[i].index)
 }
 
 /// Every mode `dev` offers in a format this source reads. Stepwise sizes

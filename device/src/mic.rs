@@ -26,7 +26,7 @@ use cpal::{
     SupportedBufferSize, SupportedStreamConfig, U24,
 };
 
-use crate::names;
+use crate::device_match;
 use crate::ring::AudioProducer;
 use crate::source::{AudioSource, AudioStream, CaptureError, ClockHandle};
 use emogate_media::Nanos;
@@ -228,7 +228,7 @@ fn find_input(
         .map_err(|e| open_err(format!("cannot list input devices: {e}")))?
         .collect();
     let labels: Vec<Vec<String>> = devices.iter().map(device_labels).collect();
-    match names::pick(wanted, &labels) {
+    match device_match::pick(wanted, &labels) {
         Some(i) => Ok(devices.swap_remove(i)),
         None => Err(open_err(format!(
             "no input device matches \"{wanted}\"; available inputs: {}",

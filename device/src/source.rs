@@ -67,15 +67,20 @@ impl CaptureError {
 
 /// Where video frames come from. Opened again after each failure.
 pub trait VideoSource: Send {
-    /// A short human name for logs and `/status` (e.g. `v4l:0`, `replay:face.y4m`).
+    /// A short human name for logs and `/status` (e.g. `v4l:0`, `file:face.y4m`).
     fn name(&self) -> String;
 
     /// Opens a stream of frames stamped on `clock`.
     ///
     /// # Errors
-    /// [`CaptureError::Open`] when the device or file is unavailable (the
-    /// supervisor retries), [`CaptureError::Config`] / [`CaptureError::NotBuilt`]
-    /// when it never can be (the pipeline stops at start).
+    /// * [`CaptureError::Open`] when the device or file is unavailable now
+    ///   (no such device, busy, no permission, unplugged): the supervisor
+    ///   retries with backoff.
+    /// * [`CaptureError::Config`] when the source can never work as set (a
+    ///   live device on a virtual clock, a format nothing here converts):
+    ///   reported once, not retried.
+    /// * [`CaptureError::NotBuilt`] when its backend's cargo feature is not
+    ///   compiled in.
     fn open(&mut self, clock: ClockHandle) -> Result<Box<dyn VideoStream>, CaptureError>;
 }
 
@@ -86,12 +91,17 @@ pub trait VideoStream {
     /// while waiting (a stream that waits long must poll it).
     ///
     /// # Errors
-    /// [`CaptureError::Stream`] when the device went away.
+    /// * [`CaptureError::Stream`] when the device went away or the
+    ///   pipeline or file failed mid-stream: the supervisor reopens the
+    ///   source with backoff.
+    /// * [`CaptureError::Config`] when the stream met something reopening
+    ///   cannot fix (a file whose contents broke since it was opened).
     fn next_frame(&mut self, stop: &StopFlag) -> Result<Option<Frame>, CaptureError>;
 }
 
 /// Where audio comes from. Opened again after each failure.
 pub trait AudioSource: Send {
+    /// A short human name for logs and `/status` (e.g. `mic:default`).
     fn name(&self) -> String;
 
     /// Starts capture into `ring` as mono `f32` at the returned stream's
@@ -100,7 +110,14 @@ pub trait AudioSource: Send {
     /// open; the consumer side goes to the pipeline.
     ///
     /// # Errors
-    /// As [`VideoSource::open`].
+    /// * [`CaptureError::Open`] when the device or file is unavailable now
+    ///   (no such device, busy, unplugged): the supervisor retries with
+    ///   backoff.
+    /// * [`CaptureError::Config`] when the source can never work as set (a
+    ///   live device on a virtual clock, a sample format nothing here
+    ///   converts): reported once, not retried.
+    /// * [`CaptureError::NotBuilt`] when its backend's cargo feature is not
+    ///   compiled in.
     fn open(
         &mut self,
         clock: ClockHandle,
@@ -124,7 +141,11 @@ pub trait AudioStream {
     /// fails (`Err`), or until `stop` is raised (returns `Ok`).
     ///
     /// # Errors
-    /// [`CaptureError::Stream`] when the device went away.
+    /// * [`CaptureError::Stream`] when the device went away or the
+    ///   pipeline failed mid-stream: the supervisor reopens the source with
+    ///   backoff.
+    /// * [`CaptureError::Config`] when the stream met something reopening
+    ///   cannot fix.
     fn wait(&mut self, stop: &StopFlag) -> Result<(), CaptureError>;
 }
 

@@ -12,29 +12,11 @@
 //! ([`open_video`], [`open_audio`]) so the CLI can validate a spec, and
 //! report a missing cargo feature, before any device is touched.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::playback::{VideoFile, WavFile};
+use crate::device_match::CameraSelector;
+use crate::file_source::{VideoFile, WavFile};
 use crate::source::{AudioSource, CaptureError, VideoSource};
-
-/// Which camera a `v4l:` spec names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CameraSelector {
-    /// `/dev/videoN`.
-    Index(usize),
-    /// A fragment of the driver's name (see [`crate::names`]).
-    Name(String),
-}
-
-impl fmt::Display for CameraSelector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CameraSelector::Index(i) => write!(f, "{i}"),
-            CameraSelector::Name(n) => f.write_str(n),
-        }
-    }
-}
 
 /// A parsed video spec.
 #[derive(Debug, Clone, PartialEq, Eq)]

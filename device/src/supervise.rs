@@ -14,7 +14,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::ring::{AudioConsumer, audio_ring};
-use crate::source::{AudioSource, CaptureError, ClockHandle, VideoSource};
+use crate::source::{
+    AudioSource, AudioStream, CaptureError, ClockHandle, VideoSource, VideoStream,
+};
 use emogate_media::Nanos;
 use emogate_media::{Frame, StopFlag};
 
@@ -202,9 +204,108 @@ impl Retry {
     }
 }
 
+/// One modality's side of supervision: what is opened and how an open
+/// stream is pumped. [`supervise`] holds the one retry loop both
+/// modalities share, so backoff, reports, the stop flag and clock
+/// participation behave the same for video and audio.
+trait Pump: Send + 'static {
+    /// Not `Send`: an audio stream must stay on the thread that opened it.
+    type Stream;
+
+    fn modality(&self) -> Modality;
+
+    /// Opens the source, returning the stream and the report that
+    /// announces it (sent before pumping starts).
+    fn open(
+        &mut self,
+        clock: &ClockHandle,
+        name: &str,
+    ) -> Result<(Self::Stream, SourceReport), CaptureError>;
+
+    /// Runs an open stream until it ends or `stop` is raised (`Ok`), or
+    /// it fails.
+    fn pump(&mut self, stream: Self::Stream, stop: &StopFlag) -> Result<(), CaptureError>;
+}
+
+/// Video: each frame goes into the shared feed.
+struct VideoPump {
+    source: Box<dyn VideoSource>,
+    feed: Arc<VideoFeed>,
+}
+
+impl Pump for VideoPump {
+    type Stream = Box<dyn VideoStream>;
+
+    fn modality(&self) -> Modality {
+        Modality::Video
+    }
+
+    fn open(
+        &mut self,
+        clock: &ClockHandle,
+        name: &str,
+    ) -> Result<(Self::Stream, SourceReport), CaptureError> {
+        let stream = self.source.open(Arc::clone(clock))?;
+        let report = SourceReport::VideoOpened {
+            name: name.to_string(),
+        };
+        Ok((stream, report))
+    }
+
+    fn pump(&mut self, mut stream: Self::Stream, stop: &StopFlag) -> Result<(), CaptureError> {
+        while !stop.is_raised() {
+            match stream.next_frame(stop)? {
+                Some(frame) => self.feed.push(frame),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Audio: the stream pushes into a ring of its own; the pump only waits.
+struct AudioPump {
+    source: Box<dyn AudioSource>,
+    ring_seconds: f64,
+}
+
+impl Pump for AudioPump {
+    type Stream = Box<dyn AudioStream>;
+
+    fn modality(&self) -> Modality {
+        Modality::Audio
+    }
+
+    fn open(
+        &mut self,
+        clock: &ClockHandle,
+        name: &str,
+    ) -> Result<(Self::Stream, SourceReport), CaptureError> {
+        // Size for the highest rate a device is likely to pick when the
+        // source cannot say in advance.
+        let rate = self.source.sample_rate_hint().unwrap_or(192_000);
+        let capacity = ((self.ring_seconds * rate as f64).ceil() as usize).max(1024);
+        // A fresh ring per open: samples of a failed stream never mix with
+        // the next one's, and the pipeline learns of the switch through
+        // the consumer in the report.
+        let (producer, consumer) = audio_ring(capacity);
+        let stream = self.source.open(Arc::clone(clock), producer)?;
+        let report = SourceReport::AudioOpened {
+            name: name.to_string(),
+            consumer,
+            sample_rate: stream.sample_rate(),
+        };
+        Ok((stream, report))
+    }
+
+    fn pump(&mut self, mut stream: Self::Stream, stop: &StopFlag) -> Result<(), CaptureError> {
+        stream.wait(stop)
+    }
+}
+
 /// Runs `source` on its own thread, pushing frames into `feed`.
 pub fn spawn_video(
-    mut source: Box<dyn VideoSource>,
+    source: Box<dyn VideoSource>,
     feed: Arc<VideoFeed>,
     clock: ClockHandle,
     reports: Sender<SourceReport>,
@@ -212,66 +313,21 @@ pub fn spawn_video(
     backoff: Backoff,
 ) -> std::io::Result<Supervised> {
     let name = source.name();
-    let thread_name = name.clone();
-    // Joined before the thread starts, so a virtual clock never settles
-    // without it.
-    let guard = ClockGuard::new(&clock);
-    let handle = std::thread::Builder::new()
-        .name(format!("video:{}", short(&name)))
-        .spawn(move || {
-            let _guard = guard;
-            let mut retry = Retry::new(backoff);
-            while !stop.is_raised() {
-                let started = Instant::now();
-                let result = source.open(Arc::clone(&clock)).and_then(|mut stream| {
-                    let _ = reports.send(SourceReport::VideoOpened {
-                        name: thread_name.clone(),
-                    });
-                    loop {
-                        if stop.is_raised() {
-                            return Ok(false);
-                        }
-                        match stream.next_frame(&stop)? {
-                            Some(frame) => feed.push(frame),
-                            None => return Ok(!stop.is_raised()),
-                        }
-                    }
-                });
-                match result {
-                    Ok(true) => {
-                        let _ = reports.send(SourceReport::Ended {
-                            modality: Modality::Video,
-                            name: thread_name.clone(),
-                        });
-                        return;
-                    }
-                    Ok(false) => return,
-                    Err(e) => {
-                        if !report_failure(
-                            &reports,
-                            Modality::Video,
-                            &thread_name,
-                            &e,
-                            &stop,
-                            || retry.delay(started.elapsed()),
-                        ) {
-                            return;
-                        }
-                    }
-                }
-            }
-        })?;
-    Ok(Supervised {
+    supervise(
+        VideoPump { source, feed },
         name,
-        handle: Some(handle),
-    })
+        clock,
+        reports,
+        stop,
+        backoff,
+    )
 }
 
 /// Runs `source` on its own thread. Each (re)open gets a fresh ring of
 /// `ring_seconds` of audio whose consumer is sent in
 /// [`SourceReport::AudioOpened`].
 pub fn spawn_audio(
-    mut source: Box<dyn AudioSource>,
+    source: Box<dyn AudioSource>,
     ring_seconds: f64,
     clock: ClockHandle,
     reports: Sender<SourceReport>,
@@ -279,49 +335,65 @@ pub fn spawn_audio(
     backoff: Backoff,
 ) -> std::io::Result<Supervised> {
     let name = source.name();
+    supervise(
+        AudioPump {
+            source,
+            ring_seconds,
+        },
+        name,
+        clock,
+        reports,
+        stop,
+        backoff,
+    )
+}
+
+/// The supervise loop: on its own thread, open, report, pump; after a
+/// retryable failure report it, wait the backoff delay and open again;
+/// after a configuration failure, the end of a finite source or `stop`,
+/// return.
+fn supervise<P: Pump>(
+    mut pump: P,
+    name: String,
+    clock: ClockHandle,
+    reports: Sender<SourceReport>,
+    stop: StopFlag,
+    backoff: Backoff,
+) -> std::io::Result<Supervised> {
+    let modality = pump.modality();
     let thread_name = name.clone();
+    // Joined before the thread starts, so a virtual clock never settles
+    // without it.
     let guard = ClockGuard::new(&clock);
     let handle = std::thread::Builder::new()
-        .name(format!("audio:{}", short(&name)))
+        .name(format!("{}:{}", modality.as_str(), short(&name)))
         .spawn(move || {
             let _guard = guard;
             let mut retry = Retry::new(backoff);
             while !stop.is_raised() {
                 let started = Instant::now();
-                // Size for the highest rate a device is likely to pick when
-                // the source cannot say in advance.
-                let rate = source.sample_rate_hint().unwrap_or(192_000);
-                let capacity = ((ring_seconds * rate as f64).ceil() as usize).max(1024);
-                let (producer, consumer) = audio_ring(capacity);
-                let result = source
-                    .open(Arc::clone(&clock), producer)
-                    .and_then(|mut stream| {
-                        let _ = reports.send(SourceReport::AudioOpened {
-                            name: thread_name.clone(),
-                            consumer,
-                            sample_rate: stream.sample_rate(),
-                        });
-                        stream.wait(&stop)
+                let result = pump
+                    .open(&clock, &thread_name)
+                    .and_then(|(stream, opened)| {
+                        let _ = reports.send(opened);
+                        pump.pump(stream, &stop)
                     });
                 match result {
                     Ok(()) => {
+                        // A stream that returns without `stop` ran out: a
+                        // finite source (a file without --loop) ended.
                         if !stop.is_raised() {
                             let _ = reports.send(SourceReport::Ended {
-                                modality: Modality::Audio,
+                                modality,
                                 name: thread_name.clone(),
                             });
                         }
                         return;
                     }
                     Err(e) => {
-                        if !report_failure(
-                            &reports,
-                            Modality::Audio,
-                            &thread_name,
-                            &e,
-                            &stop,
-                            || retry.delay(started.elapsed()),
-                        ) {
+                        if !report_failure(&reports, modality, &thread_name, &e, &stop, || {
+                            retry.delay(started.elapsed())
+                        }) {
                             return;
                         }
                     }
@@ -363,4 +435,234 @@ fn report_failure(
 
 fn short(name: &str) -> String {
     name.chars().take(12).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::{Receiver, channel};
+
+    use super::*;
+    use crate::clock::{RealClock, VirtualClock};
+    use crate::ring::AudioProducer;
+    use emogate_media::PixelLayout;
+
+    const FAST: Backoff = Backoff {
+        initial: Duration::from_millis(1),
+        max: Duration::from_millis(4),
+        reset_after: Duration::from_secs(10),
+    };
+
+    /// Fails its first `failures` opens (as `Open`, or `Config` when
+    /// `config`), then gives `frames` frames and ends.
+    struct Flaky {
+        failures: u32,
+        config: bool,
+        frames: u32,
+    }
+
+    struct Frames(u32);
+
+    impl VideoStream for Frames {
+        fn next_frame(&mut self, _stop: &StopFlag) -> Result<Option<Frame>, CaptureError> {
+            if self.0 == 0 {
+                return Ok(None);
+            }
+            self.0 -= 1;
+            Ok(Some(
+                Frame::new(1, 1, PixelLayout::Gray8, vec![0], 0).expect("1x1"),
+            ))
+        }
+    }
+
+    impl VideoSource for Flaky {
+        fn name(&self) -> String {
+            "flaky".into()
+        }
+        fn open(&mut self, _clock: ClockHandle) -> Result<Box<dyn VideoStream>, CaptureError> {
+            if self.failures > 0 {
+                self.failures -= 1;
+                let (source_name, message) = ("flaky".to_string(), "gone".to_string());
+                return Err(if self.config {
+                    CaptureError::Config {
+                        source_name,
+                        message,
+                    }
+                } else {
+                    CaptureError::Open {
+                        source_name,
+                        message,
+                    }
+                });
+            }
+            Ok(Box::new(Frames(self.frames)))
+        }
+    }
+
+    fn drain(rx: &Receiver<SourceReport>) -> Vec<SourceReport> {
+        rx.iter().collect()
+    }
+
+    #[test]
+    fn video_failures_are_reported_retried_with_backoff_then_the_end() {
+        let (tx, rx) = channel();
+        let feed = Arc::new(VideoFeed::new(8));
+        let source = Flaky {
+            failures: 3,
+            config: false,
+            frames: 2,
+        };
+        let sup = spawn_video(
+            Box::new(source),
+            Arc::clone(&feed),
+            Arc::new(RealClock),
+            tx,
+            StopFlag::new(),
+            FAST,
+        )
+        .expect("thread");
+        sup.join();
+        let reports = drain(&rx);
+        let delays: Vec<Option<Duration>> = reports
+            .iter()
+            .filter_map(|r| match r {
+                SourceReport::Failed {
+                    modality: Modality::Video,
+                    retry_in,
+                    ..
+                } => Some(*retry_in),
+                _ => None,
+            })
+            .collect();
+        let ms = Duration::from_millis;
+        assert_eq!(delays, [Some(ms(1)), Some(ms(2)), Some(ms(4))]);
+        assert!(matches!(&reports[3], SourceReport::VideoOpened { name } if name == "flaky"));
+        assert!(matches!(
+            &reports[4],
+            SourceReport::Ended {
+                modality: Modality::Video,
+                ..
+            }
+        ));
+        assert_eq!(reports.len(), 5);
+        assert_eq!(feed.delivered(), 2);
+    }
+
+    #[test]
+    fn a_configuration_error_is_reported_once_and_not_retried() {
+        let (tx, rx) = channel();
+        let source = Flaky {
+            failures: 1,
+            config: true,
+            frames: 2,
+        };
+        spawn_video(
+            Box::new(source),
+            Arc::new(VideoFeed::new(1)),
+            Arc::new(RealClock),
+            tx,
+            StopFlag::new(),
+            FAST,
+        )
+        .expect("thread")
+        .join();
+        let reports = drain(&rx);
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert!(matches!(
+            &reports[0],
+            SourceReport::Failed { retry_in: None, error, .. } if error.contains("gone")
+        ));
+    }
+
+    /// Returns at once (a finite source that ended), or waits for `stop`
+    /// when `live`.
+    struct Tone {
+        live: bool,
+    }
+
+    struct ToneStream {
+        live: bool,
+    }
+
+    impl AudioStream for ToneStream {
+        fn sample_rate(&self) -> u32 {
+            8_000
+        }
+        fn wait(&mut self, stop: &StopFlag) -> Result<(), CaptureError> {
+            while self.live && !stop.is_raised() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(())
+        }
+    }
+
+    impl AudioSource for Tone {
+        fn name(&self) -> String {
+            "tone".into()
+        }
+        fn open(
+            &mut self,
+            _clock: ClockHandle,
+            _ring: AudioProducer,
+        ) -> Result<Box<dyn AudioStream>, CaptureError> {
+            Ok(Box::new(ToneStream { live: self.live }))
+        }
+        fn sample_rate_hint(&self) -> Option<u32> {
+            Some(8_000)
+        }
+    }
+
+    #[test]
+    fn audio_reports_its_ring_and_a_stopped_stream_does_not_end() {
+        let (tx, rx) = channel();
+        let clock: ClockHandle = Arc::new(VirtualClock::new());
+        spawn_audio(
+            Box::new(Tone { live: false }),
+            1.0,
+            Arc::clone(&clock),
+            tx,
+            StopFlag::new(),
+            FAST,
+        )
+        .expect("thread")
+        .join();
+        let reports = drain(&rx);
+        assert!(matches!(
+            &reports[0],
+            SourceReport::AudioOpened {
+                sample_rate: 8_000,
+                ..
+            }
+        ));
+        assert!(matches!(
+            &reports[1],
+            SourceReport::Ended {
+                modality: Modality::Audio,
+                ..
+            }
+        ));
+
+        let (tx, rx) = channel();
+        let stop = StopFlag::new();
+        let virtual_clock = Arc::new(VirtualClock::new());
+        let clock: ClockHandle = virtual_clock.clone();
+        let sup = spawn_audio(
+            Box::new(Tone { live: true }),
+            1.0,
+            clock,
+            tx,
+            stop.clone(),
+            FAST,
+        )
+        .expect("thread");
+        // The supervisor paces on the clock from before its thread starts
+        // until it returns.
+        assert_eq!(virtual_clock.participants(), 1);
+        let opened = rx.recv().expect("opened");
+        assert!(matches!(opened, SourceReport::AudioOpened { .. }));
+        stop.raise();
+        sup.join();
+        assert_eq!(virtual_clock.participants(), 0);
+        let reports = drain(&rx);
+        assert!(reports.is_empty(), "no Ended after stop: {reports:?}");
+    }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use emogate_device::playback::{VideoFile, WavFile};
+use emogate_device::file_source::{VideoFile, WavFile};
 use emogate_device::source::{CaptureError, ClockHandle, VideoSource, VideoStream};
 use emogate_device::supervise::Backoff;
 use emogate_engine::event::Message;

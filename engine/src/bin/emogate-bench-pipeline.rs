@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use emogate_device::playback::{VideoFile, WavFile};
+use emogate_device::file_source::{VideoFile, WavFile};
 use emogate_engine::event::Message;
 use emogate_engine::pipeline::{Pacing, Pipeline, PipelineConfig};
 use emogate_engine::sink::jsonl::JsonlSink;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use emogate_media::{Frame, Nanos, StopFlag};
 
 use crate::audio::{AudioError, read_wav};
-use crate::replay::{ReplayError, VideoReplay};
+use crate::clip::{Clip, ClipError, ClipReader, frame_time};
 use crate::ring::AudioProducer;
 use crate::source::{
     AudioSource, AudioStream, CaptureError, ClockHandle, VideoSource, VideoStream,
@@ -37,49 +37,52 @@ fn wait_for(clock: &ClockHandle, t: Nanos, stop: &StopFlag) -> bool {
     }
 }
 
-fn nanos(d: Duration) -> Nanos {
-    d.as_nanos() as Nanos
-}
+/// How often a still image is delivered again.
+const STILL_PERIOD: Duration = Duration::from_millis(100);
 
-/// Video from a file ([`VideoReplay`]): a clip plays its frames at their
-/// timestamps; a still image repeats at `still_fps`.
+/// Video from a file ([`Clip`]): a clip plays its frames at their
+/// timestamps; a still image repeats ten times a second.
 pub struct VideoFile {
-    replay: Arc<VideoReplay>,
+    clip: Arc<Clip>,
     looped: bool,
-    still_fps: f64,
 }
 
 impl VideoFile {
-    /// Decodes `path` (see [`VideoReplay::open`]); a folder of frames plays
-    /// at `dir_fps`.
+    /// Opens `path` (see [`Clip::open`]); a folder of frames plays at
+    /// `dir_fps`.
     ///
     /// # Errors
-    /// [`ReplayError`] naming the file and what was wrong.
-    pub fn open(path: &Path, dir_fps: f64, looped: bool) -> Result<Self, ReplayError> {
+    /// [`ClipError`] naming the file and what was wrong.
+    pub fn open(path: &Path, dir_fps: f64, looped: bool) -> Result<Self, ClipError> {
         Ok(VideoFile {
-            replay: Arc::new(VideoReplay::open(path, dir_fps)?),
+            clip: Arc::new(Clip::open(path, dir_fps)?),
             looped,
-            still_fps: 10.0,
         })
     }
 
-    /// The decoded clip.
-    pub fn replay(&self) -> &VideoReplay {
-        &self.replay
+    /// The opened clip.
+    pub fn clip(&self) -> &Clip {
+        &self.clip
     }
 }
 
 impl VideoSource for VideoFile {
     fn name(&self) -> String {
-        format!("file:{}", self.replay.path().display())
+        format!("file:{}", self.clip.path().display())
     }
 
+    /// # Errors
+    /// [`CaptureError::Open`] when the file cannot be opened again (moved
+    /// or unmounted since [`VideoFile::open`]).
     fn open(&mut self, clock: ClockHandle) -> Result<Box<dyn VideoStream>, CaptureError> {
+        let reader = ClipReader::new(Arc::clone(&self.clip)).map_err(|e| CaptureError::Open {
+            source_name: self.name(),
+            message: e.to_string(),
+        })?;
         let origin = clock.now();
         Ok(Box::new(VideoFileStream {
-            replay: Arc::clone(&self.replay),
+            reader,
             looped: self.looped,
-            still_period: Duration::from_secs_f64(1.0 / self.still_fps),
             clock,
             origin,
             index: 0,
@@ -88,9 +91,8 @@ impl VideoSource for VideoFile {
 }
 
 struct VideoFileStream {
-    replay: Arc<VideoReplay>,
+    reader: ClipReader,
     looped: bool,
-    still_period: Duration,
     clock: ClockHandle,
     origin: Nanos,
     index: u64,
@@ -98,25 +100,45 @@ struct VideoFileStream {
 
 impl VideoStream for VideoFileStream {
     fn next_frame(&mut self, stop: &StopFlag) -> Result<Option<Frame>, CaptureError> {
-        let frames = self.replay.frames();
-        let (frame, at) = match self.replay.duration() {
-            None => (&frames[0], self.still_period * self.index as u32),
-            Some(length) => {
-                let n = frames.len() as u64;
+        let clip = Arc::clone(self.reader.clip());
+        // Frame `index` of the replay is frame `k` of the clip, at
+        // `index` periods into the replay (laps included).
+        let (k, at) = match clip.period() {
+            None => (0, frame_time(STILL_PERIOD, self.index)),
+            Some(period) => {
+                let n = clip.frame_count();
                 if !self.looped && self.index >= n {
                     return Ok(None);
                 }
-                let lap = (self.index / n) as u32;
-                let f = &frames[(self.index % n) as usize];
-                (f, length * lap + Duration::from_nanos(f.captured_at))
+                (self.index % n.max(1), frame_time(period, self.index))
             }
         };
-        let stamp = self.origin + nanos(at);
+        let frame = match self.reader.frame(k) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                let (source_name, message) =
+                    (format!("file:{}", clip.path().display()), e.to_string());
+                // A file that cannot be read may come back (a remounted
+                // disk); one whose contents broke will not.
+                return Err(match e {
+                    ClipError::Io { .. } => CaptureError::Stream {
+                        source_name,
+                        message,
+                    },
+                    ClipError::Format { .. } => CaptureError::Config {
+                        source_name,
+                        message,
+                    },
+                });
+            }
+        };
+        let stamp = self.origin.saturating_add(at);
         if !wait_for(&self.clock, stamp, stop) {
             return Ok(None);
         }
         self.index += 1;
-        // Shares the clip's bytes: replaying copies no pixels.
+        // Shares the frame's bytes: delivering copies no pixels.
         Ok(Some(frame.at(stamp)))
     }
 }

@@ -1,10 +1,31 @@
-//! Choosing a device by a name the user typed.
+//! Choosing a device by what the user typed: a camera by index or by a
+//! fragment of its name ([`CameraSelector`]), any device by name ([`pick`]).
 //!
 //! Device names are long and host-specific ("HD Pro Webcam C920",
 //! ALSA's `plughw:CARD=C920,DEV=0`), so a user types a fragment. Every
 //! backend resolves it the same way: an exact label wins, then an exact
 //! label ignoring case, then the first device with a label containing the
 //! fragment (ignoring case), in the backend's enumeration order.
+
+use std::fmt;
+
+/// Which camera a `v4l:` spec names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CameraSelector {
+    /// `/dev/videoN`.
+    Index(usize),
+    /// A fragment of the driver's name (see [`pick`]).
+    Name(String),
+}
+
+impl fmt::Display for CameraSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CameraSelector::Index(i) => write!(f, "{i}"),
+            CameraSelector::Name(n) => f.write_str(n),
+        }
+    }
+}
 
 /// Index of the device whose labels (names, ids, descriptions) match
 /// `wanted`, if any; see the module docs for the order of preference.
