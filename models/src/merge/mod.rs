@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::onnx::proto::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
 use crate::onnx::{
-    FloatType, OnnxModel, SaveOptions, SaveSummary, TensorBytes, TensorUpdate, save_model,
+    FloatType, NameAllocator, OnnxModel, SaveOptions, SaveSummary, TensorBytes, TensorUpdate,
+    read_counts, save_model,
 };
 use crate::peft::{Adapter, LoraModule, Replacement};
 use resolve::{Layout, LinearIndex, Resolution};
@@ -265,10 +266,11 @@ impl<'a> MergePlan<'a> {
     /// change for the layers the adapter does not touch.
     fn unshare_weights(&mut self) {
         let graph = self.proto.graph.as_mut().expect("checked at load");
-        let mut uses = count_uses(graph);
+        let mut uses = read_counts(graph);
+        let mut names = NameAllocator::new(graph);
         for job in &mut self.jobs {
-            let rename = |name: &str, what: &str, graph: &mut GraphProto| -> String {
-                let new = unique_name(graph, &format!("{name}.{}.{what}", job.module));
+            let mut rename = |name: &str, what: &str, graph: &mut GraphProto| -> String {
+                let new = names.fresh(&format!("{name}.{}.{what}", job.module));
                 let original = graph
                     .initializer
                     .iter()
@@ -736,48 +738,10 @@ fn relative_diff(before: &[f32], after: &[f32]) -> f64 {
     }
 }
 
-/// How many times each value name is read: by nodes of the graph and of
-/// every nested subgraph (`If`/`Loop`/`Scan` bodies capture outer values),
-/// and by the graph's outputs.
-fn count_uses(graph: &GraphProto) -> HashMap<String, usize> {
-    fn walk(graph: &GraphProto, uses: &mut HashMap<String, usize>) {
-        for node in &graph.node {
-            for input in &node.input {
-                *uses.entry(input.clone()).or_default() += 1;
-            }
-            for attr in &node.attribute {
-                for sub in attr.g.iter().chain(&attr.graphs) {
-                    walk(sub, uses);
-                }
-            }
-        }
-        for output in &graph.output {
-            *uses.entry(output.name().to_string()).or_default() += 1;
-        }
-    }
-    let mut uses = HashMap::new();
-    walk(graph, &mut uses);
-    uses
-}
-
 fn replace_input(node: &mut crate::onnx::proto::NodeProto, from: &str, to: &str) {
     for input in node.input.iter_mut().filter(|i| *i == from) {
         *input = to.to_string();
     }
-}
-
-fn unique_name(graph: &GraphProto, base: &str) -> String {
-    let taken = |n: &str| {
-        graph.initializer.iter().any(|t| t.name() == n)
-            || graph.node.iter().any(|x| x.output.iter().any(|o| o == n))
-    };
-    let mut name = base.to_string();
-    let mut i = 1;
-    while taken(&name) {
-        name = format!("{base}.{i}");
-        i += 1;
-    }
-    name
 }
 
 /// A tensor with the same name-independent header and no data: the data

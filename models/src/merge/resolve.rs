@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::onnx::NodeExt;
 use crate::onnx::proto::{GraphProto, NodeProto, StringStringEntryProto, TensorProto};
 
 /// How a 2-D weight is stored relative to PyTorch's `[out, in]`.
@@ -106,13 +107,10 @@ impl LinearIndex {
             if inits.get(weight.as_str()).is_none_or(|t| t.dims.len() != 2) {
                 continue;
             }
-            if op == "Gemm" {
-                if int_attr(node, "transB") == Some(1) {
-                    layout = flip(layout);
-                }
-                if int_attr(node, "transA") == Some(1) {
-                    // x is transposed, W still multiplies from the right: layout unchanged.
-                }
+            // transA transposes x; W still multiplies from the right, so
+            // only transB changes how W is stored.
+            if op == "Gemm" && node.attr_int("transB") == Some(1) {
+                layout = flip(layout);
             }
             let (bias, bias_reader) = if op == "Gemm" {
                 let b = node
@@ -131,16 +129,10 @@ impl LinearIndex {
             // The dynamo exporter may put the module's scope on the bias `Add`
             // rather than on the MatMul, so the Add names the layer too.
             let bias_add = if op == "MatMul" { bias_reader } else { None };
-            let float_attr = |name: &str| {
-                node.attribute
-                    .iter()
-                    .find(|a| a.name() == name)
-                    .and_then(|a| a.f)
-            };
             let (alpha, beta) = if op == "Gemm" {
                 (
-                    float_attr("alpha").unwrap_or(1.0),
-                    float_attr("beta").unwrap_or(1.0),
+                    node.attr_float("alpha").unwrap_or(1.0),
+                    node.attr_float("beta").unwrap_or(1.0),
                 )
             } else {
                 (1.0, 1.0)
@@ -231,13 +223,6 @@ fn flip(layout: Layout) -> Layout {
     }
 }
 
-fn int_attr(node: &NodeProto, name: &str) -> Option<i64> {
-    node.attribute
-        .iter()
-        .find(|a| a.name() == name)
-        .map(|a| a.i())
-}
-
 /// The index of a `Transpose(perm=[1,0])` node of an initializer producing `value`.
 fn producer_transpose(
     graph: &GraphProto,
@@ -250,10 +235,7 @@ fn producer_transpose(
             && n.input
                 .first()
                 .is_some_and(|i| inits.contains_key(i.as_str()))
-            && n.attribute
-                .iter()
-                .find(|a| a.name() == "perm")
-                .is_none_or(|a| a.ints == [1, 0])
+            && n.attr_ints("perm").is_none_or(|p| p == [1, 0])
     })
 }
 

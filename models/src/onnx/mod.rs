@@ -22,7 +22,10 @@ use std::path::{Component, Path, PathBuf};
 use bytes::Bytes;
 use prost::Message;
 
-pub use graph::{initializers_by_name, runtime_inputs};
+pub use graph::{
+    GraphIndex, NameAllocator, NodeExt, initializer_positions, initializers_by_name, read_counts,
+    runtime_inputs,
+};
 pub use save::{SaveOptions, SaveSummary, TensorBytes, TensorUpdate, save_model};
 pub use tensor::{FloatType, element_count, onnx_type_name};
 
@@ -339,12 +342,8 @@ impl OnnxModel {
 /// Calls `f` on every initializer of `graph` and of its nested subgraphs.
 pub fn visit_initializers<'a>(graph: &'a proto::GraphProto, f: &mut dyn FnMut(&'a TensorProto)) {
     graph.initializer.iter().for_each(&mut *f);
-    for node in &graph.node {
-        for attr in &node.attribute {
-            for sub in attr.g.iter().chain(&attr.graphs) {
-                visit_initializers(sub, f);
-            }
-        }
+    for sub in graph.node.iter().flat_map(|n| n.subgraphs()) {
+        visit_initializers(sub, f);
     }
 }
 

@@ -27,7 +27,7 @@ use super::{KeptNode, QuantizeReport, Selection, Selector, TensorReport, node_pa
 use crate::error::{Error, Result};
 use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
-use crate::onnx::{FloatType, OnnxModel, build};
+use crate::onnx::{FloatType, NameAllocator, NodeExt, OnnxModel, build};
 
 const FLOAT: i32 = DataType::Float as i32;
 const FLOAT16: i32 = DataType::Float16 as i32;
@@ -194,7 +194,7 @@ pub(crate) fn convert(
 
     // 4. Rewrite the nodes: Cast ops and attributes to f16, Casts where
     //    precisions meet.
-    let mut used = super::used_names(graph);
+    let mut names = NameAllocator::new(graph);
     let mut casts: HashMap<(String, Prec), String> = HashMap::new();
     let old_nodes = std::mem::take(&mut graph.node);
     let mut nodes: Vec<NodeProto> = Vec::with_capacity(old_nodes.len() + 16);
@@ -215,8 +215,8 @@ pub(crate) fn convert(
                 .entry((value.clone(), w))
                 .or_insert_with(|| {
                     let suffix = if w == Prec::F16 { "fp16" } else { "fp32" };
-                    let out = super::fresh_name(&mut used, &format!("{value}_{suffix}"));
-                    let cast_name = super::fresh_name(&mut used, &format!("{value}_cast_{suffix}"));
+                    let out = names.fresh(&format!("{value}_{suffix}"));
+                    let cast_name = names.fresh(&format!("{value}_cast_{suffix}"));
                     let mut cast = build::node(&cast_name, "Cast", &[&value], &[&out]);
                     let to = if w == Prec::F16 { FLOAT16 } else { FLOAT };
                     cast.attribute.push(build::attr_int("to", to as i64));
@@ -228,10 +228,8 @@ pub(crate) fn convert(
         }
         match node.op_type() {
             "Cast" if np == Prec::F16 => {
-                for a in node.attribute.iter_mut().filter(|a| a.name() == "to") {
-                    if a.i == Some(FLOAT as i64) {
-                        a.i = Some(FLOAT16 as i64);
-                    }
+                if let Some(to) = node.attr_mut("to").filter(|a| a.i == Some(FLOAT as i64)) {
+                    to.i = Some(FLOAT16 as i64);
                 }
             }
             "ConstantOfShape" if np == Prec::F16 => {
@@ -287,7 +285,7 @@ pub(crate) fn convert(
             set_value_info_type(output, FLOAT16);
             continue;
         }
-        let inner = super::fresh_name(&mut used, &format!("{name}_fp16"));
+        let inner = names.fresh(&format!("{name}_fp16"));
         for node in graph.node.iter_mut() {
             for v in node.output.iter_mut().chain(node.input.iter_mut()) {
                 if *v == name {
@@ -300,7 +298,7 @@ pub(crate) fn convert(
         }
         prec.insert(inner.clone(), Prec::F16);
         prec.insert(name.clone(), Prec::F32);
-        let cast_name = super::fresh_name(&mut used, &format!("{name}_cast_fp32"));
+        let cast_name = names.fresh(&format!("{name}_cast_fp32"));
         let mut cast = build::node(&cast_name, "Cast", &[&inner], &[&name]);
         cast.attribute.push(build::attr_int("to", FLOAT as i64));
         tail.push(cast);
@@ -315,7 +313,7 @@ pub(crate) fn convert(
     }
 
     // 6. f16 Gemm → MatMul + Add (tract 0.23 cannot type an f16 Gemm).
-    lower_gemms(model, graph, &mut prec, &mut used)?;
+    lower_gemms(model, graph, &mut prec, &mut names)?;
     // Weights only the Gemms read are now unused.
     let read: HashSet<String> = graph
         .node
@@ -355,7 +353,7 @@ fn lower_gemms(
     model: &OnnxModel,
     graph: &mut GraphProto,
     prec: &mut HashMap<String, Prec>,
-    used: &mut HashSet<String>,
+    names: &mut NameAllocator,
 ) -> Result<()> {
     let mut out: Vec<NodeProto> = Vec::with_capacity(graph.node.len());
     let nodes = std::mem::take(&mut graph.node);
@@ -365,25 +363,12 @@ fn lower_gemms(
             out.push(node);
             continue;
         }
-        let attr_i = |n: &str| {
-            node.attribute
-                .iter()
-                .find(|a| a.name() == n)
-                .and_then(|a| a.i)
-                .unwrap_or(0)
-        };
-        let attr_f = |n: &str| {
-            node.attribute
-                .iter()
-                .find(|a| a.name() == n)
-                .and_then(|a| a.f)
-                .unwrap_or(1.0)
-        };
+        // Gemm's defaults: no transposes, alpha = beta = 1.
         let (trans_a, trans_b, alpha, beta) = (
-            attr_i("transA"),
-            attr_i("transB"),
-            attr_f("alpha"),
-            attr_f("beta"),
+            node.attr_int("transA").unwrap_or(0),
+            node.attr_int("transB").unwrap_or(0),
+            node.attr_float("alpha").unwrap_or(1.0),
+            node.attr_float("beta").unwrap_or(1.0),
         );
         let base = if node.name().is_empty() {
             node.output[0].clone()
@@ -405,9 +390,9 @@ fn lower_gemms(
             continue;
         }
         if trans_a == 1 {
-            let t = super::fresh_name(used, &format!("{a}_transposed"));
+            let t = names.fresh(&format!("{a}_transposed"));
             let mut tr = build::node(
-                &super::fresh_name(used, &format!("{base}_transpose_a")),
+                &names.fresh(&format!("{base}_transpose_a")),
                 "Transpose",
                 &[&a],
                 &[&t],
@@ -436,7 +421,7 @@ fn lower_gemms(
                 values.iter_mut().for_each(|v| *v *= alpha);
             }
             if trans_b == 1 || alpha != 1.0 {
-                let name = super::fresh_name(used, &format!("{b}_matmul"));
+                let name = names.fresh(&format!("{b}_matmul"));
                 let mut t = build::tensor_raw(&name, src.data_type(), &dims, Vec::new());
                 let ty = FloatType::from_onnx(src.data_type()).unwrap_or(FloatType::F32);
                 t.raw_data = Some(Bytes::from(ty.encode(&values)));
@@ -447,9 +432,9 @@ fn lower_gemms(
                 b = name;
             }
         } else if trans_b == 1 {
-            let t = super::fresh_name(used, &format!("{b}_transposed"));
+            let t = names.fresh(&format!("{b}_transposed"));
             let mut tr = build::node(
-                &super::fresh_name(used, &format!("{base}_transpose_b")),
+                &names.fresh(&format!("{base}_transpose_b")),
                 "Transpose",
                 &[&b],
                 &[&t],
@@ -462,7 +447,7 @@ fn lower_gemms(
             let src = graph.initializer[ci].clone();
             let (ty, values) = model.float_values(&src)?;
             let values: Vec<f32> = values.iter().map(|v| v * beta).collect();
-            let name = super::fresh_name(used, &format!("{}_scaled", src.name()));
+            let name = names.fresh(&format!("{}_scaled", src.name()));
             let mut t = build::tensor_raw(&name, src.data_type(), &src.dims, Vec::new());
             t.raw_data = Some(Bytes::from(ty.encode(&values)));
             graph.initializer.push(t);
@@ -473,7 +458,7 @@ fn lower_gemms(
         }
         let y = node.output[0].clone();
         let mm_out = if c.is_some() {
-            super::fresh_name(used, &format!("{y}_matmul"))
+            names.fresh(&format!("{y}_matmul"))
         } else {
             y.clone()
         };
@@ -482,7 +467,7 @@ fn lower_gemms(
         out.push(mm);
         if let Some(c) = c {
             let mut add = build::node(
-                &super::fresh_name(used, &format!("{base}_bias")),
+                &names.fresh(&format!("{base}_bias")),
                 "Add",
                 &[&mm_out, &c],
                 &[&y],

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::merge::resolve::{Layout, LinearIndex};
 use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
-use crate::onnx::{OnnxModel, build, element_count, onnx_type_name};
+use crate::onnx::{NameAllocator, NodeExt, OnnxModel, build, element_count, onnx_type_name};
 
 const FLOAT: i32 = DataType::Float as i32;
 const INT8: i32 = DataType::Int8 as i32;
@@ -245,14 +245,7 @@ fn candidates(graph: &GraphProto) -> Vec<Candidate> {
             _ => continue,
         };
         let Some(w) = w else { continue };
-        let gather_axis0 = node.op_type() != "Gather"
-            || node
-                .attribute
-                .iter()
-                .find(|a| a.name() == "axis")
-                .and_then(|a| a.i)
-                .unwrap_or(0)
-                == 0;
+        let gather_axis0 = node.op_type() != "Gather" || node.attr_int("axis").unwrap_or(0) == 0;
         if gather_axis0 && inits.get(w.as_str()).is_some_and(|t| ok(t)) && seen.insert(w.clone()) {
             let mut paths = node_paths(node);
             if let Some(p) = w
@@ -404,7 +397,7 @@ pub(crate) fn quantize_qdq(
             "per-channel DequantizeLinear (the `axis` attribute)",
         )?;
     }
-    let mut used = super::used_names(graph);
+    let mut names = NameAllocator::new(graph);
     let mut dq_nodes = Vec::new();
     for (weight, axis, op, module) in chosen {
         let (dims, values) = take_weight(model, graph, &weight)?;
@@ -443,11 +436,11 @@ pub(crate) fn quantize_qdq(
                 rounding = ", GPTQ";
             }
         }
-        let q_name = super::fresh_name(&mut used, &format!("{weight}_quantized"));
-        let s_name = super::fresh_name(&mut used, &format!("{weight}_scale"));
-        let z_name = super::fresh_name(&mut used, &format!("{weight}_zero_point"));
-        let dq_out = super::fresh_name(&mut used, &format!("{weight}_dequantized"));
-        let dq_name = super::fresh_name(&mut used, &format!("{weight}_DequantizeLinear"));
+        let q_name = names.fresh(&format!("{weight}_quantized"));
+        let s_name = names.fresh(&format!("{weight}_scale"));
+        let z_name = names.fresh(&format!("{weight}_zero_point"));
+        let dq_out = names.fresh(&format!("{weight}_dequantized"));
+        let dq_name = names.fresh(&format!("{weight}_DequantizeLinear"));
         let channels = scales.len() as i64;
         graph.initializer.push(int8_tensor(&q_name, &dims, &q));
         graph
@@ -584,7 +577,7 @@ pub(crate) fn quantize_dynamic(
                 .into(),
         );
     }
-    let mut used = super::used_names(graph);
+    let mut names = NameAllocator::new(graph);
     // Per MatMul node: the weight's quantized names.
     let mut rewrite: HashMap<usize, (String, String, String)> = HashMap::new();
     let mut gather_rewrite: HashMap<usize, (String, String, String)> = HashMap::new();
@@ -592,9 +585,9 @@ pub(crate) fn quantize_dynamic(
         let (dims, values) = take_weight(model, graph, &weight)?;
         if op == "Gather" {
             let (q, scale, zp) = quantize_asymmetric_u8(&values);
-            let q_name = super::fresh_name(&mut used, &format!("{weight}_quantized"));
-            let s_name = super::fresh_name(&mut used, &format!("{weight}_scale"));
-            let z_name = super::fresh_name(&mut used, &format!("{weight}_zero_point"));
+            let q_name = names.fresh(&format!("{weight}_quantized"));
+            let s_name = names.fresh(&format!("{weight}_scale"));
+            let z_name = names.fresh(&format!("{weight}_zero_point"));
             graph
                 .initializer
                 .push(build::tensor_raw(&q_name, UINT8, &dims, q));
@@ -619,9 +612,9 @@ pub(crate) fn quantize_dynamic(
         }
         let axis = options.per_channel.then_some(1);
         let (q, scales) = quantize_symmetric(&values, &dims, axis);
-        let q_name = super::fresh_name(&mut used, &format!("{weight}_quantized"));
-        let s_name = super::fresh_name(&mut used, &format!("{weight}_scale"));
-        let z_name = super::fresh_name(&mut used, &format!("{weight}_zero_point"));
+        let q_name = names.fresh(&format!("{weight}_quantized"));
+        let s_name = names.fresh(&format!("{weight}_scale"));
+        let z_name = names.fresh(&format!("{weight}_zero_point"));
         let sdims: Vec<i64> = if options.per_channel {
             vec![scales.len() as i64]
         } else {
@@ -660,10 +653,10 @@ pub(crate) fn quantize_dynamic(
     for (i, mut node) in old.into_iter().enumerate() {
         if let Some((tq, ts, tz)) = gather_rewrite.get(&i) {
             let y = node.output[0].clone();
-            let yq = super::fresh_name(&mut used, &format!("{y}_quantized"));
+            let yq = names.fresh(&format!("{y}_quantized"));
             node.input[0] = tq.clone();
             node.output[0] = yq.clone();
-            let dq_name = super::fresh_name(&mut used, &format!("{y}_DequantizeLinear"));
+            let dq_name = names.fresh(&format!("{y}_DequantizeLinear"));
             nodes.push(node);
             nodes.push(build::node(
                 &dq_name,
@@ -687,10 +680,10 @@ pub(crate) fn quantize_dynamic(
         let (xq, xs, xz) = match dql.get(&x) {
             Some(v) => v.clone(),
             None => {
-                let xq = super::fresh_name(&mut used, &format!("{x}_quantized"));
-                let xs = super::fresh_name(&mut used, &format!("{x}_scale"));
-                let xz = super::fresh_name(&mut used, &format!("{x}_zero_point"));
-                let name = super::fresh_name(&mut used, &format!("{x}_QuantizeLinear"));
+                let xq = names.fresh(&format!("{x}_quantized"));
+                let xs = names.fresh(&format!("{x}_scale"));
+                let xz = names.fresh(&format!("{x}_zero_point"));
+                let name = names.fresh(&format!("{x}_QuantizeLinear"));
                 nodes.push(build::node(
                     &name,
                     "DynamicQuantizeLinear",
@@ -701,33 +694,28 @@ pub(crate) fn quantize_dynamic(
                 (xq, xs, xz)
             }
         };
-        let yi = super::fresh_name(&mut used, &format!("{y}_output_quantized"));
-        let yf = super::fresh_name(&mut used, &format!("{yi}_cast_output"));
-        let s = super::fresh_name(&mut used, &format!("{base}_quant_scales_mul:0"));
+        let yi = names.fresh(&format!("{y}_output_quantized"));
+        let yf = names.fresh(&format!("{yi}_cast_output"));
+        let s = names.fresh(&format!("{base}_quant_scales_mul:0"));
         let mut mm = build::node(
-            &super::fresh_name(&mut used, &format!("{base}_quant")),
+            &names.fresh(&format!("{base}_quant")),
             "MatMulInteger",
             &[&xq, wq, &xz, wz],
             &[&yi],
         );
         mm.metadata_props = node.metadata_props.clone();
         nodes.push(mm);
-        let mut cast = build::node(
-            &super::fresh_name(&mut used, &format!("{yi}_cast")),
-            "Cast",
-            &[&yi],
-            &[&yf],
-        );
+        let mut cast = build::node(&names.fresh(&format!("{yi}_cast")), "Cast", &[&yi], &[&yf]);
         cast.attribute.push(build::attr_int("to", FLOAT as i64));
         nodes.push(cast);
         nodes.push(build::node(
-            &super::fresh_name(&mut used, &format!("{base}_quant_scales_mul")),
+            &names.fresh(&format!("{base}_quant_scales_mul")),
             "Mul",
             &[&xs, ws],
             &[&s],
         ));
         nodes.push(build::node(
-            &super::fresh_name(&mut used, &format!("{base}_quant_output_scale_mul")),
+            &names.fresh(&format!("{base}_quant_output_scale_mul")),
             "Mul",
             &[&yf, &s],
             &[&y],

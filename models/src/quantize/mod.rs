@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::merge::resolve::{path_from_name_scopes, path_from_node_name};
 use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::proto::{GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto};
-use crate::onnx::{OnnxModel, SaveOptions, SaveSummary, onnx_type_name, save_model};
+use crate::onnx::{NodeExt, OnnxModel, SaveOptions, SaveSummary, onnx_type_name, save_model};
 
 pub use types::infer_elem_types;
 
@@ -449,42 +449,10 @@ fn file_bytes(model: &Path, data: Option<&Path>) -> Result<u64> {
     Ok(total)
 }
 
-/// A name not yet used by any value or initializer of `graph`.
-pub(crate) fn fresh_name(used: &mut HashSet<String>, base: &str) -> String {
-    let mut name = base.to_string();
-    let mut i = 1;
-    while used.contains(&name) {
-        name = format!("{base}_{i}");
-        i += 1;
-    }
-    used.insert(name.clone());
-    name
-}
-
-/// Every value name of `graph` (inputs, outputs, initializers, node outputs).
-pub(crate) fn used_names(graph: &GraphProto) -> HashSet<String> {
-    let mut used: HashSet<String> = HashSet::new();
-    used.extend(graph.input.iter().map(|v| v.name().to_string()));
-    used.extend(graph.output.iter().map(|v| v.name().to_string()));
-    used.extend(graph.initializer.iter().map(|t| t.name().to_string()));
-    for n in &graph.node {
-        used.extend(n.output.iter().cloned());
-        used.extend(n.input.iter().cloned());
-        if let Some(name) = &n.name {
-            used.insert(name.clone());
-        }
-    }
-    used
-}
-
 /// Refuses graphs with control flow: their bodies would need the same
 /// rewrite, which is not supported.
 pub(crate) fn refuse_subgraphs(model: &OnnxModel, graph: &GraphProto, what: &str) -> Result<()> {
-    if let Some(n) = graph.node.iter().find(|n| {
-        n.attribute
-            .iter()
-            .any(|a| a.g.is_some() || !a.graphs.is_empty())
-    }) {
+    if let Some(n) = graph.node.iter().find(|n| n.has_subgraphs()) {
         return Err(Error::field(
             model.path(),
             format!("node `{}`", n.name()),
