@@ -1,7 +1,7 @@
 //! Merging a PEFT LoRA adapter into an ONNX model's weights.
 //!
 //! [`MergePlan::new`] resolves every adapter module to one linear layer of
-//! the graph (see [`resolve`]), copies weights that other nodes also read,
+//! the graph (see [`crate::onnx::linear`]), copies weights that other nodes also read,
 //! and records the edits; [`MergePlan::updates`] then yields the merged
 //! tensors one by one, so [`merge_to_file`] streams a model of any size in
 //! bounded memory, and the engine can merge in memory with the same code.
@@ -13,25 +13,23 @@
 //! Values are merged in `f32` (norms in `f64`) and written back in the
 //! weight's own type.
 
-pub mod resolve;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::onnx::linear::{Layout, LinearIndex, LinearSite, Resolution};
 use crate::onnx::proto::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
 use crate::onnx::{
     FloatType, NameAllocator, OnnxModel, SaveOptions, SaveSummary, TensorBytes, TensorUpdate,
     read_counts, save_model,
 };
 use crate::peft::{Adapter, LoraModule, Replacement};
-use resolve::{Layout, LinearIndex, Resolution};
 
 /// One adapter module, resolved and ready to merge.
 #[derive(Debug, Clone)]
 struct Job {
     module: String,
-    site: resolve::LinearSite,
+    site: LinearSite,
     /// The initializer the merged weight is written to (a fresh copy when
     /// the original is shared with nodes that are not adapted).
     target_weight: String,

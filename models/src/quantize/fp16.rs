@@ -23,8 +23,9 @@ use half::f16;
 use regex::Regex;
 
 use super::types::{infer_elem_types, set_value_info_type, value_info_type};
-use super::{KeptNode, QuantizeReport, Selection, Selector, TensorReport, node_paths};
+use super::{KeptNode, QuantizeReport, Selection, Selector, TensorReport};
 use crate::error::{Error, Result};
+use crate::onnx::linear::node_module_paths;
 use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
 use crate::onnx::{FloatType, NameAllocator, NodeExt, OnnxModel, build};
@@ -573,7 +574,7 @@ fn kept_nodes(
                 .iter()
                 .enumerate()
                 .filter(|(_, n)| {
-                    re.is_match(n.name()) || node_paths(n).iter().any(|p| re.is_match(p))
+                    re.is_match(n.name()) || node_module_paths(n).iter().any(|p| re.is_match(p))
                 })
                 .map(|(i, _)| i)
                 .collect()
@@ -595,7 +596,7 @@ fn kept_nodes(
         let mut selector = Selector::new(sel, model.path())?;
         let mut known = Vec::new();
         for (i, n) in graph.node.iter().enumerate() {
-            let paths = node_paths(n);
+            let paths = node_module_paths(n);
             known.extend(paths.iter().cloned());
             if !selector.selects(paths.iter().map(String::as_str)) {
                 keep.entry(i)

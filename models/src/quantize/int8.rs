@@ -26,9 +26,9 @@ use std::collections::{HashMap, HashSet};
 
 use super::gptq::{Hessian, gptq};
 use super::types::infer_elem_types;
-use super::{QuantizeReport, Selection, Selector, Skipped, TensorReport, node_paths};
+use super::{QuantizeReport, Selection, Selector, Skipped, TensorReport};
 use crate::error::{Error, Result};
-use crate::merge::resolve::{Layout, LinearIndex};
+use crate::onnx::linear::{Layout, LinearIndex, node_module_paths, path_from_parameter_name};
 use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
 use crate::onnx::{NameAllocator, NodeExt, OnnxModel, build, element_count, onnx_type_name};
@@ -247,13 +247,8 @@ fn candidates(graph: &GraphProto) -> Vec<Candidate> {
         let Some(w) = w else { continue };
         let gather_axis0 = node.op_type() != "Gather" || node.attr_int("axis").unwrap_or(0) == 0;
         if gather_axis0 && inits.get(w.as_str()).is_some_and(|t| ok(t)) && seen.insert(w.clone()) {
-            let mut paths = node_paths(node);
-            if let Some(p) = w
-                .strip_suffix(".weight")
-                .filter(|p| !p.contains('/') && !p.contains("::"))
-            {
-                paths.push(p.to_string());
-            }
+            let mut paths = node_module_paths(node);
+            paths.extend(path_from_parameter_name(w));
             out.push(Candidate {
                 weight: w.clone(),
                 axis: 0,
@@ -542,13 +537,8 @@ pub(crate) fn quantize_dynamic(
             continue;
         }
         if !gathers.contains_key(table) && !matmuls.contains_key(table) {
-            let mut paths = node_paths(node);
-            if let Some(p) = table
-                .strip_suffix(".weight")
-                .filter(|p| !p.contains('/') && !p.contains("::"))
-            {
-                paths.push(p.to_string());
-            }
+            let mut paths = node_module_paths(node);
+            paths.extend(path_from_parameter_name(table));
             cands.push(Candidate {
                 weight: table.clone(),
                 axis: 0,

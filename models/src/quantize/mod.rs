@@ -33,9 +33,8 @@ use bytes::Bytes;
 use regex::Regex;
 
 use crate::error::{Error, Result};
-use crate::merge::resolve::{path_from_name_scopes, path_from_node_name};
 use crate::onnx::proto::tensor_proto::DataType;
-use crate::onnx::proto::{GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto};
+use crate::onnx::proto::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
 use crate::onnx::{NodeExt, OnnxModel, SaveOptions, SaveSummary, onnx_type_name, save_model};
 
 pub use types::infer_elem_types;
@@ -160,15 +159,6 @@ impl Selector {
         }
         Ok(())
     }
-}
-
-/// Module paths of a node: from the dynamo exporter's name scopes and the
-/// legacy exporter's node name.
-pub(crate) fn node_paths(node: &NodeProto) -> Vec<String> {
-    path_from_name_scopes(&node.metadata_props)
-        .into_iter()
-        .chain(path_from_node_name(node.name()))
-        .collect()
 }
 
 /// One tensor the conversion changed.
