@@ -20,8 +20,8 @@ use crate::error::{Error, Result};
 use crate::onnx::linear::{Layout, LinearIndex, LinearSite, Resolution};
 use crate::onnx::proto::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
 use crate::onnx::{
-    FloatType, NameAllocator, OnnxModel, SaveOptions, SaveSummary, TensorBytes, TensorUpdate,
-    read_counts, save_model,
+    FloatType, GraphIndex, NameAllocator, OnnxModel, SaveOptions, SaveSummary, TensorBytes,
+    TensorUpdate, initializer_positions, read_counts, save_model,
 };
 use crate::peft::{Adapter, LoraModule, Replacement};
 
@@ -82,6 +82,8 @@ pub struct MergeReport {
 /// The resolved merge: an edited graph plus the tensors still to compute.
 pub struct MergePlan<'a> {
     model: &'a OnnxModel,
+    /// The base graph's index: weights and biases are read from there.
+    index: GraphIndex<'a>,
     /// The base proto with copies of shared weights added and rewired.
     pub proto: ModelProto,
     jobs: Vec<Job>,
@@ -95,7 +97,8 @@ impl<'a> MergePlan<'a> {
     /// or several; [`Error::Field`] for a weight whose shape disagrees with
     /// the adapter or that two modules would both change.
     pub fn new(model: &'a OnnxModel, adapter: &Adapter) -> Result<Self> {
-        let index = LinearIndex::build(model.graph());
+        let graph_index = GraphIndex::new(model.graph());
+        let index = LinearIndex::from_index(&graph_index);
         let mut unmatched = Vec::new();
         let mut ambiguous = Vec::new();
         let mut jobs = Vec::new();
@@ -150,6 +153,7 @@ impl<'a> MergePlan<'a> {
         }
         let mut plan = MergePlan {
             model,
+            index: graph_index,
             proto: model.proto.clone(),
             jobs,
         };
@@ -169,19 +173,14 @@ impl<'a> MergePlan<'a> {
         self.jobs.is_empty()
     }
 
-    fn initializer(&self, name: &str) -> Result<&TensorProto> {
-        self.model
-            .graph()
-            .initializer
-            .iter()
-            .find(|t| t.name() == name)
-            .ok_or_else(|| {
-                Error::field(
-                    self.model.path(),
-                    format!("initializer `{name}`"),
-                    "is not in the graph",
-                )
-            })
+    fn initializer(&self, name: &str) -> Result<&'a TensorProto> {
+        self.index.initializer(name).ok_or_else(|| {
+            Error::field(
+                self.model.path(),
+                format!("initializer `{name}`"),
+                "is not in the graph",
+            )
+        })
     }
 
     /// Orders the work by where each weight sits in its side file, so the
@@ -264,16 +263,14 @@ impl<'a> MergePlan<'a> {
     /// change for the layers the adapter does not touch.
     fn unshare_weights(&mut self) {
         let graph = self.proto.graph.as_mut().expect("checked at load");
+        let index = &self.index;
         let mut uses = read_counts(graph);
         let mut names = NameAllocator::new(graph);
         for job in &mut self.jobs {
             let mut rename = |name: &str, what: &str, graph: &mut GraphProto| -> String {
                 let new = names.fresh(&format!("{name}.{}.{what}", job.module));
-                let original = graph
-                    .initializer
-                    .iter()
-                    .find(|t| t.name() == name)
-                    .expect("indexed");
+                // Sites name initializers of this very graph.
+                let original = index.initializer(name).expect("indexed");
                 graph.initializer.push(empty_like(original, &new));
                 new
             };
@@ -434,18 +431,16 @@ impl<'a> MergePlan<'a> {
             reports.push(report);
         }
         let graph = proto.graph.as_mut().expect("checked at load");
+        let positions = initializer_positions(graph);
         for update in &all {
-            let tensor = graph
-                .initializer
-                .iter_mut()
-                .find(|t| t.name() == update.name)
-                .ok_or_else(|| {
-                    Error::field(
-                        self.model.path(),
-                        format!("initializer `{}`", update.name),
-                        "is not in the graph",
-                    )
-                })?;
+            let i = *positions.get(&update.name).ok_or_else(|| {
+                Error::field(
+                    self.model.path(),
+                    format!("initializer `{}`", update.name),
+                    "is not in the graph",
+                )
+            })?;
+            let tensor = &mut graph.initializer[i];
             tensor.data_location = None;
             tensor.external_data.clear();
             tensor.float_data.clear();

@@ -28,7 +28,10 @@ use crate::error::{Error, Result};
 use crate::onnx::linear::node_module_paths;
 use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
-use crate::onnx::{FloatType, NameAllocator, NodeExt, OnnxModel, build};
+use crate::onnx::{
+    FloatType, GraphIndex, NameAllocator, NodeExt, OnnxModel, build, initializer_positions,
+    read_counts, runtime_inputs,
+};
 
 const FLOAT: i32 = DataType::Float as i32;
 const FLOAT16: i32 = DataType::Float16 as i32;
@@ -153,13 +156,8 @@ pub(crate) fn convert(
 
     // 3. The precision of every float value after conversion.
     let mut prec: HashMap<String, Prec> = HashMap::new();
-    let init_names: HashSet<String> = graph
-        .initializer
-        .iter()
-        .map(|t| t.name().to_string())
-        .collect();
-    for input in &graph.input {
-        if is_float(input.name()) && !init_names.contains(input.name()) {
+    for input in runtime_inputs(graph) {
+        if is_float(input.name()) {
             let p = if options.keep_io_types {
                 Prec::F32
             } else {
@@ -316,16 +314,11 @@ pub(crate) fn convert(
     // 6. f16 Gemm → MatMul + Add (tract 0.23 cannot type an f16 Gemm).
     lower_gemms(model, graph, &mut prec, &mut names)?;
     // Weights only the Gemms read are now unused.
-    let read: HashSet<String> = graph
-        .node
-        .iter()
-        .flat_map(|n| n.input.iter().cloned())
-        .chain(graph.output.iter().map(|o| o.name().to_string()))
-        .collect();
+    let reads = read_counts(graph);
     let dead: HashSet<String> = graph
         .initializer
         .iter()
-        .filter(|t| !read.contains(t.name()))
+        .filter(|t| !reads.contains_key(t.name()))
         .map(|t| t.name().to_string())
         .collect();
     graph.initializer.retain(|t| !dead.contains(t.name()));
@@ -356,6 +349,8 @@ fn lower_gemms(
     prec: &mut HashMap<String, Prec>,
     names: &mut NameAllocator,
 ) -> Result<()> {
+    // The loop only appends initializers, so these positions stay valid.
+    let positions = initializer_positions(graph);
     let mut out: Vec<NodeProto> = Vec::with_capacity(graph.node.len());
     let nodes = std::mem::take(&mut graph.node);
     for node in nodes {
@@ -379,13 +374,11 @@ fn lower_gemms(
         let mut a = node.input[0].clone();
         let mut b = node.input[1].clone();
         let mut c = node.input.get(2).filter(|c| !c.is_empty()).cloned();
-        let b_init = graph
-            .initializer
-            .iter()
-            .position(|t| t.name() == b && t.dims.len() == 2);
-        let c_init = c
-            .as_ref()
-            .and_then(|c| graph.initializer.iter().position(|t| t.name() == *c));
+        let b_init = positions
+            .get(&b)
+            .copied()
+            .filter(|&i| graph.initializer[i].dims.len() == 2);
+        let c_init = c.as_ref().and_then(|c| positions.get(c).copied());
         if (alpha != 1.0 && b_init.is_none()) || (beta != 1.0 && c.is_some() && c_init.is_none()) {
             out.push(node); // Cannot fold the scalars: leave the Gemm.
             continue;
@@ -611,52 +604,27 @@ fn kept_nodes(
 /// RMSNorm and LayerNorm written out in primitive ops: the node indices of
 /// each occurrence.
 fn norm_patterns(graph: &GraphProto) -> Vec<Vec<usize>> {
-    let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
-    let mut producer: HashMap<&str, usize> = HashMap::new();
-    for (i, n) in graph.node.iter().enumerate() {
-        for input in &n.input {
-            consumers.entry(input.as_str()).or_default().push(i);
-        }
-        for o in &n.output {
-            producer.insert(o.as_str(), i);
-        }
-    }
-    let constants: HashSet<&str> = graph
-        .initializer
-        .iter()
-        .map(|t| t.name())
-        .chain(
-            graph
-                .node
-                .iter()
-                .filter(|n| n.op_type() == "Constant")
-                .flat_map(|n| n.output.iter().map(String::as_str)),
-        )
-        .collect();
-    let only_consumer = |v: &str| -> Option<usize> {
-        match consumers.get(v).map(Vec::as_slice) {
-            Some([one]) => Some(*one),
-            _ => None,
-        }
+    let index = GraphIndex::new(graph);
+    // Initializers and Constant outputs: the exponent, epsilon and affine
+    // weights of the pattern are constants, its activations are not.
+    let is_constant = |v: &str| {
+        index.is_initializer(v)
+            || index
+                .producer(v)
+                .is_some_and(|n| graph.node[n].op_type() == "Constant")
     };
     let mut regions = Vec::new();
     for (p, pow) in graph.node.iter().enumerate() {
-        if pow.op_type() != "Pow"
-            || pow.input.len() < 2
-            || !constants.contains(pow.input[1].as_str())
-        {
+        if pow.op_type() != "Pow" || pow.input.len() < 2 || !is_constant(&pow.input[1]) {
             continue;
         }
         let x = pow.input[0].as_str();
         let mut region = vec![p];
         // LayerNorm: x = Sub(a, ReduceMean(a)); the normalize step reads x.
         let mut roots: Vec<&str> = vec![x];
-        if let Some(&s) = producer.get(x)
+        if let Some(s) = index.producer(x)
             && graph.node[s].op_type() == "Sub"
-            && let Some(&m) = graph.node[s]
-                .input
-                .get(1)
-                .and_then(|v| producer.get(v.as_str()))
+            && let Some(m) = graph.node[s].input.get(1).and_then(|v| index.producer(v))
             && graph.node[m].op_type() == "ReduceMean"
             && graph.node[m].input.first() == graph.node[s].input.first()
         {
@@ -671,7 +639,7 @@ fn norm_patterns(graph: &GraphProto) -> Vec<Vec<usize>> {
             let Some(out) = graph.node[cur].output.first() else {
                 break;
             };
-            let Some(next) = only_consumer(out) else {
+            let Some(next) = index.only_consumer(out) else {
                 break;
             };
             let n = &graph.node[next];
@@ -703,14 +671,12 @@ fn norm_patterns(graph: &GraphProto) -> Vec<Vec<usize>> {
             let Some(out) = graph.node[cur].output.first() else {
                 break;
             };
-            let Some(next) = only_consumer(out) else {
+            let Some(next) = index.only_consumer(out) else {
                 break;
             };
             let n = &graph.node[next];
             let affine = matches!(n.op_type(), "Mul" | "Add")
-                && n.input
-                    .iter()
-                    .any(|v| v != out && constants.contains(v.as_str()));
+                && n.input.iter().any(|v| v != out && is_constant(v));
             if !(affine || n.op_type() == "Cast") {
                 break;
             }

@@ -31,7 +31,9 @@ use crate::error::{Error, Result};
 use crate::onnx::linear::{Layout, LinearIndex, node_module_paths, path_from_parameter_name};
 use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
-use crate::onnx::{NameAllocator, NodeExt, OnnxModel, build, element_count, onnx_type_name};
+use crate::onnx::{
+    GraphIndex, NameAllocator, NodeExt, OnnxModel, build, element_count, onnx_type_name,
+};
 
 const FLOAT: i32 = DataType::Float as i32;
 const INT8: i32 = DataType::Int8 as i32;
@@ -220,11 +222,12 @@ struct Candidate {
     paths: Vec<String>,
 }
 
-fn candidates(graph: &GraphProto) -> Vec<Candidate> {
-    let index = LinearIndex::build(graph);
+fn candidates(index: &GraphIndex) -> Vec<Candidate> {
+    let graph = index.graph();
+    let linear = LinearIndex::from_index(index);
     let mut out: Vec<Candidate> = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
-    for site in &index.sites {
+    for site in &linear.sites {
         if seen.insert(site.weight.clone()) {
             out.push(Candidate {
                 weight: site.weight.clone(),
@@ -234,8 +237,6 @@ fn candidates(graph: &GraphProto) -> Vec<Candidate> {
             });
         }
     }
-    let inits: HashMap<&str, &TensorProto> =
-        graph.initializer.iter().map(|t| (t.name(), t)).collect();
     for node in &graph.node {
         // Conv kernels [out, in/g, k…] and embedding tables [rows, dim]
         // read by Gather (one scale per row), both along axis 0.
@@ -246,7 +247,7 @@ fn candidates(graph: &GraphProto) -> Vec<Candidate> {
         };
         let Some(w) = w else { continue };
         let gather_axis0 = node.op_type() != "Gather" || node.attr_int("axis").unwrap_or(0) == 0;
-        if gather_axis0 && inits.get(w.as_str()).is_some_and(|t| ok(t)) && seen.insert(w.clone()) {
+        if gather_axis0 && index.initializer(w).is_some_and(ok) && seen.insert(w.clone()) {
             let mut paths = node_module_paths(node);
             paths.extend(path_from_parameter_name(w));
             out.push(Candidate {
@@ -263,14 +264,12 @@ fn candidates(graph: &GraphProto) -> Vec<Candidate> {
 /// Picks the candidates to quantize, recording why the others are skipped.
 fn choose<'c>(
     model: &OnnxModel,
-    graph: &GraphProto,
+    index: &GraphIndex,
     cands: &'c [Candidate],
     options: &Int8Options,
     report: &mut QuantizeReport,
 ) -> Result<Vec<&'c Candidate>> {
     let mut selector = Selector::new(&options.selection, model.path())?;
-    let inits: HashMap<&str, &TensorProto> =
-        graph.initializer.iter().map(|t| (t.name(), t)).collect();
     let mut chosen = Vec::new();
     let mut known = Vec::new();
     for c in cands {
@@ -284,7 +283,7 @@ fn choose<'c>(
             })
         };
         let selected = selector.selects(c.paths.iter().map(String::as_str));
-        let Some(t) = inits.get(c.weight.as_str()) else {
+        let Some(t) = index.initializer(&c.weight) else {
             continue;
         };
         if !selected {
@@ -376,9 +375,10 @@ pub(crate) fn quantize_qdq(
     report: &mut QuantizeReport,
 ) -> Result<()> {
     super::refuse_subgraphs(model, graph, "int8 quantization")?;
-    let cands = candidates(graph);
+    let index = GraphIndex::new(graph);
+    let cands = candidates(&index);
     let chosen: Vec<(String, usize, String, Option<String>)> =
-        choose(model, graph, &cands, options, report)?
+        choose(model, &index, &cands, options, report)?
             .into_iter()
             .map(|c| {
                 let module = c.paths.iter().max_by_key(|p| p.len()).cloned();
@@ -487,7 +487,8 @@ pub(crate) fn quantize_dynamic(
 ) -> Result<()> {
     super::refuse_subgraphs(model, graph, "int8-dynamic quantization")?;
     let types = infer_elem_types(graph);
-    let index = LinearIndex::build(graph);
+    let graph_index = GraphIndex::new(graph);
+    let index = LinearIndex::from_index(&graph_index);
     // Only MatMul(x, W) with W an [in, out] initializer, as quantize_dynamic.
     let mut cands = Vec::new();
     let mut matmuls: HashMap<String, Vec<usize>> = HashMap::new();
@@ -523,15 +524,13 @@ pub(crate) fn quantize_dynamic(
             .push(site.linear);
     }
     // Embedding tables: Gather on the uint8 table, DequantizeLinear after.
-    let inits: HashMap<&str, &TensorProto> =
-        graph.initializer.iter().map(|t| (t.name(), t)).collect();
     let mut gathers: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, node) in graph.node.iter().enumerate() {
         let Some(table) = node.input.first() else {
             continue;
         };
-        let float_table = inits
-            .get(table.as_str())
+        let float_table = graph_index
+            .initializer(table)
             .is_some_and(|t| t.data_type() == FLOAT);
         if node.op_type() != "Gather" || !float_table {
             continue;
@@ -549,7 +548,7 @@ pub(crate) fn quantize_dynamic(
         gathers.entry(table.clone()).or_default().push(i);
     }
     let chosen: Vec<(String, Option<String>, String)> =
-        choose(model, graph, &cands, options, report)?
+        choose(model, &graph_index, &cands, options, report)?
             .into_iter()
             .map(|c| {
                 (
