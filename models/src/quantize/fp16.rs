@@ -22,7 +22,7 @@ use bytes::Bytes;
 use half::f16;
 use regex::Regex;
 
-use super::types::{infer_elem_types, set_value_info_type, value_info_type};
+use super::elem_types::{infer_elem_types, set_value_info_type, value_info_type};
 use super::{KeptNode, QuantizeReport, Selection, Selector, TensorReport};
 use crate::error::{Error, Result};
 use crate::onnx::linear::node_module_paths;

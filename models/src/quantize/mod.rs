@@ -21,10 +21,10 @@
 //! with [`crate::onnx::save_model`] (temp file, fsync, rename) and returns a
 //! [`QuantizeReport`].
 
+mod elem_types;
 pub mod fp16;
 pub mod gptq;
 pub mod int8;
-mod types;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -37,7 +37,7 @@ use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::proto::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
 use crate::onnx::{NodeExt, OnnxModel, SaveOptions, SaveSummary, onnx_type_name, save_model};
 
-pub use types::infer_elem_types;
+pub use elem_types::infer_elem_types;
 
 /// Metadata key recording how a model was quantized.
 pub const QUANTIZE_KEY: &str = "emogate.quantize";
@@ -449,6 +449,25 @@ pub(crate) fn refuse_subgraphs(model: &OnnxModel, graph: &GraphProto, what: &str
             format!(
                 "is a {} with a subgraph; {what} of models with control flow (If/Loop/Scan) is not supported",
                 n.op_type()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a model whose default-domain opset is below `min`, which `form`
+/// (the ops the conversion writes) needs.
+///
+/// # Errors
+/// [`Error::Field`] on `opset_import`, naming the opset found and the one needed.
+pub(crate) fn require_opset(model: &OnnxModel, min: i64, form: &str) -> Result<()> {
+    let opset = default_opset(&model.proto.opset_import);
+    if opset < min {
+        return Err(Error::field(
+            model.path(),
+            "opset_import",
+            format!(
+                "the model imports opset {opset}; {form} needs opset {min} or newer (re-export with a newer opset_version)"
             ),
         ));
     }

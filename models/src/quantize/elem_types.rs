@@ -1,5 +1,5 @@
-//! Element types of every value of a graph, without shapes: what fp16
-//! conversion needs to know which values carry floats.
+//! Element types of every value of a graph, without shapes: how fp16
+//! conversion and int8-dynamic know which values carry floats.
 //!
 //! Types come from the graph's inputs, `value_info`, initializers and
 //! `Constant` nodes, then flow forward through the nodes: most ops output
