@@ -1,8 +1,8 @@
 //! Merging a PEFT LoRA adapter into an ONNX model's weights.
 //!
 //! [`MergePlan::new`] resolves every adapter module to one linear layer of
-//! the graph (see [`crate::onnx::linear`]), copies weights that other nodes also read,
-//! and records the edits; [`MergePlan::updates`] then yields the merged
+//! the graph (see [`crate::onnx::linear`]), copies weights that other nodes
+//! also read, and records the edits; [`MergePlan::updates`] then yields the merged
 //! tensors one by one, so [`merge_to_file`] streams a model of any size in
 //! bounded memory, and the engine can merge in memory with the same code.
 //!

@@ -163,56 +163,77 @@ impl<'g> GraphIndex<'g> {
 ///
 /// ONNX leaves an attribute out when it has its default value, so every
 /// getter returns `None` for an absent attribute and the caller applies the
-/// operator's default (`transB` 0, `alpha` 1.0, …). None of these methods
-/// fail: an attribute whose value has another type than asked for reads as
-/// absent for scalar getters, and as present for list getters only when it
-/// is present at all.
+/// operator's default (`transB` 0, `alpha` 1.0, …) or reports the missing
+/// attribute in its own error, naming the node. No method fails or panics:
+/// a getter asked for a type the attribute does not carry returns `None`
+/// (scalars) or the empty list it holds (lists).
 pub trait NodeExt {
     /// The attribute called `name`, whatever its type.
+    ///
+    /// Errors: none; `None` when the node has no such attribute (the first
+    /// one counts if a malformed node repeats a name).
     fn attr(&self, name: &str) -> Option<&AttributeProto>;
 
     /// The attribute called `name`, for passes that rewrite it in place.
+    ///
+    /// Errors: none; `None` as for [`NodeExt::attr`].
     fn attr_mut(&mut self, name: &str) -> Option<&mut AttributeProto>;
 
-    /// An `INT` attribute; `None` when absent or when it carries no integer.
+    /// An `INT` attribute.
+    ///
+    /// Errors: none; `None` when absent or when it carries no integer.
     fn attr_int(&self, name: &str) -> Option<i64> {
         self.attr(name).and_then(|a| a.i)
     }
 
-    /// An `INTS` attribute; `None` only when absent (an empty list is `Some`).
+    /// An `INTS` attribute.
+    ///
+    /// Errors: none; `None` only when absent (an empty list is `Some`).
     fn attr_ints(&self, name: &str) -> Option<&[i64]> {
         self.attr(name).map(|a| a.ints.as_slice())
     }
 
-    /// A `FLOAT` attribute; `None` when absent or when it carries no float.
+    /// A `FLOAT` attribute.
+    ///
+    /// Errors: none; `None` when absent or when it carries no float.
     fn attr_float(&self, name: &str) -> Option<f32> {
         self.attr(name).and_then(|a| a.f)
     }
 
-    /// A `FLOATS` attribute; `None` only when absent (an empty list is `Some`).
+    /// A `FLOATS` attribute.
+    ///
+    /// Errors: none; `None` only when absent (an empty list is `Some`).
     fn attr_floats(&self, name: &str) -> Option<&[f32]> {
         self.attr(name).map(|a| a.floats.as_slice())
     }
 
-    /// A `STRING` attribute as text; `None` when absent, when it carries no
-    /// string, or when its bytes are not UTF-8 (ONNX strings are bytes).
+    /// A `STRING` attribute as text.
+    ///
+    /// Errors: none; `None` when absent, when it carries no string, or when
+    /// its bytes are not UTF-8 (ONNX strings are bytes; callers that need
+    /// other bytes read [`NodeExt::attr`]'s `s`).
     fn attr_string(&self, name: &str) -> Option<&str> {
         self.attr(name)
             .and_then(|a| a.s.as_deref())
             .and_then(|b| std::str::from_utf8(b).ok())
     }
 
-    /// A `TENSOR` attribute (`Constant`'s `value`); `None` when absent or
-    /// when it carries no tensor.
+    /// A `TENSOR` attribute (`Constant`'s `value`).
+    ///
+    /// Errors: none; `None` when absent or when it carries no tensor.
     fn attr_tensor(&self, name: &str) -> Option<&TensorProto> {
         self.attr(name).and_then(|a| a.t.as_ref())
     }
 
     /// The node's subgraphs: `If` branches, `Loop`/`Scan` bodies, in
     /// attribute order.
+    ///
+    /// Errors: none; empty for a node without control flow.
     fn subgraphs(&self) -> impl Iterator<Item = &GraphProto>;
 
     /// Whether the node carries any subgraph (control flow).
+    ///
+    /// Errors: none.
     fn has_subgraphs(&self) -> bool {
         self.subgraphs().next().is_some()
     }

@@ -5,6 +5,11 @@
 //! form every model over 2 GB must use) are described by an [`ExternalData`]
 //! reference; their bytes are read on demand, one tensor at a time, so a
 //! multi-gigabyte model never has to fit in memory.
+//!
+//! Graph questions are answered by the graph layer: [`GraphIndex`]
+//! (initializers, producers, consumers, fed inputs), [`NodeExt`] (typed
+//! attributes), [`NameAllocator`] (fresh names), [`read_counts`]; and
+//! [`linear`] finds the linear layers and the module paths they are known by.
 
 pub mod build;
 mod graph;

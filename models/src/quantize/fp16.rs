@@ -9,7 +9,7 @@
 //! * `Softmax`/`LogSoftmax`: exponentials and their sum;
 //! * nodes the user names with `--keep-f32` (an op type, or a regular
 //!   expression over node names and module paths), and nodes outside the
-//!   module [`Selection`](super::Selection).
+//!   module [`Selection`].
 //!
 //! `Cast` nodes are inserted wherever an f16 value meets an f32 consumer or
 //! the other way round; with `keep_io_types` the graph's inputs and outputs
@@ -36,7 +36,7 @@ use crate::onnx::{
 const FLOAT: i32 = DataType::Float as i32;
 const FLOAT16: i32 = DataType::Float16 as i32;
 
-/// Options of [`convert`].
+/// Options of fp16 conversion ([`super::Mode::Fp16`]).
 #[derive(Debug, Clone)]
 pub struct Fp16Options {
     /// Keep the graph's f32 inputs and outputs (with Casts inside).

@@ -16,8 +16,8 @@
 //!   for CPU runtimes (TensorRT rejects `MatMulInteger`).
 //!
 //! Which layers are touched is chosen by module path ([`Selection`]), found
-//! as the merge finds them (legacy node names, dynamo name-scope metadata,
-//! parameter-named initializers). [`quantize_to_file`] writes the result
+//! by [`crate::onnx::linear`] as the merge finds them (legacy node names,
+//! dynamo name-scope metadata, parameter-named initializers). [`quantize_to_file`] writes the result
 //! with [`crate::onnx::save_model`] (temp file, fsync, rename) and returns a
 //! [`QuantizeReport`].
 

@@ -7,7 +7,7 @@
 //! zeros), `q = clamp(round_half_even(w / scale), -127, 127)`, zero point 0
 //! ([`numerics`]).
 //!
-//! **QDQ** ([`quantize_qdq`]): each selected `MatMul`/`Gemm`/`Conv` weight
+//! **QDQ** (`qdq`, [`super::Mode::Int8`]): each selected `MatMul`/`Gemm`/`Conv` weight
 //! `W` becomes `W_quantized` (int8) → `DequantizeLinear(W_quantized,
 //! W_scale, W_zero_point, axis)` → the op, with one scale per output
 //! channel (`axis` 1 for `[in, out]` MatMul weights, 0 for `[out, in]`
@@ -16,7 +16,7 @@
 //! weight-only quantization, which TensorRT's ONNX parser accepts (int8
 //! weights, symmetric, zero point 0, per-channel axis on the output channels).
 //!
-//! **Dynamic** ([`quantize_dynamic`]): `MatMul(x, W)` becomes
+//! **Dynamic** (`dynamic`, [`super::Mode::Int8Dynamic`]): `MatMul(x, W)` becomes
 //! `DynamicQuantizeLinear(x) → MatMulInteger(x_q, W_q, x_zp, W_zp) → Cast →
 //! Mul(x_scale · W_scale)`, and an embedding `Gather(E, ids)` becomes
 //! `Gather(E_uint8, ids) → DequantizeLinear` (asymmetric uint8, per tensor),
@@ -53,7 +53,7 @@ const FLOAT: i32 = DataType::Float as i32;
 const INT8: i32 = DataType::Int8 as i32;
 const UINT8: i32 = DataType::Uint8 as i32;
 
-/// Options of [`quantize_qdq`] and [`quantize_dynamic`].
+/// Options of both int8 forms ([`super::Mode::Int8`], [`super::Mode::Int8Dynamic`]).
 #[derive(Debug, Clone)]
 pub struct Int8Options {
     /// Which modules to quantize.
