@@ -231,6 +231,11 @@ pub trait NodeExt {
     /// Errors: none; empty for a node without control flow.
     fn subgraphs(&self) -> impl Iterator<Item = &GraphProto>;
 
+    /// The node's subgraphs, for passes that edit them in place.
+    ///
+    /// Errors: none; empty for a node without control flow.
+    fn subgraphs_mut(&mut self) -> impl Iterator<Item = &mut GraphProto>;
+
     /// Whether the node carries any subgraph (control flow).
     ///
     /// Errors: none.
@@ -252,6 +257,12 @@ impl NodeExt for NodeProto {
         self.attribute
             .iter()
             .flat_map(|a| a.g.iter().chain(&a.graphs))
+    }
+
+    fn subgraphs_mut(&mut self) -> impl Iterator<Item = &mut GraphProto> {
+        self.attribute
+            .iter_mut()
+            .flat_map(|a| a.g.iter_mut().chain(a.graphs.iter_mut()))
     }
 }
 
@@ -397,6 +408,14 @@ mod tests {
         };
         let mut branch = node("if", "If", &["c"], &["o"]);
         branch.attribute = vec![attr_graph("then_branch", body)];
+        assert!(branch.has_subgraphs());
+        branch
+            .subgraphs_mut()
+            .for_each(|b| b.name = Some("then".into()));
+        assert_eq!(
+            branch.subgraphs().map(|b| b.name()).collect::<Vec<_>>(),
+            ["then"]
+        );
         g.node.push(branch);
         let mut names = NameAllocator::new(&g);
         assert_eq!(names.fresh("W_s"), "W_s");

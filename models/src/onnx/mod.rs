@@ -362,12 +362,8 @@ pub fn visit_initializers_mut<E>(
     for t in graph.initializer.iter_mut() {
         f(t)?;
     }
-    for node in graph.node.iter_mut() {
-        for attr in node.attribute.iter_mut() {
-            for sub in attr.g.iter_mut().chain(attr.graphs.iter_mut()) {
-                visit_initializers_mut(sub, f)?;
-            }
-        }
+    for sub in graph.node.iter_mut().flat_map(|n| n.subgraphs_mut()) {
+        visit_initializers_mut(sub, f)?;
     }
     Ok(())
 }
