@@ -3,11 +3,17 @@
 //! Model artifacts, with no runtime dependencies: what `emogate-convert`
 //! and the engine read, edit and write.
 //!
-//! A brief overview of the principal types:
+//! The parts, from the file up:
 //!
-//! * [`onnx::OnnxModel`] — an ONNX model file decoded, with its external
-//!   data (side files) checked and readable one tensor at a time;
+//! * [`onnx`] — [`onnx::OnnxModel`], an ONNX model file decoded, with its
+//!   external data (side files) checked and readable one tensor at a time;
 //!   [`onnx::save_model`] writes an edited model back atomically.
+//! * The graph layer, in [`onnx`]: [`onnx::GraphIndex`] (initializers by
+//!   name, each value's producer and consumers, the inputs a caller feeds),
+//!   [`onnx::NodeExt`] (a node's attributes by name and type),
+//!   [`onnx::NameAllocator`] (the one rule for fresh names) and
+//!   [`onnx::linear`] ([`onnx::linear::LinearIndex`]: every `MatMul`/`Gemm`
+//!   weight, its layout, and the module paths exporters give it).
 //! * [`manifest::Manifest`] — how a model describes its inputs (video,
 //!   audio features) and outputs, embedded in the ONNX file or as a sidecar.
 //! * [`peft::Adapter`] — a Hugging Face PEFT LoRA adapter folder
@@ -20,6 +26,16 @@
 //!   symmetric, TensorRT's form, optionally GPTQ-rounded) and ONNX Runtime's
 //!   dynamic int8 form, chosen by module path like the merge.
 //! * [`Error`] — every failure names the file, the field and what was expected.
+//!
+//! How data moves: a file becomes an [`onnx::OnnxModel`]; a pass indexes its
+//! graph once ([`onnx::GraphIndex`], then [`onnx::linear::LinearIndex`]),
+//! decides what to change (a merge resolves adapter modules to linear
+//! layers, a quantization selects layers by module path), edits a clone of
+//! the proto with names from one [`onnx::NameAllocator`], and hands the
+//! edited proto plus the changed tensors to [`onnx::save_model`], which
+//! writes the new file and its side file atomically. A merge streams: it
+//! holds only the tensors of the modules in flight; quantization rewrites
+//! most weights, so it reads them all into memory first.
 
 pub mod error;
 pub mod manifest;

@@ -11,8 +11,8 @@ use emogate_infer::backend::Backend;
 use emogate_infer::backend::InputFact;
 use emogate_infer::backend::tract::{TractBackend, TractOptions};
 use emogate_models::manifest::Manifest;
-use emogate_models::merge::resolve::{Layout, LinearIndex};
 use emogate_models::onnx::OnnxModel;
+use emogate_models::onnx::linear::{Layout, LinearIndex};
 use emogate_models::onnx::proto::ValueInfoProto;
 use emogate_models::quantize::gptq::Hessian;
 

@@ -1,8 +1,8 @@
 //! Merging a PEFT LoRA adapter into an ONNX model's weights.
 //!
 //! [`MergePlan::new`] resolves every adapter module to one linear layer of
-//! the graph (see [`resolve`]), copies weights that other nodes also read,
-//! and records the edits; [`MergePlan::updates`] then yields the merged
+//! the graph (see [`crate::onnx::linear`]), copies weights that other nodes
+//! also read, and records the edits; [`MergePlan::updates`] then yields the merged
 //! tensors one by one, so [`merge_to_file`] streams a model of any size in
 //! bounded memory, and the engine can merge in memory with the same code.
 //!
@@ -13,24 +13,23 @@
 //! Values are merged in `f32` (norms in `f64`) and written back in the
 //! weight's own type.
 
-pub mod resolve;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::onnx::linear::{Layout, LinearIndex, LinearSite, Resolution};
 use crate::onnx::proto::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
 use crate::onnx::{
-    FloatType, OnnxModel, SaveOptions, SaveSummary, TensorBytes, TensorUpdate, save_model,
+    FloatType, GraphIndex, NameAllocator, OnnxModel, SaveOptions, SaveSummary, TensorBytes,
+    TensorUpdate, initializer_positions, read_counts, save_model,
 };
 use crate::peft::{Adapter, LoraModule, Replacement};
-use resolve::{Layout, LinearIndex, Resolution};
 
 /// One adapter module, resolved and ready to merge.
 #[derive(Debug, Clone)]
 struct Job {
     module: String,
-    site: resolve::LinearSite,
+    site: LinearSite,
     /// The initializer the merged weight is written to (a fresh copy when
     /// the original is shared with nodes that are not adapted).
     target_weight: String,
@@ -83,6 +82,8 @@ pub struct MergeReport {
 /// The resolved merge: an edited graph plus the tensors still to compute.
 pub struct MergePlan<'a> {
     model: &'a OnnxModel,
+    /// The base graph's index: weights and biases are read from there.
+    index: GraphIndex<'a>,
     /// The base proto with copies of shared weights added and rewired.
     pub proto: ModelProto,
     jobs: Vec<Job>,
@@ -96,7 +97,8 @@ impl<'a> MergePlan<'a> {
     /// or several; [`Error::Field`] for a weight whose shape disagrees with
     /// the adapter or that two modules would both change.
     pub fn new(model: &'a OnnxModel, adapter: &Adapter) -> Result<Self> {
-        let index = LinearIndex::build(model.graph());
+        let graph_index = GraphIndex::new(model.graph());
+        let index = LinearIndex::from_index(&graph_index);
         let mut unmatched = Vec::new();
         let mut ambiguous = Vec::new();
         let mut jobs = Vec::new();
@@ -151,6 +153,7 @@ impl<'a> MergePlan<'a> {
         }
         let mut plan = MergePlan {
             model,
+            index: graph_index,
             proto: model.proto.clone(),
             jobs,
         };
@@ -170,19 +173,14 @@ impl<'a> MergePlan<'a> {
         self.jobs.is_empty()
     }
 
-    fn initializer(&self, name: &str) -> Result<&TensorProto> {
-        self.model
-            .graph()
-            .initializer
-            .iter()
-            .find(|t| t.name() == name)
-            .ok_or_else(|| {
-                Error::field(
-                    self.model.path(),
-                    format!("initializer `{name}`"),
-                    "is not in the graph",
-                )
-            })
+    fn initializer(&self, name: &str) -> Result<&'a TensorProto> {
+        self.index.initializer(name).ok_or_else(|| {
+            Error::field(
+                self.model.path(),
+                format!("initializer `{name}`"),
+                "is not in the graph",
+            )
+        })
     }
 
     /// Orders the work by where each weight sits in its side file, so the
@@ -265,15 +263,14 @@ impl<'a> MergePlan<'a> {
     /// change for the layers the adapter does not touch.
     fn unshare_weights(&mut self) {
         let graph = self.proto.graph.as_mut().expect("checked at load");
-        let mut uses = count_uses(graph);
+        let index = &self.index;
+        let mut uses = read_counts(graph);
+        let mut names = NameAllocator::new(graph);
         for job in &mut self.jobs {
-            let rename = |name: &str, what: &str, graph: &mut GraphProto| -> String {
-                let new = unique_name(graph, &format!("{name}.{}.{what}", job.module));
-                let original = graph
-                    .initializer
-                    .iter()
-                    .find(|t| t.name() == name)
-                    .expect("indexed");
+            let mut rename = |name: &str, what: &str, graph: &mut GraphProto| -> String {
+                let new = names.fresh(&format!("{name}.{}.{what}", job.module));
+                // Sites name initializers of this very graph.
+                let original = index.initializer(name).expect("indexed");
                 graph.initializer.push(empty_like(original, &new));
                 new
             };
@@ -434,18 +431,16 @@ impl<'a> MergePlan<'a> {
             reports.push(report);
         }
         let graph = proto.graph.as_mut().expect("checked at load");
+        let positions = initializer_positions(graph);
         for update in &all {
-            let tensor = graph
-                .initializer
-                .iter_mut()
-                .find(|t| t.name() == update.name)
-                .ok_or_else(|| {
-                    Error::field(
-                        self.model.path(),
-                        format!("initializer `{}`", update.name),
-                        "is not in the graph",
-                    )
-                })?;
+            let i = *positions.get(&update.name).ok_or_else(|| {
+                Error::field(
+                    self.model.path(),
+                    format!("initializer `{}`", update.name),
+                    "is not in the graph",
+                )
+            })?;
+            let tensor = &mut graph.initializer[i];
             tensor.data_location = None;
             tensor.external_data.clear();
             tensor.float_data.clear();
@@ -736,48 +731,10 @@ fn relative_diff(before: &[f32], after: &[f32]) -> f64 {
     }
 }
 
-/// How many times each value name is read: by nodes of the graph and of
-/// every nested subgraph (`If`/`Loop`/`Scan` bodies capture outer values),
-/// and by the graph's outputs.
-fn count_uses(graph: &GraphProto) -> HashMap<String, usize> {
-    fn walk(graph: &GraphProto, uses: &mut HashMap<String, usize>) {
-        for node in &graph.node {
-            for input in &node.input {
-                *uses.entry(input.clone()).or_default() += 1;
-            }
-            for attr in &node.attribute {
-                for sub in attr.g.iter().chain(&attr.graphs) {
-                    walk(sub, uses);
-                }
-            }
-        }
-        for output in &graph.output {
-            *uses.entry(output.name().to_string()).or_default() += 1;
-        }
-    }
-    let mut uses = HashMap::new();
-    walk(graph, &mut uses);
-    uses
-}
-
 fn replace_input(node: &mut crate::onnx::proto::NodeProto, from: &str, to: &str) {
     for input in node.input.iter_mut().filter(|i| *i == from) {
         *input = to.to_string();
     }
-}
-
-fn unique_name(graph: &GraphProto, base: &str) -> String {
-    let taken = |n: &str| {
-        graph.initializer.iter().any(|t| t.name() == n)
-            || graph.node.iter().any(|x| x.output.iter().any(|o| o == n))
-    };
-    let mut name = base.to_string();
-    let mut i = 1;
-    while taken(&name) {
-        name = format!("{base}.{i}");
-        i += 1;
-    }
-    name
 }
 
 /// A tensor with the same name-independent header and no data: the data

@@ -178,12 +178,7 @@ pub fn save_model(
         .graph
         .as_mut()
         .ok_or_else(|| Error::field(base.path(), "graph", "the model has no graph"))?;
-    let index: HashMap<String, usize> = graph
-        .initializer
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name().to_string(), i))
-        .collect();
+    let index = super::initializer_positions(graph);
 
     // 1. Lay out the side file for tensors that were external in the input.
     let mut sources: Vec<Source> = Vec::new();

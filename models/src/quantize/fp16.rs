@@ -9,7 +9,7 @@
 //! * `Softmax`/`LogSoftmax`: exponentials and their sum;
 //! * nodes the user names with `--keep-f32` (an op type, or a regular
 //!   expression over node names and module paths), and nodes outside the
-//!   module [`Selection`](super::Selection).
+//!   module [`Selection`].
 //!
 //! `Cast` nodes are inserted wherever an f16 value meets an f32 consumer or
 //! the other way round; with `keep_io_types` the graph's inputs and outputs
@@ -22,17 +22,21 @@ use bytes::Bytes;
 use half::f16;
 use regex::Regex;
 
-use super::types::{infer_elem_types, set_value_info_type, value_info_type};
-use super::{KeptNode, QuantizeReport, Selection, Selector, TensorReport, node_paths};
+use super::elem_types::{infer_elem_types, set_value_info_type, value_info_type};
+use super::{KeptNode, QuantizeReport, Selection, Selector, TensorReport};
 use crate::error::{Error, Result};
+use crate::onnx::linear::node_module_paths;
 use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
-use crate::onnx::{FloatType, OnnxModel, build};
+use crate::onnx::{
+    FloatType, GraphIndex, NameAllocator, NodeExt, OnnxModel, build, initializer_positions,
+    read_counts, runtime_inputs,
+};
 
 const FLOAT: i32 = DataType::Float as i32;
 const FLOAT16: i32 = DataType::Float16 as i32;
 
-/// Options of [`convert`].
+/// Options of fp16 conversion ([`super::Mode::Fp16`]).
 #[derive(Debug, Clone)]
 pub struct Fp16Options {
     /// Keep the graph's f32 inputs and outputs (with Casts inside).
@@ -152,13 +156,8 @@ pub(crate) fn convert(
 
     // 3. The precision of every float value after conversion.
     let mut prec: HashMap<String, Prec> = HashMap::new();
-    let init_names: HashSet<String> = graph
-        .initializer
-        .iter()
-        .map(|t| t.name().to_string())
-        .collect();
-    for input in &graph.input {
-        if is_float(input.name()) && !init_names.contains(input.name()) {
+    for input in runtime_inputs(graph) {
+        if is_float(input.name()) {
             let p = if options.keep_io_types {
                 Prec::F32
             } else {
@@ -194,7 +193,7 @@ pub(crate) fn convert(
 
     // 4. Rewrite the nodes: Cast ops and attributes to f16, Casts where
     //    precisions meet.
-    let mut used = super::used_names(graph);
+    let mut names = NameAllocator::new(graph);
     let mut casts: HashMap<(String, Prec), String> = HashMap::new();
     let old_nodes = std::mem::take(&mut graph.node);
     let mut nodes: Vec<NodeProto> = Vec::with_capacity(old_nodes.len() + 16);
@@ -215,8 +214,8 @@ pub(crate) fn convert(
                 .entry((value.clone(), w))
                 .or_insert_with(|| {
                     let suffix = if w == Prec::F16 { "fp16" } else { "fp32" };
-                    let out = super::fresh_name(&mut used, &format!("{value}_{suffix}"));
-                    let cast_name = super::fresh_name(&mut used, &format!("{value}_cast_{suffix}"));
+                    let out = names.fresh(&format!("{value}_{suffix}"));
+                    let cast_name = names.fresh(&format!("{value}_cast_{suffix}"));
                     let mut cast = build::node(&cast_name, "Cast", &[&value], &[&out]);
                     let to = if w == Prec::F16 { FLOAT16 } else { FLOAT };
                     cast.attribute.push(build::attr_int("to", to as i64));
@@ -228,10 +227,8 @@ pub(crate) fn convert(
         }
         match node.op_type() {
             "Cast" if np == Prec::F16 => {
-                for a in node.attribute.iter_mut().filter(|a| a.name() == "to") {
-                    if a.i == Some(FLOAT as i64) {
-                        a.i = Some(FLOAT16 as i64);
-                    }
+                if let Some(to) = node.attr_mut("to").filter(|a| a.i == Some(FLOAT as i64)) {
+                    to.i = Some(FLOAT16 as i64);
                 }
             }
             "ConstantOfShape" if np == Prec::F16 => {
@@ -287,7 +284,7 @@ pub(crate) fn convert(
             set_value_info_type(output, FLOAT16);
             continue;
         }
-        let inner = super::fresh_name(&mut used, &format!("{name}_fp16"));
+        let inner = names.fresh(&format!("{name}_fp16"));
         for node in graph.node.iter_mut() {
             for v in node.output.iter_mut().chain(node.input.iter_mut()) {
                 if *v == name {
@@ -300,7 +297,7 @@ pub(crate) fn convert(
         }
         prec.insert(inner.clone(), Prec::F16);
         prec.insert(name.clone(), Prec::F32);
-        let cast_name = super::fresh_name(&mut used, &format!("{name}_cast_fp32"));
+        let cast_name = names.fresh(&format!("{name}_cast_fp32"));
         let mut cast = build::node(&cast_name, "Cast", &[&inner], &[&name]);
         cast.attribute.push(build::attr_int("to", FLOAT as i64));
         tail.push(cast);
@@ -315,18 +312,13 @@ pub(crate) fn convert(
     }
 
     // 6. f16 Gemm → MatMul + Add (tract 0.23 cannot type an f16 Gemm).
-    lower_gemms(model, graph, &mut prec, &mut used)?;
+    lower_gemms(model, graph, &mut prec, &mut names)?;
     // Weights only the Gemms read are now unused.
-    let read: HashSet<String> = graph
-        .node
-        .iter()
-        .flat_map(|n| n.input.iter().cloned())
-        .chain(graph.output.iter().map(|o| o.name().to_string()))
-        .collect();
+    let reads = read_counts(graph);
     let dead: HashSet<String> = graph
         .initializer
         .iter()
-        .filter(|t| !read.contains(t.name()))
+        .filter(|t| !reads.contains_key(t.name()))
         .map(|t| t.name().to_string())
         .collect();
     graph.initializer.retain(|t| !dead.contains(t.name()));
@@ -355,8 +347,10 @@ fn lower_gemms(
     model: &OnnxModel,
     graph: &mut GraphProto,
     prec: &mut HashMap<String, Prec>,
-    used: &mut HashSet<String>,
+    names: &mut NameAllocator,
 ) -> Result<()> {
+    // The loop only appends initializers, so these positions stay valid.
+    let positions = initializer_positions(graph);
     let mut out: Vec<NodeProto> = Vec::with_capacity(graph.node.len());
     let nodes = std::mem::take(&mut graph.node);
     for node in nodes {
@@ -365,25 +359,12 @@ fn lower_gemms(
             out.push(node);
             continue;
         }
-        let attr_i = |n: &str| {
-            node.attribute
-                .iter()
-                .find(|a| a.name() == n)
-                .and_then(|a| a.i)
-                .unwrap_or(0)
-        };
-        let attr_f = |n: &str| {
-            node.attribute
-                .iter()
-                .find(|a| a.name() == n)
-                .and_then(|a| a.f)
-                .unwrap_or(1.0)
-        };
+        // Gemm's defaults: no transposes, alpha = beta = 1.
         let (trans_a, trans_b, alpha, beta) = (
-            attr_i("transA"),
-            attr_i("transB"),
-            attr_f("alpha"),
-            attr_f("beta"),
+            node.attr_int("transA").unwrap_or(0),
+            node.attr_int("transB").unwrap_or(0),
+            node.attr_float("alpha").unwrap_or(1.0),
+            node.attr_float("beta").unwrap_or(1.0),
         );
         let base = if node.name().is_empty() {
             node.output[0].clone()
@@ -393,21 +374,19 @@ fn lower_gemms(
         let mut a = node.input[0].clone();
         let mut b = node.input[1].clone();
         let mut c = node.input.get(2).filter(|c| !c.is_empty()).cloned();
-        let b_init = graph
-            .initializer
-            .iter()
-            .position(|t| t.name() == b && t.dims.len() == 2);
-        let c_init = c
-            .as_ref()
-            .and_then(|c| graph.initializer.iter().position(|t| t.name() == *c));
+        let b_init = positions
+            .get(&b)
+            .copied()
+            .filter(|&i| graph.initializer[i].dims.len() == 2);
+        let c_init = c.as_ref().and_then(|c| positions.get(c).copied());
         if (alpha != 1.0 && b_init.is_none()) || (beta != 1.0 && c.is_some() && c_init.is_none()) {
             out.push(node); // Cannot fold the scalars: leave the Gemm.
             continue;
         }
         if trans_a == 1 {
-            let t = super::fresh_name(used, &format!("{a}_transposed"));
+            let t = names.fresh(&format!("{a}_transposed"));
             let mut tr = build::node(
-                &super::fresh_name(used, &format!("{base}_transpose_a")),
+                &names.fresh(&format!("{base}_transpose_a")),
                 "Transpose",
                 &[&a],
                 &[&t],
@@ -436,7 +415,7 @@ fn lower_gemms(
                 values.iter_mut().for_each(|v| *v *= alpha);
             }
             if trans_b == 1 || alpha != 1.0 {
-                let name = super::fresh_name(used, &format!("{b}_matmul"));
+                let name = names.fresh(&format!("{b}_matmul"));
                 let mut t = build::tensor_raw(&name, src.data_type(), &dims, Vec::new());
                 let ty = FloatType::from_onnx(src.data_type()).unwrap_or(FloatType::F32);
                 t.raw_data = Some(Bytes::from(ty.encode(&values)));
@@ -447,9 +426,9 @@ fn lower_gemms(
                 b = name;
             }
         } else if trans_b == 1 {
-            let t = super::fresh_name(used, &format!("{b}_transposed"));
+            let t = names.fresh(&format!("{b}_transposed"));
             let mut tr = build::node(
-                &super::fresh_name(used, &format!("{base}_transpose_b")),
+                &names.fresh(&format!("{base}_transpose_b")),
                 "Transpose",
                 &[&b],
                 &[&t],
@@ -462,7 +441,7 @@ fn lower_gemms(
             let src = graph.initializer[ci].clone();
             let (ty, values) = model.float_values(&src)?;
             let values: Vec<f32> = values.iter().map(|v| v * beta).collect();
-            let name = super::fresh_name(used, &format!("{}_scaled", src.name()));
+            let name = names.fresh(&format!("{}_scaled", src.name()));
             let mut t = build::tensor_raw(&name, src.data_type(), &src.dims, Vec::new());
             t.raw_data = Some(Bytes::from(ty.encode(&values)));
             graph.initializer.push(t);
@@ -473,7 +452,7 @@ fn lower_gemms(
         }
         let y = node.output[0].clone();
         let mm_out = if c.is_some() {
-            super::fresh_name(used, &format!("{y}_matmul"))
+            names.fresh(&format!("{y}_matmul"))
         } else {
             y.clone()
         };
@@ -482,7 +461,7 @@ fn lower_gemms(
         out.push(mm);
         if let Some(c) = c {
             let mut add = build::node(
-                &super::fresh_name(used, &format!("{base}_bias")),
+                &names.fresh(&format!("{base}_bias")),
                 "Add",
                 &[&mm_out, &c],
                 &[&y],
@@ -588,7 +567,7 @@ fn kept_nodes(
                 .iter()
                 .enumerate()
                 .filter(|(_, n)| {
-                    re.is_match(n.name()) || node_paths(n).iter().any(|p| re.is_match(p))
+                    re.is_match(n.name()) || node_module_paths(n).iter().any(|p| re.is_match(p))
                 })
                 .map(|(i, _)| i)
                 .collect()
@@ -610,7 +589,7 @@ fn kept_nodes(
         let mut selector = Selector::new(sel, model.path())?;
         let mut known = Vec::new();
         for (i, n) in graph.node.iter().enumerate() {
-            let paths = node_paths(n);
+            let paths = node_module_paths(n);
             known.extend(paths.iter().cloned());
             if !selector.selects(paths.iter().map(String::as_str)) {
                 keep.entry(i)
@@ -625,52 +604,27 @@ fn kept_nodes(
 /// RMSNorm and LayerNorm written out in primitive ops: the node indices of
 /// each occurrence.
 fn norm_patterns(graph: &GraphProto) -> Vec<Vec<usize>> {
-    let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
-    let mut producer: HashMap<&str, usize> = HashMap::new();
-    for (i, n) in graph.node.iter().enumerate() {
-        for input in &n.input {
-            consumers.entry(input.as_str()).or_default().push(i);
-        }
-        for o in &n.output {
-            producer.insert(o.as_str(), i);
-        }
-    }
-    let constants: HashSet<&str> = graph
-        .initializer
-        .iter()
-        .map(|t| t.name())
-        .chain(
-            graph
-                .node
-                .iter()
-                .filter(|n| n.op_type() == "Constant")
-                .flat_map(|n| n.output.iter().map(String::as_str)),
-        )
-        .collect();
-    let only_consumer = |v: &str| -> Option<usize> {
-        match consumers.get(v).map(Vec::as_slice) {
-            Some([one]) => Some(*one),
-            _ => None,
-        }
+    let index = GraphIndex::new(graph);
+    // Initializers and Constant outputs: the exponent, epsilon and affine
+    // weights of the pattern are constants, its activations are not.
+    let is_constant = |v: &str| {
+        index.is_initializer(v)
+            || index
+                .producer(v)
+                .is_some_and(|n| graph.node[n].op_type() == "Constant")
     };
     let mut regions = Vec::new();
     for (p, pow) in graph.node.iter().enumerate() {
-        if pow.op_type() != "Pow"
-            || pow.input.len() < 2
-            || !constants.contains(pow.input[1].as_str())
-        {
+        if pow.op_type() != "Pow" || pow.input.len() < 2 || !is_constant(&pow.input[1]) {
             continue;
         }
         let x = pow.input[0].as_str();
         let mut region = vec![p];
         // LayerNorm: x = Sub(a, ReduceMean(a)); the normalize step reads x.
         let mut roots: Vec<&str> = vec![x];
-        if let Some(&s) = producer.get(x)
+        if let Some(s) = index.producer(x)
             && graph.node[s].op_type() == "Sub"
-            && let Some(&m) = graph.node[s]
-                .input
-                .get(1)
-                .and_then(|v| producer.get(v.as_str()))
+            && let Some(m) = graph.node[s].input.get(1).and_then(|v| index.producer(v))
             && graph.node[m].op_type() == "ReduceMean"
             && graph.node[m].input.first() == graph.node[s].input.first()
         {
@@ -685,7 +639,7 @@ fn norm_patterns(graph: &GraphProto) -> Vec<Vec<usize>> {
             let Some(out) = graph.node[cur].output.first() else {
                 break;
             };
-            let Some(next) = only_consumer(out) else {
+            let Some(next) = index.only_consumer(out) else {
                 break;
             };
             let n = &graph.node[next];
@@ -717,14 +671,12 @@ fn norm_patterns(graph: &GraphProto) -> Vec<Vec<usize>> {
             let Some(out) = graph.node[cur].output.first() else {
                 break;
             };
-            let Some(next) = only_consumer(out) else {
+            let Some(next) = index.only_consumer(out) else {
                 break;
             };
             let n = &graph.node[next];
             let affine = matches!(n.op_type(), "Mul" | "Add")
-                && n.input
-                    .iter()
-                    .any(|v| v != out && constants.contains(v.as_str()));
+                && n.input.iter().any(|v| v != out && is_constant(v));
             if !(affine || n.op_type() == "Cast") {
                 break;
             }

@@ -16,15 +16,15 @@
 //!   for CPU runtimes (TensorRT rejects `MatMulInteger`).
 //!
 //! Which layers are touched is chosen by module path ([`Selection`]), found
-//! as the merge finds them (legacy node names, dynamo name-scope metadata,
-//! parameter-named initializers). [`quantize_to_file`] writes the result
+//! by [`crate::onnx::linear`] as the merge finds them (legacy node names,
+//! dynamo name-scope metadata, parameter-named initializers). [`quantize_to_file`] writes the result
 //! with [`crate::onnx::save_model`] (temp file, fsync, rename) and returns a
 //! [`QuantizeReport`].
 
+mod elem_types;
 pub mod fp16;
 pub mod gptq;
 pub mod int8;
-mod types;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -33,12 +33,11 @@ use bytes::Bytes;
 use regex::Regex;
 
 use crate::error::{Error, Result};
-use crate::merge::resolve::{path_from_name_scopes, path_from_node_name};
 use crate::onnx::proto::tensor_proto::DataType;
-use crate::onnx::proto::{GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto};
-use crate::onnx::{OnnxModel, SaveOptions, SaveSummary, onnx_type_name, save_model};
+use crate::onnx::proto::{GraphProto, ModelProto, StringStringEntryProto, TensorProto};
+use crate::onnx::{NodeExt, OnnxModel, SaveOptions, SaveSummary, onnx_type_name, save_model};
 
-pub use types::infer_elem_types;
+pub use elem_types::infer_elem_types;
 
 /// Metadata key recording how a model was quantized.
 pub const QUANTIZE_KEY: &str = "emogate.quantize";
@@ -160,15 +159,6 @@ impl Selector {
         }
         Ok(())
     }
-}
-
-/// Module paths of a node: from the dynamo exporter's name scopes and the
-/// legacy exporter's node name.
-pub(crate) fn node_paths(node: &NodeProto) -> Vec<String> {
-    path_from_name_scopes(&node.metadata_props)
-        .into_iter()
-        .chain(path_from_node_name(node.name()))
-        .collect()
 }
 
 /// One tensor the conversion changed.
@@ -449,48 +439,35 @@ fn file_bytes(model: &Path, data: Option<&Path>) -> Result<u64> {
     Ok(total)
 }
 
-/// A name not yet used by any value or initializer of `graph`.
-pub(crate) fn fresh_name(used: &mut HashSet<String>, base: &str) -> String {
-    let mut name = base.to_string();
-    let mut i = 1;
-    while used.contains(&name) {
-        name = format!("{base}_{i}");
-        i += 1;
-    }
-    used.insert(name.clone());
-    name
-}
-
-/// Every value name of `graph` (inputs, outputs, initializers, node outputs).
-pub(crate) fn used_names(graph: &GraphProto) -> HashSet<String> {
-    let mut used: HashSet<String> = HashSet::new();
-    used.extend(graph.input.iter().map(|v| v.name().to_string()));
-    used.extend(graph.output.iter().map(|v| v.name().to_string()));
-    used.extend(graph.initializer.iter().map(|t| t.name().to_string()));
-    for n in &graph.node {
-        used.extend(n.output.iter().cloned());
-        used.extend(n.input.iter().cloned());
-        if let Some(name) = &n.name {
-            used.insert(name.clone());
-        }
-    }
-    used
-}
-
 /// Refuses graphs with control flow: their bodies would need the same
 /// rewrite, which is not supported.
 pub(crate) fn refuse_subgraphs(model: &OnnxModel, graph: &GraphProto, what: &str) -> Result<()> {
-    if let Some(n) = graph.node.iter().find(|n| {
-        n.attribute
-            .iter()
-            .any(|a| a.g.is_some() || !a.graphs.is_empty())
-    }) {
+    if let Some(n) = graph.node.iter().find(|n| n.has_subgraphs()) {
         return Err(Error::field(
             model.path(),
             format!("node `{}`", n.name()),
             format!(
                 "is a {} with a subgraph; {what} of models with control flow (If/Loop/Scan) is not supported",
                 n.op_type()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a model whose default-domain opset is below `min`, which `form`
+/// (the ops the conversion writes) needs.
+///
+/// # Errors
+/// [`Error::Field`] on `opset_import`, naming the opset found and the one needed.
+pub(crate) fn require_opset(model: &OnnxModel, min: i64, form: &str) -> Result<()> {
+    let opset = default_opset(&model.proto.opset_import);
+    if opset < min {
+        return Err(Error::field(
+            model.path(),
+            "opset_import",
+            format!(
+                "the model imports opset {opset}; {form} needs opset {min} or newer (re-export with a newer opset_version)"
             ),
         ));
     }

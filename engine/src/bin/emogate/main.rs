@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use emogate_models::merge::resolve::LinearIndex;
+use emogate_models::onnx::linear::LinearIndex;
 
 /// Offline, real-time emotion engine for edge devices.
 ///

@@ -1,5 +1,5 @@
-//! Element types of every value of a graph, without shapes: what fp16
-//! conversion needs to know which values carry floats.
+//! Element types of every value of a graph, without shapes: how fp16
+//! conversion and int8-dynamic know which values carry floats.
 //!
 //! Types come from the graph's inputs, `value_info`, initializers and
 //! `Constant` nodes, then flow forward through the nodes: most ops output
@@ -8,8 +8,9 @@
 
 use std::collections::HashMap;
 
+use crate::onnx::NodeExt;
 use crate::onnx::proto::tensor_proto::DataType;
-use crate::onnx::proto::{GraphProto, NodeProto, ValueInfoProto, type_proto};
+use crate::onnx::proto::{GraphProto, ValueInfoProto, type_proto};
 
 const FLOAT: i32 = DataType::Float as i32;
 const INT64: i32 = DataType::Int64 as i32;
@@ -31,13 +32,6 @@ pub(crate) fn set_value_info_type(v: &mut ValueInfoProto, elem: i32) {
     {
         t.elem_type = Some(elem);
     }
-}
-
-fn attr_int(node: &NodeProto, name: &str) -> Option<i64> {
-    node.attribute
-        .iter()
-        .find(|a| a.name() == name)
-        .and_then(|a| a.i)
 }
 
 /// Element type of each value of `graph` that can be inferred.
@@ -66,26 +60,29 @@ pub fn infer_elem_types(graph: &GraphProto) -> HashMap<String, i32> {
         };
         let outs: Vec<Option<i32>> = match node.op_type() {
             "Constant" => vec![
-                node.attribute
-                    .iter()
-                    .find_map(|a| a.t.as_ref().map(|t| t.data_type()))
+                node.attr_tensor("value")
+                    .map(|t| t.data_type())
                     .or_else(|| {
-                        node.attribute.iter().find_map(|a| match a.name() {
-                            "value_float" | "value_floats" => Some(FLOAT),
-                            "value_int" | "value_ints" => Some(INT64),
-                            _ => None,
-                        })
+                        ["value_float", "value_floats"]
+                            .iter()
+                            .any(|a| node.attr(a).is_some())
+                            .then_some(FLOAT)
+                    })
+                    .or_else(|| {
+                        ["value_int", "value_ints"]
+                            .iter()
+                            .any(|a| node.attr(a).is_some())
+                            .then_some(INT64)
                     }),
             ],
             "Shape" | "Size" | "NonZero" | "ArgMax" | "ArgMin" => vec![Some(INT64)],
             "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" | "Not" | "And"
             | "Or" | "Xor" | "IsNaN" | "IsInf" => vec![Some(BOOL)],
-            "Cast" => vec![attr_int(node, "to").map(|t| t as i32)],
+            "Cast" => vec![node.attr_int("to").map(|t| t as i32)],
             "CastLike" => vec![input(1)],
             "ConstantOfShape" => vec![Some(
-                node.attribute
-                    .iter()
-                    .find_map(|a| a.t.as_ref().map(|t| t.data_type()))
+                node.attr_tensor("value")
+                    .map(|t| t.data_type())
                     .unwrap_or(FLOAT),
             )],
             "Where" => vec![input(1)],
@@ -96,15 +93,15 @@ pub fn infer_elem_types(graph: &GraphProto) -> HashMap<String, i32> {
             "TopK" => vec![input(0), Some(INT64)],
             "Unique" => vec![input(0), Some(INT64), Some(INT64), Some(INT64)],
             "EyeLike" | "RandomNormalLike" | "RandomUniformLike" => {
-                vec![attr_int(node, "dtype").map(|t| t as i32).or(input(0))]
+                vec![node.attr_int("dtype").map(|t| t as i32).or(input(0))]
             }
             "RandomNormal" | "RandomUniform" => {
                 vec![Some(
-                    attr_int(node, "dtype").map(|t| t as i32).unwrap_or(FLOAT),
+                    node.attr_int("dtype").map(|t| t as i32).unwrap_or(FLOAT),
                 )]
             }
             "Multinomial" => vec![Some(
-                attr_int(node, "dtype").map(|t| t as i32).unwrap_or(INT32),
+                node.attr_int("dtype").map(|t| t as i32).unwrap_or(INT32),
             )],
             "MaxPool" => vec![input(0), Some(INT64)],
             _ => vec![input(0)],

@@ -1,4 +1,6 @@
-//! Finding the weight an adapter module adapts.
+//! Linear layers of a graph and the module paths they are known by: what
+//! the merge resolves adapter modules against, what quantization selects
+//! layers by, and what calibration hooks.
 //!
 //! Exporters name things differently, so every linear layer of the graph (a
 //! `MatMul` or `Gemm` fed by an initializer) is indexed under all the module
@@ -17,9 +19,10 @@
 //! index (`layers.5.mlp.gate_proj`), so `layers.5` never falls back onto
 //! `layers.0` in a smaller model.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
-use crate::onnx::proto::{GraphProto, NodeProto, StringStringEntryProto, TensorProto};
+use super::graph::{GraphIndex, NodeExt};
+use super::proto::{GraphProto, NodeProto, StringStringEntryProto};
 
 /// How a 2-D weight is stored relative to PyTorch's `[out, in]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -72,14 +75,13 @@ pub enum Resolution {
 impl LinearIndex {
     /// Indexes the top-level graph's linear layers.
     pub fn build(graph: &GraphProto) -> Self {
-        let inits: HashMap<&str, &TensorProto> =
-            graph.initializer.iter().map(|t| (t.name(), t)).collect();
-        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, node) in graph.node.iter().enumerate() {
-            for input in &node.input {
-                consumers.entry(input.as_str()).or_default().push(i);
-            }
-        }
+        Self::from_index(&GraphIndex::new(graph))
+    }
+
+    /// Indexes the linear layers of the graph `index` describes, for callers
+    /// that already hold a [`GraphIndex`].
+    pub fn from_index(index: &GraphIndex) -> Self {
+        let graph = index.graph();
         let mut sites = Vec::new();
         for (i, node) in graph.node.iter().enumerate() {
             let op = node.op_type();
@@ -89,41 +91,37 @@ impl LinearIndex {
             let Some(w_input) = node.input.get(1) else {
                 continue;
             };
-            let (weight, reader, mut layout, via) = if inits.contains_key(w_input.as_str()) {
+            let (weight, reader, mut layout, via) = if index.is_initializer(w_input) {
                 (w_input.clone(), i, Layout::InOut, None)
-            } else if let Some(t) = producer_transpose(graph, w_input, &inits) {
-                // MatMul(x, Transpose(W)) with W stored [out, in] (unfolded exports).
-                let only_reader = consumers
-                    .get(w_input.as_str())
-                    .is_some_and(|c| c.len() == 1);
-                if !only_reader {
+            } else if let Some(t) = producer_transpose(index, w_input) {
+                // MatMul(x, Transpose(W)) with W stored [out, in] (unfolded
+                // exports). When the transposed W feeds other nodes too, a
+                // change to W would change them as well: not this layer's.
+                if index.only_consumer(w_input).is_none() {
                     continue;
                 }
                 (graph.node[t].input[0].clone(), t, Layout::OutIn, Some(t))
             } else {
                 continue;
             };
-            if inits.get(weight.as_str()).is_none_or(|t| t.dims.len() != 2) {
+            if index.initializer(&weight).is_none_or(|t| t.dims.len() != 2) {
                 continue;
             }
-            if op == "Gemm" {
-                if int_attr(node, "transB") == Some(1) {
-                    layout = flip(layout);
-                }
-                if int_attr(node, "transA") == Some(1) {
-                    // x is transposed, W still multiplies from the right: layout unchanged.
-                }
+            // transA transposes x; W still multiplies from the right, so
+            // only transB changes how W is stored.
+            if op == "Gemm" && node.attr_int("transB") == Some(1) {
+                layout = flip(layout);
             }
             let (bias, bias_reader) = if op == "Gemm" {
                 let b = node
                     .input
                     .get(2)
-                    .filter(|b| !b.is_empty() && inits.contains_key(b.as_str()))
+                    .filter(|b| !b.is_empty() && index.is_initializer(b))
                     .cloned();
                 let reader = b.as_ref().map(|_| i);
                 (b, reader)
             } else {
-                match add_bias(graph, node, &consumers, &inits) {
+                match add_bias(index, node) {
                     Some((b, add)) => (Some(b), Some(add)),
                     None => (None, None),
                 }
@@ -131,16 +129,10 @@ impl LinearIndex {
             // The dynamo exporter may put the module's scope on the bias `Add`
             // rather than on the MatMul, so the Add names the layer too.
             let bias_add = if op == "MatMul" { bias_reader } else { None };
-            let float_attr = |name: &str| {
-                node.attribute
-                    .iter()
-                    .find(|a| a.name() == name)
-                    .and_then(|a| a.f)
-            };
             let (alpha, beta) = if op == "Gemm" {
                 (
-                    float_attr("alpha").unwrap_or(1.0),
-                    float_attr("beta").unwrap_or(1.0),
+                    node.attr_float("alpha").unwrap_or(1.0),
+                    node.attr_float("beta").unwrap_or(1.0),
                 )
             } else {
                 (1.0, 1.0)
@@ -153,7 +145,7 @@ impl LinearIndex {
                 paths.extend(path_from_name_scopes(&n.metadata_props));
                 paths.extend(path_from_node_name(n.name()));
             }
-            if let Some(t) = inits.get(weight.as_str()) {
+            if let Some(t) = index.initializer(&weight) {
                 paths.extend(path_from_parameter_name(t.name()));
                 for e in &t.metadata_props {
                     if e.key() == "pkg.onnxscript.optimizer.folded_from" {
@@ -231,57 +223,46 @@ fn flip(layout: Layout) -> Layout {
     }
 }
 
-fn int_attr(node: &NodeProto, name: &str) -> Option<i64> {
-    node.attribute
-        .iter()
-        .find(|a| a.name() == name)
-        .map(|a| a.i())
-}
-
-/// The index of a `Transpose(perm=[1,0])` node of an initializer producing `value`.
-fn producer_transpose(
-    graph: &GraphProto,
-    value: &str,
-    inits: &HashMap<&str, &TensorProto>,
-) -> Option<usize> {
-    graph.node.iter().position(|n| {
-        n.op_type() == "Transpose"
-            && n.output.first().is_some_and(|o| o == value)
-            && n.input
-                .first()
-                .is_some_and(|i| inits.contains_key(i.as_str()))
-            && n.attribute
-                .iter()
-                .find(|a| a.name() == "perm")
-                .is_none_or(|a| a.ints == [1, 0])
-    })
+/// The index of the `Transpose(perm=[1,0])` node of an initializer that
+/// produces `value`.
+fn producer_transpose(index: &GraphIndex, value: &str) -> Option<usize> {
+    let t = index.producer(value)?;
+    let n = index.node(t);
+    let is_weight_transpose = n.op_type() == "Transpose"
+        && n.output.first().is_some_and(|o| o == value)
+        && n.input.first().is_some_and(|i| index.is_initializer(i))
+        // No `perm` reverses the dimensions: [1, 0] for a 2-D weight.
+        && n.attr_ints("perm").is_none_or(|p| p == [1, 0]);
+    is_weight_transpose.then_some(t)
 }
 
 /// The bias of `MatMul → Add(bias)`, when the `Add` is the MatMul's only
 /// consumer and its other input is a 1-D initializer; with the Add's index.
-fn add_bias(
-    graph: &GraphProto,
-    matmul: &NodeProto,
-    consumers: &HashMap<&str, Vec<usize>>,
-    inits: &HashMap<&str, &TensorProto>,
-) -> Option<(String, usize)> {
+fn add_bias(index: &GraphIndex, matmul: &NodeProto) -> Option<(String, usize)> {
     let out = matmul.output.first()?;
-    let [only] = consumers.get(out.as_str())?.as_slice() else {
-        return None;
-    };
-    let add = &graph.node[*only];
+    let only = index.only_consumer(out)?;
+    let add = index.node(only);
     if add.op_type() != "Add" {
         return None;
     }
     add.input
         .iter()
-        .find(|i| *i != out && inits.get(i.as_str()).is_some_and(|t| t.dims.len() == 1))
-        .map(|b| (b.clone(), *only))
+        .find(|i| *i != out && index.initializer(i).is_some_and(|t| t.dims.len() == 1))
+        .map(|b| (b.clone(), only))
+}
+
+/// Module paths of a node: from the dynamo exporter's name scopes and the
+/// legacy exporter's node name.
+pub fn node_module_paths(node: &NodeProto) -> Vec<String> {
+    path_from_name_scopes(&node.metadata_props)
+        .into_iter()
+        .chain(path_from_node_name(node.name()))
+        .collect()
 }
 
 /// `['', 'm', 'm.model', …, 'm.model.layers.0.mlp.gate_proj', 'linear_4']`:
 /// the module is the end of the chain where each scope extends the one before.
-pub(crate) fn path_from_name_scopes(props: &[StringStringEntryProto]) -> Option<String> {
+pub fn path_from_name_scopes(props: &[StringStringEntryProto]) -> Option<String> {
     let value = props
         .iter()
         .find(|p| p.key() == "pkg.torch.onnx.name_scopes")?
@@ -302,7 +283,7 @@ pub(crate) fn path_from_name_scopes(props: &[StringStringEntryProto]) -> Option<
 }
 
 /// `/m/model/layers.0/mlp/gate_proj/MatMul` → `m.model.layers.0.mlp.gate_proj`.
-pub(crate) fn path_from_node_name(name: &str) -> Option<String> {
+pub fn path_from_node_name(name: &str) -> Option<String> {
     let rest = name.strip_prefix('/')?;
     let mut parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
     parts.pop()?; // the op's own name
@@ -310,7 +291,7 @@ pub(crate) fn path_from_node_name(name: &str) -> Option<String> {
 }
 
 /// `model.layers.0.mlp.gate_proj.weight` → `model.layers.0.mlp.gate_proj`.
-fn path_from_parameter_name(name: &str) -> Option<String> {
+pub fn path_from_parameter_name(name: &str) -> Option<String> {
     let module = name.strip_suffix(".weight")?;
     (!module.is_empty() && !module.contains('/') && !module.contains("::"))
         .then(|| module.to_string())
