@@ -165,7 +165,7 @@ impl Adapter {
             )
         })?;
 
-        let mut parts: BTreeMap<String, Parts> = BTreeMap::new();
+        let mut parts: BTreeMap<String, LoraTensors> = BTreeMap::new();
         let mut replacements: BTreeMap<String, Replacement> = BTreeMap::new();
         let saved = config.modules_to_save.clone().unwrap_or_default();
         for (key, view) in tensors.tensors() {
@@ -370,15 +370,16 @@ enum Part {
 
 type Tensor = (Vec<usize>, Vec<f32>);
 
+/// The tensors an adapter file holds for one module, collected as they come.
 #[derive(Default)]
-struct Parts {
+struct LoraTensors {
     a: Option<Tensor>,
     b: Option<Tensor>,
     bias: Option<Tensor>,
     magnitude: Option<Tensor>,
 }
 
-impl Parts {
+impl LoraTensors {
     fn set(
         &mut self,
         part: Part,
