@@ -16,6 +16,9 @@
 
 pub mod calibrate;
 pub mod cli;
+pub mod error;
 pub mod npz;
 pub mod synth;
 pub mod verify;
+
+pub use error::{Error, Result};
