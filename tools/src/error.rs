@@ -69,6 +69,9 @@ pub enum Error {
         #[source]
         source: NpzError,
     },
+    /// A model input that cannot be fed as the graph wants it.
+    #[error("input `{input}`: {message}")]
+    Input { input: String, message: String },
     /// A model output that does not compare (missing, of another type or
     /// shape than the reference's).
     #[error("output `{output}`: {message}")]
@@ -91,6 +94,43 @@ impl Error {
             what,
             path: path.as_ref().to_path_buf(),
             source,
+        }
+    }
+
+    pub(crate) fn field(
+        path: impl AsRef<Path>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::Field {
+            path: path.as_ref().to_path_buf(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Error::Usage(message.into())
+    }
+
+    pub(crate) fn model(what: impl Into<String>, source: emogate_models::Error) -> Self {
+        Error::Model {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn input(input: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Input {
+            input: input.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn output(output: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Output {
+            output: output.into(),
+            message: message.into(),
         }
     }
 }

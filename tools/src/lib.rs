@@ -18,6 +18,7 @@ pub mod calibrate;
 pub mod cli;
 pub mod error;
 pub mod npz;
+pub mod rng;
 pub mod synth;
 pub mod verify;
 

@@ -539,154 +539,43 @@ fn print_quantize_report(r: &QuantizeReport) {
     }
 }
 
-#[derive(serde::Serialize)]
-struct VerifyReport {
-    reference: PathBuf,
-    candidate: PathBuf,
-    inputs: String,
-    samples: usize,
-    backends: Vec<BackendReport>,
-    passed: bool,
-    failures: Vec<String>,
-}
-
-#[derive(serde::Serialize)]
-struct BackendReport {
-    backend: &'static str,
-    reference_ms_p50: f64,
-    candidate_ms_p50: f64,
-    outputs: Vec<verify::OutputMetrics>,
-}
-
 fn verify_cmd(a: VerifyArgs) -> Result<bool> {
-    let reference = OnnxModel::load(&a.reference)
-        .with_context(|| format!("loading the reference {}", a.reference.display()))?;
-    let candidate = OnnxModel::load(&a.candidate)
-        .with_context(|| format!("loading the candidate {}", a.candidate.display()))?;
-    let mut dims = std::collections::HashMap::new();
-    for d in &a.dims {
-        let (k, v) = d
-            .split_once('=')
-            .with_context(|| format!("--dim `{d}`: expected NAME=N"))?;
-        let n: usize = v
-            .parse()
-            .with_context(|| format!("--dim `{d}`: `{v}` is not a positive integer"))?;
-        dims.insert(k.to_string(), n);
-    }
-    let descs = verify::model_inputs(&reference, &dims)?;
-    let cand_descs = verify::model_inputs(&candidate, &dims)?;
-    let names = |d: &[verify::InputDesc]| {
-        d.iter()
-            .map(|x| (x.name.clone(), x.shape.clone()))
-            .collect::<Vec<_>>()
-    };
-    if names(&descs) != names(&cand_descs) {
-        anyhow::bail!(
-            "the models' inputs differ: reference {:?}, candidate {:?}",
-            names(&descs),
-            names(&cand_descs)
-        );
-    }
-    let manifest = match Manifest::from_model(&reference)? {
-        Some(m) => Some(m),
-        None => Manifest::from_model(&candidate)?,
-    };
-    let (sets, source) = match &a.inputs {
-        Some(path) => (
-            verify::npz_inputs(path, &descs)?,
-            path.display().to_string(),
-        ),
-        None => {
-            let n = a.random.unwrap_or(200);
-            anyhow::ensure!(n > 0, "--random must be at least 1");
-            let how = if manifest.is_some() {
-                "manifest"
-            } else {
-                "input shapes"
-            };
-            (
-                verify::random_inputs(&descs, manifest.as_ref(), n, a.seed, a.input_scale)?,
-                format!(
-                    "random ({n} sets from the {how}, seed {}, scale {})",
-                    a.seed, a.input_scale
-                ),
-            )
-        }
-    };
-    if a.inputs.is_some() && a.input_scale != 1.0 {
-        anyhow::bail!("--input-scale applies to --random inputs only");
-    }
-    let kinds = match a.backend {
-        BackendArg::Tract => vec![verify::BackendKind::Tract],
-        BackendArg::Ort => vec![verify::BackendKind::Ort],
-        BackendArg::Both => vec![verify::BackendKind::Tract, verify::BackendKind::Ort],
-    };
-    let out_names = verify::output_names(&reference);
-    let mut report = VerifyReport {
-        reference: a.reference.clone(),
-        candidate: a.candidate.clone(),
-        inputs: source,
-        samples: sets.len(),
-        backends: Vec::new(),
-        passed: true,
-        failures: Vec::new(),
-    };
-    for kind in kinds {
-        let mut rb = verify::load_backend(kind, &a.reference, &descs, a.threads)?;
-        let (r_out, r_ms) =
-            verify::run_all(rb.as_mut(), &sets, &a.reference.display().to_string())?;
-        drop(rb);
-        let mut cb = verify::load_backend(kind, &a.candidate, &descs, a.threads)?;
-        let (c_out, c_ms) =
-            verify::run_all(cb.as_mut(), &sets, &a.candidate.display().to_string())?;
-        let roles = verify::output_roles(&out_names, manifest.as_ref(), &r_out);
-        let outputs = verify::compare(&out_names, &roles, &r_out, &c_out)?;
-        for m in &outputs {
-            let at = format!("{} output `{}`", kind.name(), m.name);
-            if m.nonfinite_candidate > m.nonfinite_reference {
-                report.failures.push(format!(
-                    "{at}: {} non-finite values (reference: {})",
-                    m.nonfinite_candidate, m.nonfinite_reference
-                ));
-            }
-            if let Some(x) = a.max_rel_err
-                && (m.mean_rel_err.is_nan() || m.mean_rel_err > x)
-            {
-                report.failures.push(format!(
-                    "{at}: mean relative error {:.3e} > --max-rel-err {x}",
-                    m.mean_rel_err
-                ));
-            }
-            if let (Some(y), Some(t)) = (a.min_top1, m.top1)
-                && t < y
-            {
-                report
-                    .failures
-                    .push(format!("{at}: top-1 agreement {:.4} < --min-top1 {y}", t));
-            }
-        }
-        report.backends.push(BackendReport {
-            backend: kind.name(),
-            reference_ms_p50: verify::median(&r_ms),
-            candidate_ms_p50: verify::median(&c_ms),
-            outputs,
-        });
-    }
-    if a.min_top1.is_some()
-        && !report
-            .backends
+    let options = verify::VerifyOptions {
+        inputs: verify::InputChoice::new(a.inputs, a.random, a.seed, a.input_scale)?,
+        dims: a
+            .dims
             .iter()
-            .any(|b| b.outputs.iter().any(|o| o.top1.is_some()))
-    {
-        report.failures.push(
-            "--min-top1 was given but no output is a class output (no top-1 to check)".into(),
-        );
+            .map(|d| verify::parse_dim(d))
+            .collect::<Result<_, _>>()?,
+        backends: match a.backend {
+            BackendArg::Tract => verify::Backends::Tract,
+            BackendArg::Ort => verify::Backends::Ort,
+            BackendArg::Both => verify::Backends::Both,
+        },
+        threads: a.threads,
+        thresholds: verify::Thresholds::new(a.max_rel_err, a.min_top1)?,
+        reference: a.reference,
+        candidate: a.candidate,
+    };
+    let report = verify::verify(&options)?;
+    print_verify_report(&report);
+    if let Some(path) = &a.report {
+        cli::write_json_atomic(path, &report)?;
     }
-    report.passed = report.failures.is_empty();
+    if report.passed {
+        println!("PASS");
+    }
+    for f in &report.failures {
+        println!("FAIL {f}");
+    }
+    Ok(report.passed)
+}
+
+fn print_verify_report(report: &verify::VerifyReport) {
     println!(
         "reference {}\ncandidate {}\ninputs    {}",
-        a.reference.display(),
-        a.candidate.display(),
+        report.reference.display(),
+        report.candidate.display(),
         report.inputs
     );
     println!(
@@ -724,15 +613,4 @@ fn verify_cmd(a: VerifyArgs) -> Result<bool> {
             b.backend, b.reference_ms_p50, b.candidate_ms_p50
         );
     }
-    if let Some(path) = &a.report {
-        cli::write_json_atomic(path, &report)?;
-    }
-    if report.passed {
-        println!("PASS");
-    } else {
-        for f in &report.failures {
-            println!("FAIL {f}");
-        }
-    }
-    Ok(report.passed)
 }
