@@ -19,7 +19,7 @@ use emogate_models::onnx::{OnnxModel, SaveOptions};
 use emogate_models::quantize::fp16::Fp16Options;
 use emogate_models::quantize::int8::Int8Options;
 use emogate_models::quantize::{Mode, Selection, quantize_to_file, weight_bytes};
-use emogate_tools::{cli, verify};
+use emogate_tools::{atomic, cli, verify};
 
 /// Benchmark emogate-convert quantize against ONNX Runtime's Python tools.
 #[derive(Parser)]
@@ -291,7 +291,7 @@ fn main() -> Result<()> {
         );
     }
     if let Some(j) = &args.json {
-        cli::write_json_atomic(j, &rows)?;
+        atomic::write_json(j, &rows)?;
     }
     Ok(())
 }
