@@ -45,7 +45,10 @@ pub fn hessians(model: &OnnxModel, n: usize, seed: u64) -> Result<HashMap<String
             Layout::InOut => w.dims[0],
             Layout::OutIn => w.dims[1],
         } as usize;
-        taps.push((node.input[0].clone(), site.weight.clone(), n_in));
+        let Some(activation) = node.input.first() else {
+            continue;
+        };
+        taps.push((activation.clone(), site.weight.clone(), n_in));
     }
     if taps.is_empty() {
         return Ok(HashMap::new());

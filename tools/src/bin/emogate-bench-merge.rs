@@ -285,7 +285,7 @@ fn check_agreement(ours: &Path, theirs: &Path) -> Result<()> {
         .node
         .iter()
         .find(|n| n.name() == "/model/layers.0/mlp/gate_proj/MatMul")
-        .map(|n| n.input[1].clone())
+        .and_then(|n| n.input.get(1).cloned())
         .context("gate_proj of layer 0 not found")?;
     let values = |m: &OnnxModel| -> Result<Vec<f32>> {
         let weight = initializers_by_name(m.graph())

@@ -242,11 +242,12 @@ fn main() -> Result<()> {
                 match result {
                     Ok((metrics, ms)) => {
                         // The first output is the class output in all these models.
-                        let o = &metrics[0];
-                        row.top1 = o.top1;
-                        row.mean_rel_err = o.mean_rel_err;
-                        row.max_abs_err = o.max_abs_err;
-                        row.kl = o.kl;
+                        if let Some(o) = metrics.first() {
+                            row.top1 = o.top1;
+                            row.mean_rel_err = o.mean_rel_err;
+                            row.max_abs_err = o.max_abs_err;
+                            row.kl = o.kl;
+                        }
                         row.nonfinite = metrics.iter().map(|m| m.nonfinite_candidate).sum();
                         row.p50_ms = verify::median(&ms);
                     }

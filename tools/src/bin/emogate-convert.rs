@@ -382,8 +382,8 @@ fn quantize_cmd(a: QuantizeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The converted tensors, as a table.
 fn print_quantize_report(r: &QuantizeReport) {
-    let mb = |b: u64| b as f64 / 1e6;
     println!("{} conversion of {}", r.mode, r.model.display());
     println!(
         "{:<56} {:<10} {:<18} {:<38} {:>8}",
@@ -403,6 +403,12 @@ fn print_quantize_report(r: &QuantizeReport) {
             t.clamped
         );
     }
+    print_quantize_notes(r);
+}
+
+/// What was skipped or kept in f32, the totals, warnings and the output.
+fn print_quantize_notes(r: &QuantizeReport) {
+    let mb = |b: u64| b as f64 / 1e6;
     for s in &r.skipped {
         println!(
             "skipped {}{}: {}",
