@@ -6,26 +6,27 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result, bail};
 use emogate_infer::backend::Backend;
-use emogate_infer::backend::InputFact;
 use emogate_infer::backend::tract::{TractBackend, TractOptions};
 use emogate_models::manifest::Manifest;
-use emogate_models::onnx::OnnxModel;
 use emogate_models::onnx::linear::{Layout, LinearIndex};
 use emogate_models::onnx::proto::ValueInfoProto;
+use emogate_models::onnx::{OnnxModel, initializers_by_name};
 use emogate_models::quantize::gptq::Hessian;
 
+use crate::error::{Error, Result};
 use crate::verify;
 
 /// `H` per weight initializer, from `n` calibration inputs (seed `seed`).
 ///
 /// # Errors
-/// The model cannot be run in tract, or its inputs cannot be generated.
+/// [`Error::Backend`] when tract cannot load or run the model (naming the
+/// file and the input set), the errors of [`verify::random_inputs`], and
+/// [`Error::Field`] when tract returns a layer input of the wrong size.
 pub fn hessians(model: &OnnxModel, n: usize, seed: u64) -> Result<HashMap<String, Hessian>> {
     let graph = model.graph();
     let index = LinearIndex::build(graph);
-    let inits: HashMap<&str, _> = graph.initializer.iter().map(|t| (t.name(), t)).collect();
+    let inits = initializers_by_name(graph);
     // (activation, weight, in features)
     let mut taps: Vec<(String, String, usize)> = Vec::new();
     for site in &index.sites {
@@ -44,63 +45,82 @@ pub fn hessians(model: &OnnxModel, n: usize, seed: u64) -> Result<HashMap<String
             Layout::InOut => w.dims[0],
             Layout::OutIn => w.dims[1],
         } as usize;
-        taps.push((node.input[0].clone(), site.weight.clone(), n_in));
+        let Some(activation) = node.input.first() else {
+            continue;
+        };
+        taps.push((activation.clone(), site.weight.clone(), n_in));
     }
     if taps.is_empty() {
         return Ok(HashMap::new());
     }
+    // The layer inputs, added as graph outputs after the model's own.
     let mut proto = model.proto.clone();
-    let g = proto.graph.as_mut().context("graph")?;
-    let first_extra = g.output.len();
+    let mut graph_outputs = model.graph().output.clone();
+    let first_extra = graph_outputs.len();
     let mut extra: Vec<String> = Vec::new();
     for (act, _, _) in &taps {
         if !extra.contains(act) {
             extra.push(act.clone());
-            g.output.push(ValueInfoProto {
+            graph_outputs.push(ValueInfoProto {
                 name: Some(act.clone()),
                 ..Default::default()
             });
         }
     }
+    if let Some(g) = proto.graph.as_mut() {
+        g.output = graph_outputs;
+    }
     let descs = verify::model_inputs(model, &HashMap::new())?;
-    let facts = descs
-        .iter()
-        .map(|d| match d.elem {
-            verify::Elem::F32 => InputFact::F32(d.shape.clone()),
-            verify::Elem::I64 => InputFact::I64(d.shape.clone()),
-        })
-        .collect();
-    let mut backend = TractBackend::from_proto(
-        &proto,
-        model.dir(),
-        &TractOptions {
-            inputs: Some(facts),
-            threads: 1,
-        },
-    )
-    .with_context(|| {
-        format!(
-            "tract could not load {} for calibration",
-            model.path().display()
+    let options = TractOptions {
+        inputs: Some(verify::input_facts(&descs)),
+        threads: 1,
+    };
+    let mut backend =
+        TractBackend::from_proto(&proto, model.dir(), &options).map_err(|source| {
+            Error::Backend {
+                what: format!(
+                    "tract could not load {} for calibration",
+                    model.path().display()
+                ),
+                source,
+            }
+        })?;
+    let manifest = Manifest::from_model(model).map_err(|e| {
+        Error::model(
+            format!("reading the manifest of {}", model.path().display()),
+            e,
         )
     })?;
-    let manifest = Manifest::from_model(model)?;
     let sets = verify::random_inputs(&descs, manifest.as_ref(), n, seed, 1.0)?;
     let mut out: HashMap<String, Hessian> = HashMap::new();
     for (s, set) in sets.iter().enumerate() {
-        let outputs = backend
-            .run(set)
-            .with_context(|| format!("calibration input set {s}"))?;
+        let outputs = backend.run(set).map_err(|source| Error::Backend {
+            what: format!("calibrating {}: input set {s}", model.path().display()),
+            source,
+        })?;
         for (act, weight, n_in) in &taps {
-            let k = first_extra + extra.iter().position(|e| e == act).expect("added");
-            let Some(x) = outputs.get(k).and_then(|t| t.as_f32()) else {
-                bail!("calibration: tract returned no value for `{act}`");
-            };
+            let field = || format!("calibration value `{act}`");
+            let x = extra
+                .iter()
+                .position(|e| e == act)
+                .and_then(|i| outputs.get(first_extra + i))
+                .and_then(|t| t.as_f32())
+                .ok_or_else(|| {
+                    Error::field(
+                        model.path(),
+                        field(),
+                        "tract returned none; expected the float input of a linear layer",
+                    )
+                })?;
             if x.len() % n_in != 0 {
-                bail!(
-                    "calibration: `{act}` has {} values, not a multiple of {n_in}",
-                    x.len()
-                );
+                return Err(Error::field(
+                    model.path(),
+                    field(),
+                    format!(
+                        "has {} values; expected a multiple of the layer's {n_in} inputs",
+                        x.len()
+                    ),
+                ));
             }
             out.entry(weight.clone())
                 .or_insert_with(|| Hessian::new(*n_in))

@@ -1,9 +1,7 @@
-//! Pieces shared by the binaries.
+//! Pieces shared by the binaries: logging, progress bars, error messages.
 
-use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::io::IsTerminal;
 
-use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Logs go to stderr through `tracing`; `RUST_LOG` overrides the level.
@@ -35,24 +33,36 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// Writes `value` as pretty JSON to `path` through a temp file and a rename.
-pub fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
-    {
-        // Temp files are created 0600; a report is for everyone to read.
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .with_context(|| format!("setting permissions of {}", tmp.path().display()))?;
+/// `error` and its sources, joined by `: `, leaving out a source whose
+/// text the message before it already holds (this crate's and
+/// `emogate-models`' errors repeat their source's text in their own).
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
     }
-    serde_json::to_writer_pretty(&mut tmp, value).context("serializing the report")?;
-    tmp.write_all(b"\n")?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_says_each_thing_once() {
+        let io = std::io::Error::other("disk full");
+        let e = crate::Error::io("writing", "/x/out.json", io);
+        assert_eq!(describe(&e), "writing /x/out.json: disk full");
+        let outer = anyhow::Error::new(e).context("saving the report");
+        assert_eq!(
+            describe(outer.as_ref()),
+            "saving the report: writing /x/out.json: disk full"
+        );
+    }
 }

@@ -1,21 +1,40 @@
 //! # emogate-tools
 //!
-//! Offline tooling around [`emogate_models`]. A brief overview:
+//! Offline tooling around [`emogate_models`] (model files) and
+//! [`emogate_infer`] (runtimes, preprocessing). Nothing here captures
+//! media or serves anything: no engine, no devices.
 //!
-//! * `emogate-convert` (binary) — the converter CLI: `merge` (PEFT LoRA into
-//!   ONNX weights), `quantize` (fp16, int8 QDQ, int8 dynamic), `verify`
-//!   (how far a converted model's outputs moved, on tract and ONNX Runtime)
-//!   and `manifest set|show`.
-//! * [`verify`] — input generation (manifest-driven or from shapes, seeded),
-//!   running both models, error metrics; [`npz`] reads `.npz` inputs;
-//!   [`calibrate`] collects layer-input statistics for GPTQ rounding.
-//! * [`synth`] — writes synthetic models and adapters of real shapes
-//!   (e.g. a Qwen2.5-0.5B-shaped decoder) for benchmarks.
-//! * [`cli`] — what the binaries share: logging set-up, progress bars that
-//!   show on a terminal and stay quiet in pipes, atomic report files.
+//! The parts, and how data moves through them:
+//! * `emogate-convert` (binary) parses arguments into a job, hands it to
+//!   the library, prints the report and sets the exit code.
+//! * [`convert`] — `merge`, `quantize` and `manifest`: option checks,
+//!   loading (errors say which file), the output folder, then the
+//!   conversion in `emogate-models`, which writes the model and returns a
+//!   report. `quantize --calibrate` first runs [`calibrate`], which feeds
+//!   seeded inputs through tract and collects each linear layer's input
+//!   statistics for GPTQ.
+//! * [`verify`] — a reference and a candidate model: their runtime inputs,
+//!   input sets (an `.npz` file read by [`npz`], or seeded from the
+//!   manifest or the input shapes), both models run on tract and/or ONNX
+//!   Runtime, per-output error metrics, and the thresholds' pass/fail.
+//! * [`synth`] — synthetic models and adapters of real shapes (a
+//!   Qwen2.5-0.5B-shaped decoder) for benchmarks and tests.
+//! * Shared: [`atomic`] (every output is written to a temp file and
+//!   renamed), [`rng`] (the seeded generator), [`cli`] (logging, progress
+//!   bars, error chains for the binaries), [`Error`] (every error names the
+//!   file, the field and what was expected).
+//!
+//! The benchmark harnesses (`emogate-bench-merge`, `emogate-bench-quantize`)
+//! are binaries over the same library.
 
+pub mod atomic;
 pub mod calibrate;
 pub mod cli;
+pub mod convert;
+pub mod error;
 pub mod npz;
+pub mod rng;
 pub mod synth;
 pub mod verify;
+
+pub use error::{Error, Result};

@@ -10,19 +10,45 @@
 //! (`/model/layers.0/mlp/gate_proj/MatMul`, weights `onnx::MatMul_N`
 //! stored `[in, out]`), so converters resolve it like a real export.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use emogate_models::onnx::build::{
     attr_int, attr_ints, entry, model, node, tensor_header, tensor_raw, value_info,
 };
-use emogate_models::onnx::proto::{GraphProto, NodeProto, TensorProto, tensor_proto::DataLocation};
+use emogate_models::onnx::proto::tensor_proto::{DataLocation, DataType};
+use emogate_models::onnx::proto::{GraphProto, NodeProto, TensorProto};
 use prost::Message;
 
-const FLOAT: i32 = 1;
-const INT64: i32 = 7;
+use crate::atomic::{self, AtomicFile};
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+const FLOAT: i32 = DataType::Float as i32;
+const INT64: i32 = DataType::Int64 as i32;
+/// Bytes of one f32 weight.
+const F32_BYTES: usize = std::mem::size_of::<f32>();
+/// ONNX opset the decoder is written for.
+const OPSET: i64 = 17;
+/// Weights are generated and written this many bytes at a time.
+const WRITE_CHUNK: usize = 64 * 1024;
+/// Tensors start at multiples of this in the side file, as ONNX Runtime's
+/// own writer aligns them (mmap-friendly).
+const TENSOR_ALIGN: u64 = 4096;
+/// RMSNorm's epsilon (Qwen2's `rms_norm_eps`).
+const RMS_EPS: f32 = 1e-6;
+/// The exponent RMSNorm squares with (`Pow(x, 2)`, as the exporter writes it).
+const SQUARE: f32 = 2.0;
+/// Weight bounds: embeddings and biases small, as after training; linear
+/// layers and RMSNorm scales by their own rules at the call.
+const EMBED_BOUND: f32 = 0.02;
+const BIAS_BOUND: f32 = 0.02;
+const NORM_SCALE_BOUND: f32 = 1.0;
+/// LoRA `B` starts near zero (PEFT initializes it to zero; a little noise
+/// makes the merge visible).
+const LORA_B_BOUND: f32 = 0.01;
+/// safetensors pads its JSON header to a multiple of this.
+const SAFETENSORS_ALIGN: usize = 8;
 
 /// The shape of a synthetic decoder.
 #[derive(Debug, Clone, Copy)]
@@ -76,28 +102,9 @@ impl DecoderSpec {
     }
 }
 
-/// splitmix64: fast, seeded, good enough for weights nobody trains.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-bound, bound).
-    fn uniform(&mut self, bound: f32) -> f32 {
-        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        (unit * 2.0 - 1.0) * bound
-    }
-}
-
 /// Writes weights to the side file and records their headers.
 struct Weights {
-    out: BufWriter<File>,
+    out: AtomicFile,
     location: String,
     offset: u64,
     rng: Rng,
@@ -108,16 +115,16 @@ struct Weights {
 impl Weights {
     fn add(&mut self, name: &str, dims: &[i64], bound: f32) -> Result<String> {
         let count: i64 = dims.iter().product();
-        let mut buf = Vec::with_capacity(64 * 1024);
+        let mut buf = Vec::with_capacity(WRITE_CHUNK);
         for _ in 0..count {
-            buf.extend_from_slice(&self.rng.uniform(bound).to_le_bytes());
-            if buf.len() >= 64 * 1024 {
-                self.out.write_all(&buf)?;
+            buf.extend_from_slice(&self.rng.symmetric_f32(bound).to_le_bytes());
+            if buf.len() >= WRITE_CHUNK {
+                self.write(&buf)?;
                 buf.clear();
             }
         }
-        self.out.write_all(&buf)?;
-        let length = count as u64 * 4;
+        self.write(&buf)?;
+        let length = count as u64 * F32_BYTES as u64;
         let mut t = tensor_header(name, FLOAT, dims);
         t.data_location = Some(DataLocation::External as i32);
         t.external_data = vec![
@@ -126,12 +133,17 @@ impl Weights {
             entry("length", &length.to_string()),
         ];
         self.offset += length;
-        // Keep tensors page-aligned, as ONNX Runtime's own writer does.
-        let pad = self.offset.next_multiple_of(4096) - self.offset;
-        self.out.write_all(&vec![0u8; pad as usize])?;
+        let pad = self.offset.next_multiple_of(TENSOR_ALIGN) - self.offset;
+        self.write(&vec![0u8; pad as usize])?;
         self.offset += pad;
         self.initializers.push(t);
         Ok(name.to_string())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out
+            .write_all(bytes)
+            .map_err(|e| Error::io("writing", self.out.path(), e))
     }
 
     /// A weight named like the legacy exporter's anonymous initializers.
@@ -141,23 +153,29 @@ impl Weights {
     }
 }
 
+/// The decoder's graph file in its folder.
+pub const MODEL_FILE: &str = "model.onnx";
+/// Its weights, beside it.
+pub const DATA_FILE: &str = "model.onnx.data";
+
 /// Writes a decoder of `spec` to `dir/model.onnx` + `dir/model.onnx.data`,
 /// calling `progress(layer)` as layers are written. Returns the model path.
+/// Each file appears only once complete (the data file first).
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
 pub fn write_decoder(
     dir: &Path,
     spec: &DecoderSpec,
     seed: u64,
     progress: &mut dyn FnMut(usize),
 ) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let data_path = dir.join("model.onnx.data");
-    let file =
-        File::create(&data_path).with_context(|| format!("creating {}", data_path.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
     let mut w = Weights {
-        out: BufWriter::with_capacity(8 << 20, file),
-        location: "model.onnx.data".into(),
+        out: AtomicFile::create(&dir.join(DATA_FILE))?,
+        location: DATA_FILE.into(),
         offset: 0,
-        rng: Rng(seed),
+        rng: Rng::new(seed),
         initializers: Vec::new(),
         counter: 0,
     };
@@ -176,8 +194,8 @@ pub fn write_decoder(
         consts.push(tensor_raw(name, FLOAT, &[], v.to_le_bytes().to_vec()));
         name.to_string()
     };
-    let two = f32_scalar(&mut consts, "const.two", 2.0);
-    let eps = f32_scalar(&mut consts, "const.eps", 1e-6);
+    let two = f32_scalar(&mut consts, "const.two", SQUARE);
+    let eps = f32_scalar(&mut consts, "const.eps", RMS_EPS);
     let inv_sqrt_d = f32_scalar(
         &mut consts,
         "const.inv_sqrt_head_dim",
@@ -201,7 +219,11 @@ pub fn write_decoder(
     );
     let flat = int_const(&mut consts, "const.flat", &[1, -1, h]);
 
-    let embed = w.add("model.embed_tokens.weight", &[spec.vocab as i64, h], 0.02)?;
+    let embed = w.add(
+        "model.embed_tokens.weight",
+        &[spec.vocab as i64, h],
+        EMBED_BOUND,
+    )?;
     nodes.push(node(
         "/model/embed_tokens/Gather",
         "Gather",
@@ -216,7 +238,7 @@ pub fn write_decoder(
             let weight = w.add(
                 &format!("{}.weight", scope.trim_start_matches('/').replace('/', ".")),
                 &[h],
-                1.0,
+                NORM_SCALE_BOUND,
             )?;
             nodes.push(node(&p("Pow"), "Pow", &[x, &two], &[&p("Pow_out")]));
             let mut mean = node(
@@ -270,7 +292,7 @@ pub fn write_decoder(
         let b = w.add(
             &format!("{}.bias", scope.trim_start_matches('/').replace('/', ".")),
             &[dout],
-            0.02,
+            BIAS_BOUND,
         )?;
         let add = format!("{scope}/Add");
         nodes.push(node(
@@ -477,12 +499,7 @@ pub fn write_decoder(
         &[&normed, &score],
         &["logits"],
     ));
-    w.out.flush().context("writing model.onnx.data")?;
-    w.out
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .and_then(|f| f.sync_all())
-        .context("finishing model.onnx.data")?;
+    w.out.commit(true)?;
 
     let mut initializers = consts;
     initializers.extend(w.initializers);
@@ -502,16 +519,16 @@ pub fn write_decoder(
         )],
         ..Default::default()
     };
-    let path = dir.join("model.onnx");
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(&model(graph, 17).encode_to_vec())?;
-    tmp.persist(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
+    let path = dir.join(MODEL_FILE);
+    atomic::write_bytes(&path, &model(graph, OPSET).encode_to_vec())?;
     Ok(path)
 }
 
 /// Writes a PEFT LoRA adapter on every layer's `gate_proj` of `spec`,
 /// as `save_pretrained` lays it out.
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
 pub fn write_gate_proj_adapter(
     dir: &Path,
     spec: &DecoderSpec,
@@ -519,7 +536,7 @@ pub fn write_gate_proj_adapter(
     alpha: f64,
     seed: u64,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
     let config = serde_json::json!({
         "peft_type": "LORA",
         "r": rank,
@@ -535,19 +552,19 @@ pub fn write_gate_proj_adapter(
         "modules_to_save": null,
         "task_type": "SEQ_CLS",
     });
-    std::fs::write(
-        dir.join("adapter_config.json"),
-        serde_json::to_vec_pretty(&config)?,
-    )?;
-    let mut rng = Rng(seed);
+    atomic::write_json(&dir.join("adapter_config.json"), &config)?;
+    let mut rng = Rng::new(seed);
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for layer in 0..spec.layers {
         let key = format!("base_model.model.model.layers.{layer}.mlp.gate_proj");
         let a: Vec<u8> = (0..rank * spec.hidden)
-            .flat_map(|_| rng.uniform(1.0 / (spec.hidden as f32).sqrt()).to_le_bytes())
+            .flat_map(|_| {
+                rng.symmetric_f32(1.0 / (spec.hidden as f32).sqrt())
+                    .to_le_bytes()
+            })
             .collect();
         let b: Vec<u8> = (0..spec.intermediate * rank)
-            .flat_map(|_| rng.uniform(0.01).to_le_bytes())
+            .flat_map(|_| rng.symmetric_f32(LORA_B_BOUND).to_le_bytes())
             .collect();
         tensors.push((format!("{key}.lora_A.weight"), vec![rank, spec.hidden], a));
         tensors.push((
@@ -559,7 +576,11 @@ pub fn write_gate_proj_adapter(
     write_safetensors(&dir.join("adapter_model.safetensors"), &tensors)
 }
 
-/// Writes f32 tensors in the safetensors format (header length, JSON header, data).
+/// Writes f32 tensors in the safetensors format (header length, JSON
+/// header, data), through a temp file and a rename.
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
 pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)]) -> Result<()> {
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
@@ -571,17 +592,15 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)])
         );
         offset += bytes.len();
     }
-    let mut text = serde_json::to_vec(&header)?;
-    while text.len() % 8 != 0 {
+    let mut text = serde_json::Value::Object(header).to_string().into_bytes();
+    while !text.len().is_multiple_of(SAFETENSORS_ALIGN) {
         text.push(b' ');
     }
-    let mut out =
-        BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
-    out.write_all(&(text.len() as u64).to_le_bytes())?;
-    out.write_all(&text)?;
-    for (_, _, bytes) in tensors {
-        out.write_all(bytes)?;
-    }
-    out.flush()?;
-    Ok(())
+    let mut out = AtomicFile::create(path)?;
+    let written = out
+        .write_all(&(text.len() as u64).to_le_bytes())
+        .and_then(|()| out.write_all(&text))
+        .and_then(|()| tensors.iter().try_for_each(|(_, _, b)| out.write_all(b)));
+    written.map_err(|e| Error::io("writing", path, e))?;
+    out.commit(false)
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use emogate_models::onnx::OnnxModel;
+use emogate_models::onnx::{OnnxModel, initializers_by_name};
 use emogate_tools::{cli, synth};
 
 #[derive(Parser)]
@@ -285,18 +285,16 @@ fn check_agreement(ours: &Path, theirs: &Path) -> Result<()> {
         .node
         .iter()
         .find(|n| n.name() == "/model/layers.0/mlp/gate_proj/MatMul")
-        .map(|n| n.input[1].clone())
+        .and_then(|n| n.input.get(1).cloned())
         .context("gate_proj of layer 0 not found")?;
-    let find = |m: &OnnxModel| {
-        m.graph()
-            .initializer
-            .iter()
-            .find(|t| t.name() == name)
-            .cloned()
-            .context("weight missing")
+    let values = |m: &OnnxModel| -> Result<Vec<f32>> {
+        let weight = initializers_by_name(m.graph())
+            .get(name.as_str())
+            .copied()
+            .with_context(|| format!("{}: initializer `{name}` missing", m.path().display()))?;
+        Ok(m.float_values(weight)?.1)
     };
-    let (_, wa) = a.float_values(&find(&a)?)?;
-    let (_, wb) = b.float_values(&find(&b)?)?;
+    let (wa, wb) = (values(&a)?, values(&b)?);
     let diff = wa
         .iter()
         .zip(&wb)

@@ -19,7 +19,7 @@ use emogate_models::onnx::{OnnxModel, SaveOptions};
 use emogate_models::quantize::fp16::Fp16Options;
 use emogate_models::quantize::int8::Int8Options;
 use emogate_models::quantize::{Mode, Selection, quantize_to_file, weight_bytes};
-use emogate_tools::{cli, verify};
+use emogate_tools::{atomic, cli, verify};
 
 /// Benchmark emogate-convert quantize against ONNX Runtime's Python tools.
 #[derive(Parser)]
@@ -242,11 +242,12 @@ fn main() -> Result<()> {
                 match result {
                     Ok((metrics, ms)) => {
                         // The first output is the class output in all these models.
-                        let o = &metrics[0];
-                        row.top1 = o.top1;
-                        row.mean_rel_err = o.mean_rel_err;
-                        row.max_abs_err = o.max_abs_err;
-                        row.kl = o.kl;
+                        if let Some(o) = metrics.first() {
+                            row.top1 = o.top1;
+                            row.mean_rel_err = o.mean_rel_err;
+                            row.max_abs_err = o.max_abs_err;
+                            row.kl = o.kl;
+                        }
                         row.nonfinite = metrics.iter().map(|m| m.nonfinite_candidate).sum();
                         row.p50_ms = verify::median(&ms);
                     }
@@ -291,7 +292,7 @@ fn main() -> Result<()> {
         );
     }
     if let Some(j) = &args.json {
-        cli::write_json_atomic(j, &rows)?;
+        atomic::write_json(j, &rows)?;
     }
     Ok(())
 }

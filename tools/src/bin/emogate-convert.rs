@@ -2,16 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use emogate_models::manifest::{MANIFEST_KEY, Manifest};
-use emogate_models::merge::{MergeOptions, MergeReport, merge_to_file};
-use emogate_models::onnx::{OnnxModel, SaveOptions, save_model};
-use emogate_models::peft::Adapter;
-use emogate_models::quantize::fp16::Fp16Options;
-use emogate_models::quantize::int8::{Int8Options, ScaleMethod};
-use emogate_models::quantize::{Mode, QuantizeReport, Selection, quantize_to_file};
-use emogate_tools::{cli, verify};
+use emogate_models::merge::MergeReport;
+use emogate_models::quantize::int8::ScaleMethod;
+use emogate_models::quantize::{QuantizeReport, Selection};
+use emogate_tools::convert::{self, MergeJob, QuantizeJob, QuantizeKind};
+use emogate_tools::{atomic, cli, verify};
 
 /// Offline converter for emogate affect models.
 ///
@@ -45,32 +42,7 @@ enum Command {
     /// wrapper prefixes do not matter.
     ///
     /// A model with external data (side files) gets `<OUT>.data` beside it.
-    Merge {
-        /// The base model (.onnx), exported from the model the adapter was trained on.
-        #[arg(long)]
-        model: PathBuf,
-        /// The PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
-        #[arg(long)]
-        adapter: PathBuf,
-        /// Where to write the merged model.
-        #[arg(long)]
-        out: PathBuf,
-        /// Also write the per-module report as JSON here.
-        #[arg(long)]
-        report: Option<PathBuf>,
-        /// Keep unchanged tensors in the base model's data file instead of
-        /// copying them; only changed tensors are written. The output must be
-        /// in the base model's folder and needs that data file to stay there.
-        #[arg(long)]
-        share_base_data: bool,
-        /// Skip fsync before renaming outputs into place (faster, but a power
-        /// cut right after may leave an empty file).
-        #[arg(long)]
-        no_sync: bool,
-        /// Merge threads (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
-    },
+    Merge(MergeArgs),
     /// Make a smaller model: fp16, int8 weights in QDQ form (TensorRT), or
     /// int8 dynamic quantization (CPU runtimes).
     ///
@@ -109,6 +81,34 @@ enum Command {
     /// tells the runtime how to feed the model and read its outputs.
     #[command(subcommand)]
     Manifest(ManifestCommand),
+}
+
+#[derive(clap::Args)]
+struct MergeArgs {
+    /// The base model (.onnx), exported from the model the adapter was trained on.
+    #[arg(long)]
+    model: PathBuf,
+    /// The PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    adapter: PathBuf,
+    /// Where to write the merged model.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the per-module report as JSON here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Keep unchanged tensors in the base model's data file instead of
+    /// copying them; only changed tensors are written. The output must be
+    /// in the base model's folder and needs that data file to stay there.
+    #[arg(long)]
+    share_base_data: bool,
+    /// Skip fsync before renaming outputs into place (faster, but a power
+    /// cut right after may leave an empty file).
+    #[arg(long)]
+    no_sync: bool,
+    /// Merge threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -256,7 +256,7 @@ fn main() -> std::process::ExitCode {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::from(2),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cli::describe(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
@@ -265,99 +265,52 @@ fn main() -> std::process::ExitCode {
 /// `Ok(false)`: ran, but a verification threshold was missed.
 fn run(command: Command) -> Result<bool> {
     match command {
+        Command::Merge(args) => merge_cmd(args).map(|()| true),
         Command::Quantize(args) => quantize_cmd(args).map(|()| true),
         Command::Verify(args) => verify_cmd(args),
-        Command::Manifest(command) => run_manifest(command).map(|()| true),
-        Command::Merge {
-            model,
-            adapter,
-            out,
-            report,
-            share_base_data,
-            no_sync,
-            threads,
-        } => {
-            let base = OnnxModel::load(&model)
-                .with_context(|| format!("loading base model {}", model.display()))?;
-            let lora = Adapter::load(&adapter)
-                .with_context(|| format!("loading adapter {}", adapter.display()))?;
-            let options = MergeOptions {
-                save: SaveOptions {
-                    share_base_data,
-                    sync: !no_sync,
-                    ..SaveOptions::default()
-                },
-                threads,
-            };
-            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("creating the output folder {}", parent.display()))?;
-            }
-            let total = (lora.modules.len() + lora.replacements.len()) as u64;
-            let bar = cli::progress(total, "merging");
-            let started = std::time::Instant::now();
-            let result = merge_to_file(&base, &lora, &out, &options, &mut |done, _| {
-                bar.set_position(done as u64)
-            })
-            .with_context(|| format!("merging {} into {}", adapter.display(), model.display()));
-            bar.finish_and_clear();
-            let result = result?;
-            tracing::info!(
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "merge done"
-            );
-            print_table(&result);
-            if let Some(path) = report {
-                cli::write_json_atomic(&path, &result)?;
-            }
-            Ok(true)
-        }
+        Command::Manifest(command) => manifest_cmd(command).map(|()| true),
     }
 }
 
-fn run_manifest(command: ManifestCommand) -> Result<()> {
+fn merge_cmd(a: MergeArgs) -> Result<()> {
+    let job = MergeJob {
+        model: a.model,
+        adapter: a.adapter,
+        out: a.out,
+        share_base_data: a.share_base_data,
+        sync: !a.no_sync,
+        threads: a.threads,
+    };
+    let bar = cli::progress(0, "merging");
+    let result = convert::merge(&job, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    let report = result?;
+    print_table(&report);
+    if let Some(path) = &a.report {
+        atomic::write_json(path, &report)?;
+    }
+    Ok(())
+}
+
+fn manifest_cmd(command: ManifestCommand) -> Result<()> {
     match command {
         ManifestCommand::Set {
             model,
             manifest,
             out,
         } => {
-            let base =
-                OnnxModel::load(&model).with_context(|| format!("loading {}", model.display()))?;
-            let manifest = Manifest::from_file(&manifest)?;
-            manifest
-                .check_against(&base)
-                .with_context(|| format!("the manifest does not fit {}", model.display()))?;
-            let mut proto = base.proto.clone();
-            manifest.embed(&mut proto);
-            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("creating {}", parent.display()))?;
-            }
-            save_model(
-                &base,
-                proto,
-                std::iter::empty(),
-                &out,
-                &SaveOptions::default(),
-            )
-            .with_context(|| format!("writing {}", out.display()))?;
-            println!("wrote {} with manifest `{}`", out.display(), manifest.name);
-            Ok(())
+            let m = convert::set_manifest(&model, &manifest, &out)?;
+            println!("wrote {} with manifest `{}`", out.display(), m.name);
         }
         ManifestCommand::Show { model } => {
-            let base =
-                OnnxModel::load(&model).with_context(|| format!("loading {}", model.display()))?;
-            let manifest = Manifest::from_model(&base)?.with_context(|| {
-                format!(
-                    "{} has no embedded manifest (metadata key `{MANIFEST_KEY}`)",
-                    model.display()
-                )
-            })?;
-            println!("{}", serde_json::to_string_pretty(&manifest)?);
-            Ok(())
+            let m = convert::embedded_manifest(&model)?;
+            println!("{}", serde_json::to_string_pretty(&m)?);
         }
     }
+    Ok(())
 }
 
 fn print_table(report: &MergeReport) {
@@ -395,81 +348,42 @@ fn print_table(report: &MergeReport) {
 }
 
 fn quantize_cmd(a: QuantizeArgs) -> Result<()> {
-    let selection = Selection {
-        modules: a.modules.clone(),
-        exclude: a.exclude_modules.clone(),
-    };
-    let int8 = Int8Options {
-        selection: selection.clone(),
+    let job = QuantizeJob {
+        model: a.model,
+        out: a.out,
+        kind: if a.fp16 {
+            QuantizeKind::Fp16
+        } else if a.int8 {
+            QuantizeKind::Int8
+        } else {
+            QuantizeKind::Int8Dynamic
+        },
+        selection: Selection {
+            modules: a.modules,
+            exclude: a.exclude_modules,
+        },
+        keep_io_types: a.keep_io_types,
+        keep_f32: a.keep_f32,
+        keep_sensitive: !a.no_keep_sensitive,
         min_elements: a.min_elements,
-        per_channel: a.per_channel,
         scale: match a.int8_scale {
             ScaleArg::Mse => ScaleMethod::Mse,
             ScaleArg::Absmax => ScaleMethod::AbsMax,
         },
-        ..Int8Options::default()
-    };
-    let base =
-        OnnxModel::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
-    let mut int8 = int8;
-    if let Some(n) = a.calibrate {
-        anyhow::ensure!(a.int8, "--calibrate applies to --int8 only");
-        anyhow::ensure!(n > 0, "--calibrate needs at least 1 input");
-        let started = std::time::Instant::now();
-        int8.hessians = emogate_tools::calibrate::hessians(&base, n, 0)
-            .with_context(|| format!("calibrating {}", a.model.display()))?;
-        tracing::info!(
-            layers = int8.hessians.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "calibrated"
-        );
-    }
-    let mode = if a.fp16 {
-        Mode::Fp16(Fp16Options {
-            keep_io_types: a.keep_io_types,
-            keep_sensitive: !a.no_keep_sensitive,
-            keep_f32: a.keep_f32.clone(),
-            selection,
-        })
-    } else if a.int8 {
-        Mode::Int8(int8)
-    } else {
-        Mode::Int8Dynamic(int8)
-    };
-    if !a.fp16 && (!a.keep_f32.is_empty() || a.no_keep_sensitive) {
-        anyhow::bail!("--keep-f32 and --no-keep-sensitive apply to --fp16 only");
-    }
-    if !a.int8_dynamic && a.per_channel {
-        anyhow::bail!(
-            "--per-channel applies to --int8-dynamic only (--int8 is always per channel)"
-        );
-    }
-    let base =
-        OnnxModel::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
-    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating the output folder {}", parent.display()))?;
-    }
-    let save = SaveOptions {
+        calibrate: a.calibrate,
+        per_channel: a.per_channel,
         sync: !a.no_sync,
-        ..SaveOptions::default()
     };
-    let started = std::time::Instant::now();
-    let report = quantize_to_file(&base, &mode, &a.out, &save)
-        .with_context(|| format!("{} conversion of {}", mode.name(), a.model.display()))?;
-    tracing::info!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "quantize done"
-    );
+    let report = convert::quantize(&job)?;
     print_quantize_report(&report);
     if let Some(path) = &a.report {
-        cli::write_json_atomic(path, &report)?;
+        atomic::write_json(path, &report)?;
     }
     Ok(())
 }
 
+/// The converted tensors, as a table.
 fn print_quantize_report(r: &QuantizeReport) {
-    let mb = |b: u64| b as f64 / 1e6;
     println!("{} conversion of {}", r.mode, r.model.display());
     println!(
         "{:<56} {:<10} {:<18} {:<38} {:>8}",
@@ -489,6 +403,12 @@ fn print_quantize_report(r: &QuantizeReport) {
             t.clamped
         );
     }
+    print_quantize_notes(r);
+}
+
+/// What was skipped or kept in f32, the totals, warnings and the output.
+fn print_quantize_notes(r: &QuantizeReport) {
+    let mb = |b: u64| b as f64 / 1e6;
     for s in &r.skipped {
         println!(
             "skipped {}{}: {}",
@@ -539,154 +459,43 @@ fn print_quantize_report(r: &QuantizeReport) {
     }
 }
 
-#[derive(serde::Serialize)]
-struct VerifyReport {
-    reference: PathBuf,
-    candidate: PathBuf,
-    inputs: String,
-    samples: usize,
-    backends: Vec<BackendReport>,
-    passed: bool,
-    failures: Vec<String>,
-}
-
-#[derive(serde::Serialize)]
-struct BackendReport {
-    backend: &'static str,
-    reference_ms_p50: f64,
-    candidate_ms_p50: f64,
-    outputs: Vec<verify::OutputMetrics>,
-}
-
 fn verify_cmd(a: VerifyArgs) -> Result<bool> {
-    let reference = OnnxModel::load(&a.reference)
-        .with_context(|| format!("loading the reference {}", a.reference.display()))?;
-    let candidate = OnnxModel::load(&a.candidate)
-        .with_context(|| format!("loading the candidate {}", a.candidate.display()))?;
-    let mut dims = std::collections::HashMap::new();
-    for d in &a.dims {
-        let (k, v) = d
-            .split_once('=')
-            .with_context(|| format!("--dim `{d}`: expected NAME=N"))?;
-        let n: usize = v
-            .parse()
-            .with_context(|| format!("--dim `{d}`: `{v}` is not a positive integer"))?;
-        dims.insert(k.to_string(), n);
-    }
-    let descs = verify::model_inputs(&reference, &dims)?;
-    let cand_descs = verify::model_inputs(&candidate, &dims)?;
-    let names = |d: &[verify::InputDesc]| {
-        d.iter()
-            .map(|x| (x.name.clone(), x.shape.clone()))
-            .collect::<Vec<_>>()
-    };
-    if names(&descs) != names(&cand_descs) {
-        anyhow::bail!(
-            "the models' inputs differ: reference {:?}, candidate {:?}",
-            names(&descs),
-            names(&cand_descs)
-        );
-    }
-    let manifest = match Manifest::from_model(&reference)? {
-        Some(m) => Some(m),
-        None => Manifest::from_model(&candidate)?,
-    };
-    let (sets, source) = match &a.inputs {
-        Some(path) => (
-            verify::npz_inputs(path, &descs)?,
-            path.display().to_string(),
-        ),
-        None => {
-            let n = a.random.unwrap_or(200);
-            anyhow::ensure!(n > 0, "--random must be at least 1");
-            let how = if manifest.is_some() {
-                "manifest"
-            } else {
-                "input shapes"
-            };
-            (
-                verify::random_inputs(&descs, manifest.as_ref(), n, a.seed, a.input_scale)?,
-                format!(
-                    "random ({n} sets from the {how}, seed {}, scale {})",
-                    a.seed, a.input_scale
-                ),
-            )
-        }
-    };
-    if a.inputs.is_some() && a.input_scale != 1.0 {
-        anyhow::bail!("--input-scale applies to --random inputs only");
-    }
-    let kinds = match a.backend {
-        BackendArg::Tract => vec![verify::BackendKind::Tract],
-        BackendArg::Ort => vec![verify::BackendKind::Ort],
-        BackendArg::Both => vec![verify::BackendKind::Tract, verify::BackendKind::Ort],
-    };
-    let out_names = verify::output_names(&reference);
-    let mut report = VerifyReport {
-        reference: a.reference.clone(),
-        candidate: a.candidate.clone(),
-        inputs: source,
-        samples: sets.len(),
-        backends: Vec::new(),
-        passed: true,
-        failures: Vec::new(),
-    };
-    for kind in kinds {
-        let mut rb = verify::load_backend(kind, &a.reference, &descs, a.threads)?;
-        let (r_out, r_ms) =
-            verify::run_all(rb.as_mut(), &sets, &a.reference.display().to_string())?;
-        drop(rb);
-        let mut cb = verify::load_backend(kind, &a.candidate, &descs, a.threads)?;
-        let (c_out, c_ms) =
-            verify::run_all(cb.as_mut(), &sets, &a.candidate.display().to_string())?;
-        let roles = verify::output_roles(&out_names, manifest.as_ref(), &r_out);
-        let outputs = verify::compare(&out_names, &roles, &r_out, &c_out)?;
-        for m in &outputs {
-            let at = format!("{} output `{}`", kind.name(), m.name);
-            if m.nonfinite_candidate > m.nonfinite_reference {
-                report.failures.push(format!(
-                    "{at}: {} non-finite values (reference: {})",
-                    m.nonfinite_candidate, m.nonfinite_reference
-                ));
-            }
-            if let Some(x) = a.max_rel_err
-                && (m.mean_rel_err.is_nan() || m.mean_rel_err > x)
-            {
-                report.failures.push(format!(
-                    "{at}: mean relative error {:.3e} > --max-rel-err {x}",
-                    m.mean_rel_err
-                ));
-            }
-            if let (Some(y), Some(t)) = (a.min_top1, m.top1)
-                && t < y
-            {
-                report
-                    .failures
-                    .push(format!("{at}: top-1 agreement {:.4} < --min-top1 {y}", t));
-            }
-        }
-        report.backends.push(BackendReport {
-            backend: kind.name(),
-            reference_ms_p50: verify::median(&r_ms),
-            candidate_ms_p50: verify::median(&c_ms),
-            outputs,
-        });
-    }
-    if a.min_top1.is_some()
-        && !report
-            .backends
+    let options = verify::VerifyOptions {
+        inputs: verify::InputChoice::new(a.inputs, a.random, a.seed, a.input_scale)?,
+        dims: a
+            .dims
             .iter()
-            .any(|b| b.outputs.iter().any(|o| o.top1.is_some()))
-    {
-        report.failures.push(
-            "--min-top1 was given but no output is a class output (no top-1 to check)".into(),
-        );
+            .map(|d| verify::parse_dim(d))
+            .collect::<Result<_, _>>()?,
+        backends: match a.backend {
+            BackendArg::Tract => verify::Backends::Tract,
+            BackendArg::Ort => verify::Backends::Ort,
+            BackendArg::Both => verify::Backends::Both,
+        },
+        threads: a.threads,
+        thresholds: verify::Thresholds::new(a.max_rel_err, a.min_top1)?,
+        reference: a.reference,
+        candidate: a.candidate,
+    };
+    let report = verify::verify(&options)?;
+    print_verify_report(&report);
+    if let Some(path) = &a.report {
+        atomic::write_json(path, &report)?;
     }
-    report.passed = report.failures.is_empty();
+    if report.passed {
+        println!("PASS");
+    }
+    for f in &report.failures {
+        println!("FAIL {f}");
+    }
+    Ok(report.passed)
+}
+
+fn print_verify_report(report: &verify::VerifyReport) {
     println!(
         "reference {}\ncandidate {}\ninputs    {}",
-        a.reference.display(),
-        a.candidate.display(),
+        report.reference.display(),
+        report.candidate.display(),
         report.inputs
     );
     println!(
@@ -724,15 +533,4 @@ fn verify_cmd(a: VerifyArgs) -> Result<bool> {
             b.backend, b.reference_ms_p50, b.candidate_ms_p50
         );
     }
-    if let Some(path) = &a.report {
-        cli::write_json_atomic(path, &report)?;
-    }
-    if report.passed {
-        println!("PASS");
-    } else {
-        for f in &report.failures {
-            println!("FAIL {f}");
-        }
-    }
-    Ok(report.passed)
 }
