@@ -366,6 +366,77 @@ fn a_client_that_never_reads_does_not_block_publish() {
     assert_eq!(sink.stats().clients, 1, "the healthy client stays");
 }
 
+/// Threads of this process named `name` (other tests run alongside, so
+/// callers allow some slack).
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|comm| comm.trim_end() == name)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The status code of `GET /status` within a second, or `None` when the
+/// server closed without answering (a refusal beyond the refusal queue) or
+/// kept the request waiting behind other refusals.
+fn status_code(addr: SocketAddr) -> Option<u16> {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream
+        .write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    std::str::from_utf8(out.get(9..12)?).ok()?.parse().ok()
+}
+
+/// The property that kept this server over tiny_http (see sink/http/server.rs):
+/// a crowd of connections that send nothing costs at most
+/// `max_connections` threads, never the publisher's time, and is shed
+/// within the read timeout.
+#[test]
+fn a_crowd_of_idle_connections_is_capped_and_shed() {
+    let (mut sink, addr) = sink_with(HttpConfig {
+        max_connections: 16,
+        read_timeout: Duration::from_millis(1500),
+        ..HttpConfig::default()
+    });
+    let crowd: Vec<TcpStream> = (0..500)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    // The accept thread polls every 50 ms; let it take the whole crowd.
+    std::thread::sleep(Duration::from_millis(500));
+    let serving = threads_named("http-conn");
+    // 16 here (all taken by the crowd), plus whatever the tests running
+    // alongside hold.
+    assert!(
+        (16..=16 + 24).contains(&serving),
+        "{serving} connection threads for 500 idle connections"
+    );
+
+    let started = Instant::now();
+    for i in 1..=200u64 {
+        sink.publish(&emotion(i, i as f64 * 0.25, "calm", 0.5))
+            .unwrap();
+    }
+    assert!(started.elapsed() < Duration::from_millis(500));
+
+    // The served ones get 408 after the read timeout; then a real client
+    // is answered although the crowd is still connected.
+    assert!(
+        wait_for(Duration::from_secs(15), || status_code(addr) == Some(200)),
+        "never served after the crowd"
+    );
+    drop(crowd);
+}
+
 #[test]
 fn keepalive_comments_flow_when_idle() {
     let (_sink, addr) = sink_with(HttpConfig {

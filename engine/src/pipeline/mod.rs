@@ -8,8 +8,8 @@
 //!   `window_s` of audio and the newest frame, aligned by capture time, and
 //!   applies the missing/stale policy;
 //! * inference: preprocessing, the forward pass, post-processing. It takes
-//!   windows from a one-slot [`handoff`]: when it is slower than the hop,
-//!   the newest window wins and the others are counted as dropped;
+//!   windows from a one-slot hand-off: when it is slower than the hop, the
+//!   newest window wins and the others are counted as dropped;
 //! * sinks: behind a bounded queue, so a slow disk or client costs events
 //!   (counted) and never inference time.
 //!
@@ -17,24 +17,30 @@
 //! "as fast as possible" runs on a [`VirtualClock`] that the scheduler
 //! advances one hop at a time, producing exactly the windows a real-time
 //! run would, as fast as the model allows, and dropping none.
+//!
+//! Files: this one wires the threads together ([`Pipeline`]); `scheduler`
+//! cuts the windows, `audio_window` keeps the rolling audio, `handoff` is
+//! the one-slot hand-off, `inference` runs the model, `sinks` delivers, and
+//! [`status`] holds what `/status` shows.
 
 mod audio_window;
 mod handoff;
+mod inference;
+mod scheduler;
+mod sinks;
 pub mod status;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use emogate_device::clock::{RealClock, VirtualClock};
 use emogate_device::source::{AudioSource, ClockHandle, VideoSource};
-use emogate_device::supervise::{
-    Backoff, Modality, SourceReport, Supervised, VideoFeed, spawn_audio, spawn_video,
-};
+use emogate_device::supervise::{Backoff, Supervised, VideoFeed, spawn_audio, spawn_video};
 use emogate_media::{Frame, Nanos, StopFlag};
+use emogate_models::manifest::{InputSpec, Manifest};
 
-use crate::event::{Event, EventBuilder, Header, Latency, Message, SourceNotice, Window};
+use crate::event::{EventBuilder, Message, Window};
 use crate::post::{PostConfig, PostError};
 use crate::sink::{Sink, StatusHandle};
 use audio_window::AudioWindow;
@@ -42,6 +48,8 @@ use emogate_infer::Featurizer;
 use emogate_infer::affect::{AffectError, AffectModel};
 use emogate_infer::pre::PreError;
 use handoff::Handoff;
+use inference::Inference;
+use scheduler::Scheduler;
 pub use status::PipelineStatus;
 use status::RunInfo;
 
@@ -136,20 +144,101 @@ pub struct Summary {
     pub sink_dropped: u64,
 }
 
-/// A window on its way to inference.
-struct Job {
+/// A window ready for inference: the media the scheduler cut at one hop,
+/// handed to the inference thread.
+struct ReadyWindow {
+    /// The newest frame, unless video is missing or stale.
     frame: Option<Arc<Frame>>,
+    /// The last audio window at the model's rate, unless missing or stale.
     audio: Option<Vec<f32>>,
-    window: Window,
+    /// The media time the window covers, as events report it.
+    span: Window,
     /// Capture time of the newest sample used.
     newest_at: Nanos,
     built_at: Instant,
+    /// Modalities fed as zeros (the event is then `degraded`).
     missing: Vec<&'static str>,
+}
+
+/// What the model takes from the sources, read once from its manifest, so
+/// that the scheduler, the capture ring and `/status` agree.
+#[derive(Debug, Clone)]
+struct MediaNeeds {
+    audio: Option<AudioNeed>,
+    /// Whether the model has a video input.
+    video: bool,
+    /// Frames the video feed keeps: the longest clip input, plus slack.
+    frames_kept: usize,
+}
+
+/// The model's audio window.
+#[derive(Debug, Clone, Copy)]
+struct AudioNeed {
+    sample_rate: u32,
+    /// Samples in one window.
+    samples: usize,
+    /// The window's length, `samples / sample_rate`: computed here and
+    /// nowhere else.
+    seconds: f64,
+}
+
+impl MediaNeeds {
+    fn of(featurizer: &Featurizer, manifest: &Manifest) -> Self {
+        let audio = featurizer.audio().map(|a| {
+            let samples = a.window_samples();
+            AudioNeed {
+                sample_rate: a.sample_rate,
+                samples,
+                seconds: samples as f64 / f64::from(a.sample_rate),
+            }
+        });
+        let frames_kept = manifest
+            .inputs
+            .iter()
+            .filter_map(|i| match i {
+                InputSpec::Video(v) => Some(v.frames),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(1)
+            + 8;
+        MediaNeeds {
+            audio,
+            video: featurizer.wants_video(),
+            frames_kept,
+        }
+    }
+
+    /// The audio window in seconds; 0 when the model takes no audio.
+    fn window_s(&self) -> f64 {
+        self.audio.map_or(0.0, |a| a.seconds)
+    }
+
+    /// How far after the start the first window ends: once a whole audio
+    /// window can have been captured, or one hop without audio.
+    fn first_window_end(&self, hop: Duration) -> Duration {
+        self.audio
+            .map_or(hop, |a| Duration::from_secs_f64(a.seconds))
+    }
+
+    /// Seconds of audio the capture ring holds: the window plus room for a
+    /// few hops of the scheduler falling behind, at least 2 s.
+    fn ring_seconds(&self, hop: Duration) -> f64 {
+        (self.audio.map_or(1.0, |a| a.seconds) + 4.0 * hop.as_secs_f64()).max(2.0)
+    }
+}
+
+fn seconds(t: Nanos) -> f64 {
+    t as f64 / 1e9
 }
 
 /// A configured pipeline, ready to [`run`](Pipeline::run).
 pub struct Pipeline {
     model: AffectModel,
+    /// Built once here and moved to the inference thread by `run`.
+    featurizer: Featurizer,
+    events: EventBuilder,
+    needs: MediaNeeds,
     video: Option<Box<dyn VideoSource>>,
     audio: Option<Box<dyn AudioSource>>,
     pacing: Pacing,
@@ -158,10 +247,13 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Checks that the sources fit the model's inputs.
+    /// Checks that the sources fit the model's inputs and prepares
+    /// preprocessing and post-processing.
     ///
     /// # Errors
-    /// [`PipelineError::Config`] naming the missing or surplus source.
+    /// [`PipelineError::Config`] naming the missing or surplus source, or a
+    /// zero hop; [`PipelineError::Pre`] / [`PipelineError::Post`] for
+    /// manifest or post-processing settings their stages refuse.
     pub fn new(
         model: AffectModel,
         video: Option<Box<dyn VideoSource>>,
@@ -171,9 +263,8 @@ impl Pipeline {
     ) -> Result<Self, PipelineError> {
         let manifest = model.manifest();
         let featurizer = Featurizer::new(manifest)?;
-        let wants_audio = featurizer.audio().is_some();
-        let wants_video = featurizer.wants_video();
-        match (&video, wants_video) {
+        let needs = MediaNeeds::of(&featurizer, manifest);
+        match (&video, needs.video) {
             (Some(v), false) => {
                 return Err(PipelineError::Config(format!(
                     "video source {} given, but the model has no video input",
@@ -187,7 +278,7 @@ impl Pipeline {
             }
             _ => {}
         }
-        match (&audio, wants_audio) {
+        match (&audio, needs.audio.is_some()) {
             (Some(a), false) => {
                 return Err(PipelineError::Config(format!(
                     "audio source {} given, but the model has no audio input",
@@ -206,10 +297,7 @@ impl Pipeline {
                 "hop is 0 ms; expected a positive hop".into(),
             ));
         }
-        let window_s = featurizer
-            .audio()
-            .map(|a| a.window_samples() as f64 / f64::from(a.sample_rate))
-            .unwrap_or(0.0);
+        let events = EventBuilder::new(manifest, config.post)?;
         let status = Arc::new(PipelineStatus::new(RunInfo {
             model: model.path().display().to_string(),
             backend: model.backend_name().to_string(),
@@ -220,13 +308,16 @@ impl Pipeline {
                 Pacing::AsFastAsPossible => "fast",
             },
             hop_ms: config.hop.as_secs_f64() * 1e3,
-            window_s,
+            window_s: needs.window_s(),
             stale_ms: config.stale.as_secs_f64() * 1e3,
             missing_policy: config.missing.as_str(),
             labels: manifest.labels.clone(),
         }));
         Ok(Pipeline {
             model,
+            featurizer,
+            events,
+            needs,
             video,
             audio,
             pacing,
@@ -250,11 +341,14 @@ impl Pipeline {
     /// raised; then flushes every sink.
     ///
     /// # Errors
-    /// [`PipelineError`] when a source can never work as configured or the
-    /// model fails.
+    /// [`PipelineError`] when a source can never work as configured, the
+    /// model fails, or a thread cannot start.
     pub fn run(self, sinks: Vec<Box<dyn Sink>>, stop: StopFlag) -> Result<Summary, PipelineError> {
         let Pipeline {
             model,
+            featurizer,
+            events,
+            needs,
             video,
             audio,
             pacing,
@@ -270,47 +364,35 @@ impl Pipeline {
         let (sink_tx, sink_rx) = std::sync::mpsc::sync_channel::<Message>(1024);
         let sink_thread = std::thread::Builder::new()
             .name("sinks".into())
-            .spawn(move || run_sinks(sinks, sink_rx))?;
+            .spawn(move || sinks::run_sinks(sinks, sink_rx))?;
 
-        let manifest = model.manifest().clone();
-        let featurizer = Featurizer::new(&manifest)?;
-        let audio_spec = featurizer.audio().cloned();
-        let wants_video = featurizer.wants_video();
-        let frames_kept = manifest
-            .inputs
-            .iter()
-            .filter_map(|i| match i {
-                emogate_models::manifest::InputSpec::Video(v) => Some(v.frames),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(1)
-            + 8;
-
-        let handoff = Arc::new(Handoff::<Job>::new());
+        let handoff = Arc::new(Handoff::<ReadyWindow>::new());
         let inference = {
+            let inference = Inference {
+                model,
+                featurizer,
+                events,
+                status: Arc::clone(&status),
+                sink_tx: sink_tx.clone(),
+                clock: Arc::clone(&clock),
+                frame_id: config.frame_id.clone(),
+                extra_delay: config.extra_inference_delay,
+                seq: 0,
+            };
             let handoff = Arc::clone(&handoff);
-            let status = Arc::clone(&status);
-            let sink_tx = sink_tx.clone();
-            let clock = Arc::clone(&clock);
-            let config = config.clone();
             std::thread::Builder::new()
                 .name("inference".into())
-                .spawn(move || {
-                    run_inference(
-                        model, featurizer, &manifest, &handoff, &status, &sink_tx, &clock, &config,
-                    )
-                })?
+                .spawn(move || inference.serve(&handoff))?
         };
 
         let origin = clock.now();
         let (report_tx, report_rx) = std::sync::mpsc::channel();
-        let feed = Arc::new(VideoFeed::new(frames_kept));
+        let feed = Arc::new(VideoFeed::new(needs.frames_kept));
         let capture_stop = StopFlag::new();
         let mut supervisors: Vec<Supervised> = Vec::new();
-        let mut audio_window = audio_spec
-            .as_ref()
-            .map(|a| AudioWindow::new(a.sample_rate, a.window_samples()));
+        let mut audio_window = needs
+            .audio
+            .map(|a| AudioWindow::new(a.sample_rate, a.samples));
         if let Some(source) = video {
             status.update_source("video", &source.name(), |_| {});
             supervisors.push(spawn_video(
@@ -324,14 +406,9 @@ impl Pipeline {
         }
         if let Some(source) = audio {
             status.update_source("audio", &source.name(), |_| {});
-            // Room for a few hops of the scheduler falling behind.
-            let ring_seconds = (audio_spec.as_ref().map_or(1.0, |a| {
-                a.window_samples() as f64 / f64::from(a.sample_rate)
-            }) + 4.0 * config.hop.as_secs_f64())
-            .max(2.0);
             supervisors.push(spawn_audio(
                 source,
-                ring_seconds,
+                needs.ring_seconds(config.hop),
                 Arc::clone(&clock),
                 report_tx.clone(),
                 capture_stop.clone(),
@@ -345,22 +422,15 @@ impl Pipeline {
             virtual_clock: (pacing == Pacing::AsFastAsPossible).then_some(&*virtual_clock),
             origin,
             config: &config,
+            needs: &needs,
             status: &status,
             sink_tx: &sink_tx,
             reports: &report_rx,
             feed: &feed,
             audio: audio_window.as_mut(),
-            wants_video,
-            video_end: None,
-            audio_end: None,
-            video_present: wants_video,
-            audio_present: audio_spec.is_some(),
+            ended: Default::default(),
         };
-        let first_end = audio_spec
-            .as_ref()
-            .map(|a| Duration::from_secs_f64(a.window_samples() as f64 / f64::from(a.sample_rate)))
-            .unwrap_or(config.hop);
-        let outcome = scheduler.run(first_end, &handoff, &stop);
+        let outcome = scheduler.run(&handoff, &stop);
 
         // Shut down in data-flow order: capture, then inference (which
         // finishes the window it holds), then sinks (which flush).
@@ -383,443 +453,5 @@ impl Pipeline {
             events: status.counters.events.load(Ordering::Relaxed),
             sink_dropped: status.counters.sink_dropped.load(Ordering::Relaxed),
         })
-    }
-}
-
-struct Scheduler<'a> {
-    clock: &'a ClockHandle,
-    virtual_clock: Option<&'a VirtualClock>,
-    origin: Nanos,
-    config: &'a PipelineConfig,
-    status: &'a PipelineStatus,
-    sink_tx: &'a SyncSender<Message>,
-    reports: &'a Receiver<SourceReport>,
-    feed: &'a VideoFeed,
-    audio: Option<&'a mut AudioWindow>,
-    wants_video: bool,
-    /// Capture time of the last item of a source that ended.
-    video_end: Option<Nanos>,
-    audio_end: Option<Nanos>,
-    video_present: bool,
-    audio_present: bool,
-}
-
-fn nanos(d: Duration) -> Nanos {
-    d.as_nanos() as Nanos
-}
-
-fn seconds(t: Nanos) -> f64 {
-    t as f64 / 1e9
-}
-
-impl Scheduler<'_> {
-    fn run(
-        &mut self,
-        first_end: Duration,
-        handoff: &Handoff<Job>,
-        stop: &StopFlag,
-    ) -> Result<(), PipelineError> {
-        let hop = nanos(self.config.hop);
-        let first = match self.virtual_clock {
-            Some(v) => {
-                // Sources stamp from the clock's time when they open: let
-                // them all open at the origin before time moves.
-                v.settle(Duration::from_secs(30));
-                self.origin + nanos(first_end)
-            }
-            None => self.warm_up(self.origin + nanos(first_end), stop)?,
-        };
-        let stale = nanos(self.config.stale);
-        let mut k: u64 = 0;
-        loop {
-            if stop.is_raised() {
-                return Ok(());
-            }
-            let built = self.status.counters.windows.load(Ordering::Relaxed)
-                + self.status.counters.skipped.load(Ordering::Relaxed);
-            if self.config.max_windows.is_some_and(|m| built >= m) {
-                return Ok(());
-            }
-            let mut t = first + k * hop;
-            match self.virtual_clock {
-                Some(v) => {
-                    v.advance(t);
-                    if !v.settle(Duration::from_secs(30)) {
-                        tracing::warn!(
-                            "a replay source did not catch up with the virtual clock in 30 s"
-                        );
-                    }
-                }
-                None => {
-                    self.wait_real(t, stop)?;
-                    // A stalled scheduler (suspend, a debugger) skips the
-                    // ticks it missed rather than bursting through them.
-                    let now = self.clock.now();
-                    if now > t + hop {
-                        k = (now - first) / hop;
-                        t = first + k * hop;
-                    }
-                }
-            }
-            self.handle_reports()?;
-            if let Some(a) = self.audio.as_deref_mut() {
-                a.drain();
-                self.status
-                    .counters
-                    .audio_overruns
-                    .store(a.overruns(), Ordering::Relaxed);
-            }
-            if self.all_ended_before(t) {
-                return Ok(());
-            }
-            k += 1;
-
-            let mut missing = Vec::new();
-            let mut newest_at: Nanos = 0;
-            let frame = if self.wants_video {
-                let f = self.feed.latest(t, 1).pop();
-                match f {
-                    Some(f) if f.captured_at + stale >= t => {
-                        newest_at = newest_at.max(f.captured_at);
-                        Some(f)
-                    }
-                    _ => {
-                        missing.push("video");
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            let audio = match self.audio.as_deref() {
-                Some(a) => match a.newest_at() {
-                    Some(at) if a.is_full() && at + stale >= t => {
-                        newest_at = newest_at.max(at);
-                        let mut buf = Vec::new();
-                        a.copy_into(&mut buf);
-                        Some(buf)
-                    }
-                    _ => {
-                        missing.push("audio");
-                        None
-                    }
-                },
-                None => None,
-            };
-            let nothing_left = frame.is_none() && audio.is_none();
-            if !missing.is_empty() && (self.config.missing == MissingPolicy::Skip || nothing_left) {
-                self.status.counters.skipped.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            if !missing.is_empty() {
-                self.status
-                    .counters
-                    .degraded
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            self.status.counters.windows.fetch_add(1, Ordering::Relaxed);
-            let end = newest_at.max(self.origin);
-            let window_len = self.status.info.window_s.max(self.config.hop.as_secs_f64());
-            let end_s = seconds(end - self.origin);
-            let job = Job {
-                frame,
-                audio,
-                window: Window {
-                    start_s: (end_s - window_len).max(0.0),
-                    end_s,
-                },
-                newest_at: end,
-                built_at: Instant::now(),
-                missing,
-            };
-            match self.virtual_clock {
-                Some(_) => {
-                    handoff.put_wait(job, || stop.is_raised());
-                }
-                None => {
-                    if handoff.put_latest(job) {
-                        self.status.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Live start-up: devices take a while to open, so the first window
-    /// is built once every modality has data (a whole audio window, a
-    /// frame) rather than at a fixed time, or at `earliest` plus the stale
-    /// age if one never comes (then the missing policy applies). Returns
-    /// the time of the first window.
-    fn warm_up(&mut self, earliest: Nanos, stop: &StopFlag) -> Result<Nanos, PipelineError> {
-        let give_up = earliest + nanos(self.config.stale);
-        self.wait_real(earliest, stop)?;
-        loop {
-            self.handle_reports()?;
-            if let Some(a) = self.audio.as_deref_mut() {
-                a.drain();
-            }
-            let audio_ready = self.audio.as_deref().is_none_or(AudioWindow::is_full);
-            let video_ready = !self.wants_video || self.feed.delivered() > 0;
-            let now = self.clock.now();
-            if (audio_ready && video_ready) || now >= give_up || stop.is_raised() {
-                return Ok(now.max(earliest));
-            }
-            self.wait_real(now + 5_000_000, stop)?;
-        }
-    }
-
-    /// Sleeps until the real clock reaches `t`, handling source reports
-    /// as they come.
-    fn wait_real(&mut self, t: Nanos, stop: &StopFlag) -> Result<(), PipelineError> {
-        while self.clock.now() < t {
-            if stop.is_raised() {
-                return Ok(());
-            }
-            let left = Duration::from_nanos(t.saturating_sub(self.clock.now()));
-            match self
-                .reports
-                .recv_timeout(left.min(Duration::from_millis(20)))
-            {
-                Ok(report) => self.on_report(report)?,
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                    if left > Duration::from_millis(20) {
-                        continue;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn handle_reports(&mut self) -> Result<(), PipelineError> {
-        while let Ok(report) = self.reports.try_recv() {
-            self.on_report(report)?;
-        }
-        Ok(())
-    }
-
-    fn notice(&self, modality: &'static str, name: &str) -> SourceNotice {
-        let now = self.clock.now();
-        SourceNotice {
-            header: Header::at(now, &self.config.frame_id),
-            stamp_s: seconds(now.saturating_sub(self.origin)),
-            modality,
-            source: name.to_string(),
-            error: None,
-            retry_in_ms: None,
-        }
-    }
-
-    fn publish(&self, message: Message) {
-        if let Err(TrySendError::Full(_)) = self.sink_tx.try_send(message) {
-            self.status
-                .counters
-                .sink_dropped
-                .fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn on_report(&mut self, report: SourceReport) -> Result<(), PipelineError> {
-        match report {
-            SourceReport::VideoOpened { name } => {
-                self.status.update_source("video", &name, |s| {
-                    s.state = "running";
-                    s.error = None;
-                    s.retry_in_ms = None;
-                    s.opens += 1;
-                });
-                self.publish(Message::SourceOpened(self.notice("video", &name)));
-            }
-            SourceReport::AudioOpened {
-                name,
-                consumer,
-                sample_rate,
-            } => {
-                if let Some(a) = self.audio.as_deref_mut() {
-                    a.attach(consumer, sample_rate)?;
-                }
-                self.status.update_source("audio", &name, |s| {
-                    s.state = "running";
-                    s.error = None;
-                    s.retry_in_ms = None;
-                    s.opens += 1;
-                });
-                self.publish(Message::SourceOpened(self.notice("audio", &name)));
-            }
-            SourceReport::Failed {
-                modality,
-                name,
-                error,
-                retry_in,
-            } => {
-                let m = modality.as_str();
-                self.status.update_source(m, &name, |s| {
-                    s.state = "failed";
-                    s.error = Some(error.clone());
-                    s.retry_in_ms = retry_in.map(|d| d.as_millis() as u64);
-                    s.failures += 1;
-                });
-                let mut notice = self.notice(m, &name);
-                notice.error = Some(error.clone());
-                notice.retry_in_ms = retry_in.map(|d| d.as_millis() as u64);
-                self.publish(Message::SourceError(notice));
-                if retry_in.is_none() {
-                    return Err(PipelineError::Source {
-                        modality: m,
-                        name,
-                        error,
-                    });
-                }
-            }
-            SourceReport::Ended { modality, name } => {
-                let m = modality.as_str();
-                self.status.update_source(m, &name, |s| s.state = "ended");
-                self.publish(Message::SourceEnded(self.notice(m, &name)));
-                match modality {
-                    Modality::Video => self.video_end = Some(self.feed.newest_at()),
-                    Modality::Audio => {
-                        if let Some(a) = self.audio.as_deref_mut() {
-                            a.drain();
-                        }
-                        self.audio_end = Some(
-                            self.audio
-                                .as_deref()
-                                .and_then(|a| a.newest_at())
-                                .unwrap_or(self.origin),
-                        );
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Every source ended more than half a hop before `t` (the slack
-    /// keeps the last window when a source ends a moment before the tick).
-    fn all_ended_before(&self, t: Nanos) -> bool {
-        let slack = nanos(self.config.hop) / 2;
-        let ended =
-            |present: bool, end: Option<Nanos>| !present || end.is_some_and(|e| e + slack < t);
-        let any_present = self.video_present || self.audio_present;
-        any_present
-            && ended(self.video_present, self.video_end)
-            && ended(self.audio_present, self.audio_end)
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn run_inference(
-    mut model: AffectModel,
-    mut featurizer: Featurizer,
-    manifest: &emogate_models::manifest::Manifest,
-    handoff: &Handoff<Job>,
-    status: &PipelineStatus,
-    sink_tx: &SyncSender<Message>,
-    clock: &ClockHandle,
-    config: &PipelineConfig,
-) -> Result<(), PipelineError> {
-    let mut events = EventBuilder::new(manifest, config.post)?;
-    let mut seq = 0u64;
-    while let Some(job) = handoff.take() {
-        let t0 = Instant::now();
-        let inputs = featurizer.build(job.frame.as_deref(), job.audio.as_deref())?;
-        let t1 = Instant::now();
-        let cpu0 = thread_cpu_ns();
-        let outputs = model.run(&inputs)?;
-        status
-            .counters
-            .model_cpu_ns
-            .fetch_add(thread_cpu_ns().saturating_sub(cpu0), Ordering::Relaxed);
-        if !config.extra_inference_delay.is_zero() {
-            std::thread::sleep(config.extra_inference_delay);
-        }
-        let t2 = Instant::now();
-        let estimate = events.estimate(&outputs, Duration::from_secs_f64(job.window.end_s))?;
-        let t3 = Instant::now();
-        let capture_to_event = if clock.is_real_time() {
-            seconds(clock.now().saturating_sub(job.newest_at)) * 1e3
-        } else {
-            // On a virtual clock capture time is media time; what a
-            // consumer waits for is the processing itself.
-            ms(job.built_at.elapsed())
-        };
-        let event = Event {
-            seq,
-            header: Header::at(job.newest_at, &config.frame_id),
-            stamp_s: job.window.end_s,
-            expression: estimate.expression,
-            confidence: estimate.confidence,
-            probs: estimate.probs,
-            valence: estimate.valence,
-            arousal: estimate.arousal,
-            window: job.window,
-            latency_ms: Latency {
-                capture_to_event,
-                queue: ms(t0 - job.built_at),
-                preprocess: ms(t1 - t0),
-                inference: ms(t2 - t1),
-                postprocess: ms(t3 - t2),
-            },
-            change: estimate.change,
-            degraded: !job.missing.is_empty(),
-            missing: job.missing,
-            counters: status.counters(),
-            adapter: model.active().map(str::to_string),
-            backend: model.backend_name().to_string(),
-        };
-        seq += 1;
-        status.record_event(capture_to_event);
-        if let Err(TrySendError::Full(_)) = sink_tx.try_send(Message::Emotion(event)) {
-            status.counters.sink_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    Ok(())
-}
-
-/// CPU time of the calling thread (vDSO, no syscall on Linux).
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; the clock id is a constant.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// Delivers messages to every sink; flushes every second and at the end.
-fn run_sinks(mut sinks: Vec<Box<dyn Sink>>, rx: Receiver<Message>) {
-    let mut last_flush = Instant::now();
-    loop {
-        match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(message) => {
-                for sink in &mut sinks {
-                    if let Err(e) = sink.publish(&message) {
-                        tracing::warn!(sink = sink.name(), error = %e, "sink failed");
-                    }
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        if last_flush.elapsed() >= Duration::from_secs(1) {
-            flush_all(&mut sinks);
-            last_flush = Instant::now();
-        }
-    }
-    flush_all(&mut sinks);
-}
-
-fn flush_all(sinks: &mut [Box<dyn Sink>]) {
-    for sink in sinks {
-        if let Err(e) = sink.flush() {
-            tracing::warn!(sink = sink.name(), error = %e, "flushing failed");
-        }
     }
 }

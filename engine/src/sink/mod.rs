@@ -53,22 +53,40 @@ impl SinkError {
     }
 }
 
-/// Receives every published message.
+/// Receives every published message, in order, on the pipeline's sink
+/// thread.
+///
+/// Every sink of a run shares that one thread, so an implementation should
+/// return quickly: a sink that blocks delays the other sinks (never
+/// inference, which hands messages over without waiting and counts what
+/// the full queue cannot take as `sink_dropped`).
 pub trait Sink: Send {
-    /// The `--output` value this sink was made from.
+    /// The `--output` value this sink was made from, resolved where that
+    /// matters (`http:` names the port really bound); logs name the sink
+    /// by it. Cannot fail.
     fn name(&self) -> String;
 
     /// Publishes one message.
     ///
     /// # Errors
-    /// [`SinkError::Io`] when the output failed; the pipeline logs it and
-    /// carries on.
+    /// * [`SinkError::Io`], naming the output, when writing failed: a full
+    ///   disk, a closed stdout, a rotation that could not rename or reopen
+    ///   the file. The pipeline logs it and carries on with the next
+    ///   message, so a failed write costs that message, not the run.
+    ///
+    /// A sink whose losses are expected returns `Ok` and counts them
+    /// instead: `udp:` (nobody listening) and `http:` (a client that cannot
+    /// keep up). [`SinkError::Spec`] is never returned here: an `--output`
+    /// value is checked when the sink is opened.
     fn publish(&mut self, message: &Message) -> Result<(), SinkError>;
 
-    /// Pushes buffered messages out (called on shutdown and periodically).
+    /// Pushes buffered messages out: called about once a second while
+    /// messages flow, and once after the last message at shutdown.
     ///
     /// # Errors
-    /// As [`Sink::publish`].
+    /// * [`SinkError::Io`], naming the output, when buffered messages could
+    ///   not be written or synced. Logged; the run goes on, and at
+    ///   shutdown still ends normally.
     fn flush(&mut self) -> Result<(), SinkError>;
 }
 

@@ -1,7 +1,6 @@
 //! `emogate run`: flags and config file → a running [`Pipeline`].
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -14,6 +13,8 @@ use emogate_engine::post::PostConfig;
 use emogate_engine::sink::{OutputSpec, Sink};
 use emogate_infer::affect::{AffectModel, ModelSpec};
 use emogate_media::StopFlag;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 /// Settings of `emogate run`. Each overrides the same key of `--config`.
 #[derive(Args, Debug, Default)]
@@ -102,31 +103,36 @@ pub struct RunArgs {
     pub debug_inference_delay_ms: Option<u64>,
 }
 
-/// Set from the SIGINT/SIGTERM handler; watched by a thread that raises
-/// the pipeline's stop flag (a handler may only touch atomics).
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
+/// Signals that stop a run: flush the outputs and exit 0.
+const STOP_SIGNALS: [libc::c_int; 2] = [SIGINT, SIGTERM];
 
-extern "C" fn on_signal(_: libc::c_int) {
-    SIGNALLED.store(true, Ordering::SeqCst);
-}
-
+/// Raises `stop` on SIGINT or SIGTERM, from a thread that blocks in
+/// signal-hook's iterator: the handler itself only writes to a self-pipe
+/// (all a handler may safely do), and the thread wakes only when a signal
+/// comes. The handlers stay installed until the process exits, so a
+/// second Ctrl-C while outputs flush is logged, not fatal.
+///
+/// SIGHUP keeps its default action for now; to use it (e.g. reopen the
+/// outputs or reload `--config`), add it to the registered list and give
+/// it its own arm below.
 fn install_signal_handlers(stop: StopFlag) -> Result<()> {
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe.
-        if unsafe { libc::signal(sig, handler) } == libc::SIG_ERR {
-            bail!("cannot install a handler for signal {sig}");
-        }
-    }
+    let mut signals =
+        Signals::new(STOP_SIGNALS).context("installing the SIGINT/SIGTERM handlers")?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            while !SIGNALLED.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(20));
+            for signal in signals.forever() {
+                match signal {
+                    SIGINT | SIGTERM if stop.is_raised() => {
+                        tracing::info!(signal, "signal received: already stopping");
+                    }
+                    SIGINT | SIGTERM => {
+                        tracing::info!(signal, "signal received: stopping and flushing outputs");
+                        stop.raise();
+                    }
+                    other => tracing::debug!(signal = other, "signal not handled"),
+                }
             }
-            tracing::info!("signal received: stopping and flushing outputs");
-            stop.raise();
         })
         .context("starting the signal thread")?;
     Ok(())
