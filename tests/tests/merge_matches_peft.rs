@@ -8,6 +8,13 @@ use emogate_models::onnx::OnnxModel;
 use emogate_models::peft::Adapter;
 use emogate_tests::{Expected, max_abs_diff};
 
+/// Model/adapter pairs in `tests/fixtures/merge`: llama's 4 adapters (plain,
+/// rsLoRA, DoRA, `modules_to_save`) on its 3 exports (dynamo, legacy,
+/// legacy unfolded) = 12, qwen2's 4 on 2 exports = 8, llama_bias's
+/// `lora_bias` on 2 = 2, swiglu_gemm's 2 (plain, DoRA) on 1 = 2. A fixture
+/// that goes missing (or a new one) changes this count and fails the test.
+const PAIRS: usize = 24;
+
 #[test]
 fn merged_models_match_peft_logits() {
     let mut checked = 0;
@@ -54,8 +61,8 @@ fn merged_models_match_peft_logits() {
             checked += 1;
         }
     }
-    assert!(
-        checked >= 20,
-        "only {checked} model/adapter pairs were checked"
+    assert_eq!(
+        checked, PAIRS,
+        "{checked} model/adapter pairs were checked, expected {PAIRS}"
     );
 }
