@@ -155,6 +155,8 @@ fn every_quantized_model_runs_on_each_backend_and_stays_close() {
 /// of them depending on the seed, so it is held to 99% here. On held-out
 /// SynthAffect samples (`models/reference/make_eval_inputs.py`, not
 /// committed: 70 KB a sample) it agrees on 100% of 1000, on both runtimes.
+/// docs/quantization.md (What CI checks) states these limits per model:
+/// change both together.
 #[test]
 fn quantized_models_meet_the_size_and_agreement_targets() {
     // ONNX Runtime when built with it (fast fp16 kernels); tract otherwise.
