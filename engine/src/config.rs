@@ -23,10 +23,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Errors reading a config file: the file, and the key or line at fault.
+/// Errors reading a config file (the file, and the key or line at fault),
+/// or a setting out of range (the flag or key, and the range).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: {source}", path.display())]
@@ -37,6 +39,46 @@ pub enum ConfigError {
     },
     #[error("{}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
+    /// `setting` names where the value came from: a flag (`--hop-ms`), a
+    /// key and its file (`hop_ms in /etc/emogate/config.toml`), or the
+    /// model's manifest.
+    #[error("{setting} {value:?}: expected {expected}")]
+    Range {
+        setting: String,
+        value: f64,
+        expected: String,
+    },
+}
+
+/// The longest hop `emogate run` accepts, in ms (one minute): the audio
+/// ring holds the window plus four hops of capture.
+pub const MAX_HOP_MS: f64 = 60_000.0;
+
+/// The longest staleness limit `emogate run` accepts, in ms (one hour).
+pub const MAX_STALE_MS: f64 = 3_600_000.0;
+
+/// `ms` milliseconds as a [`Duration`]: above 0 and at most `max_ms`.
+///
+/// Refuses NaN, infinities, zero, negative values, values over `max_ms`
+/// and values too small to be a whole nanosecond, all of which would
+/// otherwise panic in `Duration::from_secs_f64` or stall the pipeline.
+///
+/// # Errors
+/// [`ConfigError::Range`] naming `setting`, the value and the range.
+pub fn millis(setting: &str, ms: f64, max_ms: f64) -> Result<Duration, ConfigError> {
+    let out_of_range = || ConfigError::Range {
+        setting: setting.to_string(),
+        value: ms,
+        expected: format!("a number of milliseconds above 0 and at most {max_ms}"),
+    };
+    // `!(a && b)` rather than `<= 0.0 || > max`: NaN fails every comparison.
+    if !(ms > 0.0 && ms <= max_ms) {
+        return Err(out_of_range());
+    }
+    match Duration::try_from_secs_f64(ms / 1e3) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(out_of_range()),
+    }
 }
 
 /// A capture source in the config.
@@ -143,6 +185,43 @@ impl RunConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn millis_takes_the_range_and_names_the_setting_outside_it() {
+        assert_eq!(
+            millis("--hop-ms", 250.0, MAX_HOP_MS).unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            millis("--hop-ms", MAX_HOP_MS, MAX_HOP_MS).unwrap(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            millis("--hop-ms", 0.001, MAX_HOP_MS).unwrap(),
+            Duration::from_micros(1)
+        );
+        for (v, shown) in [
+            (1e300, "1e300"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "inf"),
+            (f64::NEG_INFINITY, "-inf"),
+            (-5.0, "-5.0"),
+            (0.0, "0.0"),
+            (60_000.5, "60000.5"),
+            (1e-9, "1e-9"),
+        ] {
+            let e = millis("hop_ms in config.toml", v, MAX_HOP_MS)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "hop_ms in config.toml {shown}: expected a number of milliseconds \
+                     above 0 and at most 60000"
+                )
+            );
+        }
+    }
 
     #[test]
     fn reads_the_deploy_example_and_resolves_paths() {

@@ -271,3 +271,102 @@ fn onnx_runtime_errors_are_clear() {
     let err = stderr(&emogate(&["run", "--model", MODEL, "--backend", "cuda"]));
     assert!(err.contains("--backend `cuda`"), "{err}");
 }
+
+/// Durations out of range, from a flag, the config file or the model's
+/// manifest: an error naming where the value came from and the range, not
+/// a panic in `Duration::from_secs_f64` (exit status 101).
+#[test]
+fn out_of_range_durations_are_named_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let hop_range = "expected a number of milliseconds above 0 and at most 60000";
+    let stale_range = "expected a number of milliseconds above 0 and at most 3600000";
+    let config = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (huge, nan, negative) = (
+        config("huge.toml", "hop_ms = 1e300\n"),
+        config("nan.toml", "hop_ms = nan\n"),
+        config("negative.toml", "stale_ms = -inf\n"),
+    );
+    let mut manifest: Value = serde_json::from_slice(
+        &std::fs::read(repo().join("tests/fixtures/engine/fer64/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    manifest["hop_ms"] = 1e300.into();
+    let manifest_path = config("manifest.json", &manifest.to_string());
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["--hop-ms", "1e300"],
+            format!("--hop-ms 1e300: {hop_range}"),
+        ),
+        (
+            vec!["--hop-ms", "NaN"],
+            format!("--hop-ms NaN: {hop_range}"),
+        ),
+        (vec!["--hop-ms=-5"], format!("--hop-ms -5.0: {hop_range}")),
+        (
+            vec!["--hop-ms", "60001"],
+            format!("--hop-ms 60001.0: {hop_range}"),
+        ),
+        (
+            vec!["--hop-ms", "1e-9"],
+            format!("--hop-ms 1e-9: {hop_range}"),
+        ),
+        (
+            vec!["--stale-ms", "inf"],
+            format!("--stale-ms inf: {stale_range}"),
+        ),
+        (
+            vec!["--config", &huge],
+            format!("hop_ms in {huge} 1e300: {hop_range}"),
+        ),
+        (
+            vec!["--config", &nan],
+            format!("hop_ms in {nan} NaN: {hop_range}"),
+        ),
+        (
+            vec!["--config", &negative],
+            format!("stale_ms in {negative} -inf: {stale_range}"),
+        ),
+        // The flag wins over the file, and is what the error names.
+        (
+            vec!["--config", &huge, "--hop-ms", "0"],
+            format!("--hop-ms 0.0: {hop_range}"),
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut all = vec![
+            "run",
+            "--model",
+            MODEL,
+            "--video",
+            "tests/fixtures/sample/face.png",
+        ];
+        all.extend(&args);
+        let out = emogate(&all);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&needle),
+            "{args:?}: `{needle}` missing from:\n{err}"
+        );
+    }
+    // From the model's manifest (the video-only fixture, quick to load).
+    let out = emogate(&[
+        "run",
+        "--model",
+        "tests/fixtures/engine/fer64/model.onnx",
+        "--manifest",
+        &manifest_path,
+        "--video",
+        "tests/fixtures/sample/face.png",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("hop_ms in {manifest_path} 1e300")) && err.contains(hop_range),
+        "{err}"
+    );
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use emogate_device::file_source::{VideoFile, WavFile};
+use emogate_engine::config::{MAX_HOP_MS, millis};
 use emogate_engine::event::Message;
 use emogate_engine::pipeline::{Pacing, Pipeline, PipelineConfig};
 use emogate_engine::sink::jsonl::JsonlSink;
@@ -110,7 +111,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     percentile(&v, 0.5)
 }
 
-fn run_rust(args: &Args) -> Result<Measure> {
+fn run_rust(args: &Args, hop: Duration) -> Result<Measure> {
     let model = AffectModel::load(&ModelSpec {
         path: args.model.clone(),
         manifest: None,
@@ -119,7 +120,7 @@ fn run_rust(args: &Args) -> Result<Measure> {
         active: None,
     })
     .with_context(|| format!("loading {}", args.model.display()))?;
-    let windows = ((args.seconds - 2.0) / (args.hop_ms / 1e3)).floor() as u64 + 1;
+    let windows = ((args.seconds - 2.0) / hop.as_secs_f64()).floor() as u64 + 1;
     let video = VideoFile::open(&args.video, 10.0, true)?;
     let audio = WavFile::open(&args.audio, true)?;
     let pipeline = Pipeline::new(
@@ -128,7 +129,7 @@ fn run_rust(args: &Args) -> Result<Measure> {
         Some(Box::new(audio)),
         Pacing::RealTime,
         PipelineConfig {
-            hop: Duration::from_secs_f64(args.hop_ms / 1e3),
+            hop,
             max_windows: Some(windows),
             ..PipelineConfig::default()
         },
@@ -216,18 +217,19 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .try_init();
-    if args.seconds < 3.0 {
+    if args.seconds.is_nan() || args.seconds < 3.0 {
         bail!(
             "--seconds {}: expected at least 3 (a 2 s window plus hops)",
             args.seconds
         );
     }
+    let hop = millis("--hop-ms", args.hop_ms, MAX_HOP_MS)?;
     let mut rust = Vec::new();
     let mut python = Vec::new();
     // Alternate contenders so drift in machine load hits both alike.
     for run in 0..args.runs {
         eprintln!("run {}/{}: emogate", run + 1, args.runs);
-        rust.push(run_rust(&args)?);
+        rust.push(run_rust(&args, hop)?);
         if args.python != "none" {
             eprintln!("run {}/{}: python", run + 1, args.runs);
             python.push(run_python(&args)?);

@@ -180,18 +180,35 @@ struct AudioNeed {
     /// The window's length, `samples / sample_rate`: computed here and
     /// nowhere else.
     seconds: f64,
+    /// The same as a [`Duration`].
+    length: Duration,
 }
 
 impl MediaNeeds {
-    fn of(featurizer: &Featurizer, manifest: &Manifest) -> Self {
-        let audio = featurizer.audio().map(|a| {
-            let samples = a.window_samples();
-            AudioNeed {
-                sample_rate: a.sample_rate,
-                samples,
-                seconds: samples as f64 / f64::from(a.sample_rate),
-            }
-        });
+    /// # Errors
+    /// [`PipelineError::Config`] for an audio window no [`Duration`] holds.
+    fn of(featurizer: &Featurizer, manifest: &Manifest) -> Result<Self, PipelineError> {
+        let audio = featurizer
+            .audio()
+            .map(|a| {
+                let samples = a.window_samples();
+                let seconds = samples as f64 / f64::from(a.sample_rate);
+                // The manifest is user input: `from_secs_f64` would panic.
+                let length = Duration::try_from_secs_f64(seconds).map_err(|_| {
+                    PipelineError::Config(format!(
+                        "the manifest's audio window is {seconds:?} s \
+                         ({samples} samples at {} Hz): expected a finite length",
+                        a.sample_rate
+                    ))
+                })?;
+                Ok::<_, PipelineError>(AudioNeed {
+                    sample_rate: a.sample_rate,
+                    samples,
+                    seconds,
+                    length,
+                })
+            })
+            .transpose()?;
         let frames_kept = manifest
             .inputs
             .iter()
@@ -202,11 +219,11 @@ impl MediaNeeds {
             .max()
             .unwrap_or(1)
             + 8;
-        MediaNeeds {
+        Ok(MediaNeeds {
             audio,
             video: featurizer.wants_video(),
             frames_kept,
-        }
+        })
     }
 
     /// The audio window in seconds; 0 when the model takes no audio.
@@ -217,8 +234,7 @@ impl MediaNeeds {
     /// How far after the start the first window ends: once a whole audio
     /// window can have been captured, or one hop without audio.
     fn first_window_end(&self, hop: Duration) -> Duration {
-        self.audio
-            .map_or(hop, |a| Duration::from_secs_f64(a.seconds))
+        self.audio.map_or(hop, |a| a.length)
     }
 
     /// Seconds of audio the capture ring holds: the window plus room for a
@@ -263,7 +279,7 @@ impl Pipeline {
     ) -> Result<Self, PipelineError> {
         let manifest = model.manifest();
         let featurizer = Featurizer::new(manifest)?;
-        let needs = MediaNeeds::of(&featurizer, manifest);
+        let needs = MediaNeeds::of(&featurizer, manifest)?;
         match (&video, needs.video) {
             (Some(v), false) => {
                 return Err(PipelineError::Config(format!(

@@ -1,13 +1,13 @@
 //! `emogate run`: flags and config file → a running [`Pipeline`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use emogate_device::spec::{AudioOptions, VideoOptions, is_live, open_audio, open_video};
 use emogate_engine::backend_choice::BackendSettings;
-use emogate_engine::config::{RunConfig, SourceConfig};
+use emogate_engine::config::{MAX_HOP_MS, MAX_STALE_MS, RunConfig, SourceConfig, millis};
 use emogate_engine::pipeline::{MissingPolicy, Pacing, Pipeline, PipelineConfig};
 use emogate_engine::post::PostConfig;
 use emogate_engine::sink::{OutputSpec, Sink};
@@ -75,10 +75,11 @@ pub struct RunArgs {
     /// no drops) [default: fast when every source is a file, else realtime].
     #[arg(long)]
     pub pace: Option<String>,
-    /// Time between windows in ms [default: the manifest's, else 250].
+    /// Time between windows in ms, above 0 and at most 60000 [default: the manifest's, else 250].
     #[arg(long)]
     pub hop_ms: Option<f64>,
-    /// A modality whose newest item is older than this many ms is missing [default: 1000].
+    /// A modality whose newest item is older than this many ms is missing;
+    /// above 0 and at most 3600000 [default: 1000].
     #[arg(long)]
     pub stale_ms: Option<f64>,
     /// A missing or stale modality: `zero` (feed zeros, mark the event
@@ -138,11 +139,22 @@ fn install_signal_handlers(stop: StopFlag) -> Result<()> {
     Ok(())
 }
 
-fn positive_ms(what: &str, v: f64) -> Result<Duration> {
-    if !v.is_finite() || v <= 0.0 {
-        bail!("{what} {v}: expected a positive number of milliseconds");
-    }
-    Ok(Duration::from_secs_f64(v / 1e3))
+/// A duration in ms from its flag or else its key in the config file,
+/// checked against `(0, max_ms]`; the error names the one that was used.
+fn ms_setting(
+    (flag, flag_value): (&str, Option<f64>),
+    (key, file_value): (&str, Option<f64>),
+    config: Option<&Path>,
+    max_ms: f64,
+) -> Result<Option<Duration>> {
+    Ok(match (flag_value, file_value) {
+        (Some(v), _) => Some(millis(flag, v, max_ms)?),
+        (None, Some(v)) => {
+            let file = config.map_or_else(|| "--config".into(), |p| p.display().to_string());
+            Some(millis(&format!("{key} in {file}"), v, max_ms)?)
+        }
+        (None, None) => None,
+    })
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -150,6 +162,21 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(path) => RunConfig::load(path)?,
         None => RunConfig::default(),
     };
+    // Checked before the model loads (seconds on a board), so a bad
+    // value fails at once.
+    let hop = ms_setting(
+        ("--hop-ms", args.hop_ms),
+        ("hop_ms", file.hop_ms),
+        args.config.as_deref(),
+        MAX_HOP_MS,
+    )?;
+    let stale = ms_setting(
+        ("--stale-ms", args.stale_ms),
+        ("stale_ms", file.stale_ms),
+        args.config.as_deref(),
+        MAX_STALE_MS,
+    )?
+    .unwrap_or(Duration::from_secs(1));
     let model = args
         .model
         .clone()
@@ -180,17 +207,17 @@ pub fn run(args: RunArgs) -> Result<()> {
     let affect =
         AffectModel::load(&spec).with_context(|| format!("loading {}", model.display()))?;
 
-    let hop = positive_ms(
-        "--hop-ms",
-        args.hop_ms
-            .or(file.hop_ms)
-            .or(affect.manifest().hop_ms)
-            .unwrap_or(250.0),
-    )?;
-    let stale = positive_ms(
-        "--stale-ms",
-        args.stale_ms.or(file.stale_ms).unwrap_or(1000.0),
-    )?;
+    let hop = match (hop, affect.manifest().hop_ms) {
+        (Some(hop), _) => hop,
+        (None, Some(v)) => {
+            let from = match &spec.manifest {
+                Some(sidecar) => sidecar.display().to_string(),
+                None => format!("the manifest of {}", model.display()),
+            };
+            millis(&format!("hop_ms in {from}"), v, MAX_HOP_MS)?
+        }
+        (None, None) => Duration::from_millis(250),
+    };
     let missing = match args
         .missing
         .as_deref()
