@@ -116,6 +116,11 @@ pub enum AudioLayout {
     Nt,
 }
 
+/// The highest audio `sample_rate` a manifest may give (Hz).
+pub const MAX_SAMPLE_RATE: u32 = 384_000;
+/// The longest audio `window_s` a manifest may give (seconds).
+pub const MAX_WINDOW_S: f64 = 600.0;
+
 /// The last `window_s` seconds of mono audio at `sample_rate`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -387,10 +392,18 @@ impl Manifest {
                     }
                 }
                 InputSpec::Audio(a) => {
-                    if a.sample_rate == 0 || a.window_s <= 0.0 {
+                    // Bounded so a window always fits a buffer and a
+                    // Duration: no model listens to more than minutes.
+                    let rate_ok = (1..=MAX_SAMPLE_RATE).contains(&a.sample_rate);
+                    // Written so NaN fails too.
+                    let window_ok = a.window_s > 0.0 && a.window_s <= MAX_WINDOW_S;
+                    if !(rate_ok && window_ok) {
                         return field(
                             format!("manifest input `{}`", a.name),
-                            "sample_rate and window_s must be positive".into(),
+                            format!(
+                                "sample_rate {} and window_s {} must be in 1..={MAX_SAMPLE_RATE} Hz and (0, {MAX_WINDOW_S}] s",
+                                a.sample_rate, a.window_s
+                            ),
                         );
                     }
                     if let AudioFeatures::LogMel(m) = &a.features {
@@ -627,6 +640,26 @@ mod tests {
                 && e.contains("`text`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn rejects_audio_windows_out_of_range() {
+        for (from, to) in [
+            (r#""window_s": 2.0"#, r#""window_s": 0.0"#),
+            (r#""window_s": 2.0"#, r#""window_s": -1.0"#),
+            (r#""window_s": 2.0"#, r#""window_s": 1e300"#),
+            (r#""sample_rate": 16000"#, r#""sample_rate": 0"#),
+            (r#""sample_rate": 16000"#, r#""sample_rate": 4000000000"#),
+        ] {
+            let text = EXAMPLE.replace(from, to);
+            let e = Manifest::from_json(&text, Path::new("m.json"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("m.json") && e.contains("`audio`") && e.contains("window_s"),
+                "{to}: {e}"
+            );
+        }
     }
 
     #[test]
