@@ -120,6 +120,10 @@ pub struct RunConfig {
     pub video: Option<SourceConfig>,
     pub audio: Option<SourceConfig>,
     pub outputs: Option<Vec<String>>,
+    /// `unix:PATH` or `http` (see `--control`).
+    pub control: Option<String>,
+    pub stall_ms: Option<f64>,
+    pub max_consecutive_errors: Option<u32>,
 }
 
 impl RunConfig {
@@ -169,6 +173,12 @@ impl RunConfig {
                 s.source = base.join(&s.source).display().to_string();
             }
         }
+        if let Some(control) = self.control.as_mut()
+            && let Some(rest) = control.strip_prefix("unix:")
+            && Path::new(rest).is_relative()
+        {
+            *control = format!("unix:{}", base.join(rest).display());
+        }
         if let Some(outputs) = self.outputs.as_mut() {
             for o in outputs {
                 if let Some(rest) = o.strip_prefix("jsonl:")
@@ -182,9 +192,93 @@ impl RunConfig {
     }
 }
 
+impl RunConfig {
+    /// The keys whose values differ from `other`'s, except `adapters` and
+    /// `active`, which a running engine can apply: what a reload must
+    /// report as needing a restart.
+    pub fn changed_keys(&self, other: &RunConfig) -> Vec<&'static str> {
+        // Destructured so that a new field cannot be forgotten here.
+        let RunConfig {
+            model,
+            manifest,
+            backend,
+            threads,
+            ep,
+            ep_strict,
+            ort_lib,
+            trt_cache,
+            hop_ms,
+            stale_ms,
+            missing,
+            pace,
+            looped,
+            active: _,
+            adapters: _,
+            half_life,
+            confidence_floor,
+            frame_id,
+            video,
+            audio,
+            outputs,
+            control,
+            stall_ms,
+            max_consecutive_errors,
+        } = self;
+        let mut keys = Vec::new();
+        let mut check = |key: &'static str, same: bool| {
+            if !same {
+                keys.push(key);
+            }
+        };
+        check("model", *model == other.model);
+        check("manifest", *manifest == other.manifest);
+        check("backend", *backend == other.backend);
+        check("threads", *threads == other.threads);
+        check("ep", *ep == other.ep);
+        check("ep_strict", *ep_strict == other.ep_strict);
+        check("ort_lib", *ort_lib == other.ort_lib);
+        check("trt_cache", *trt_cache == other.trt_cache);
+        check("hop_ms", *hop_ms == other.hop_ms);
+        check("stale_ms", *stale_ms == other.stale_ms);
+        check("missing", *missing == other.missing);
+        check("pace", *pace == other.pace);
+        check("loop", *looped == other.looped);
+        check("half_life", *half_life == other.half_life);
+        check("confidence_floor", *confidence_floor == other.confidence_floor);
+        check("frame_id", *frame_id == other.frame_id);
+        check("video", *video == other.video);
+        check("audio", *audio == other.audio);
+        check("outputs", *outputs == other.outputs);
+        check("control", *control == other.control);
+        check("stall_ms", *stall_ms == other.stall_ms);
+        check(
+            "max_consecutive_errors",
+            *max_consecutive_errors == other.max_consecutive_errors,
+        );
+        keys
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changed_keys_names_what_needs_a_restart_and_skips_adapters() {
+        let a = RunConfig {
+            hop_ms: Some(250.0),
+            active: Some("calm".into()),
+            ..RunConfig::default()
+        };
+        let mut b = a.clone();
+        b.adapters.insert("x".into(), "/x".into());
+        b.active = None;
+        assert!(a.changed_keys(&b).is_empty());
+        b.hop_ms = Some(100.0);
+        b.outputs = Some(vec!["jsonl:-".into()]);
+        b.looped = Some(true);
+        assert_eq!(a.changed_keys(&b), ["hop_ms", "loop", "outputs"]);
+    }
 
     #[test]
     fn millis_takes_the_range_and_names_the_setting_outside_it() {

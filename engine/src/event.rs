@@ -82,6 +82,11 @@ pub struct Counters {
     pub skipped: u64,
     /// Audio samples lost because the capture ring was full.
     pub audio_overruns: u64,
+    /// Windows whose model output held NaN or an infinity: not published.
+    pub nonfinite: u64,
+    /// Windows that failed in preprocessing, inference or post-processing
+    /// (each published as a `model_error` message).
+    pub model_errors: u64,
 }
 
 /// One emotion estimate.
@@ -140,6 +145,60 @@ pub struct SourceNotice {
     pub retry_in_ms: Option<u64>,
 }
 
+/// The active adapter changed (`null` is the base model).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AdapterChange {
+    pub header: Header,
+    pub stamp_s: f64,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// `seq` of the first emotion event the new adapter produces.
+    pub seq: u64,
+    /// Time to build the new backend (merge and load), off the inference
+    /// thread.
+    pub prepare_ms: f64,
+    /// From the request to the new backend serving: preparing, plus the
+    /// wait for the window in progress to finish.
+    pub switch_ms: f64,
+}
+
+/// Where in the model path a window failed.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Media → tensors (the featurizer).
+    Preprocess,
+    /// The forward pass.
+    Inference,
+    /// Tensors → emotion (output kinds, smoothing).
+    Postprocess,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Preprocess => "preprocess",
+            Stage::Inference => "inference",
+            Stage::Postprocess => "postprocess",
+        }
+    }
+}
+
+/// A window failed: no emotion event for it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelError {
+    pub header: Header,
+    pub stamp_s: f64,
+    /// The window that failed.
+    pub window: Window,
+    pub stage: Stage,
+    pub error: String,
+    /// Failing windows in a row, this one included; the run stops at
+    /// `--max-consecutive-errors`.
+    pub consecutive: u32,
+    pub adapter: Option<String>,
+}
+
 /// Everything a sink receives.
 // Built once per window and handed to sinks by reference: boxing the
 // emotion event would only add an allocation per window.
@@ -154,6 +213,24 @@ pub enum Message {
     SourceOpened(SourceNotice),
     /// A finite source (a replayed file) ended.
     SourceEnded(SourceNotice),
+    /// The active adapter changed.
+    AdapterChanged(AdapterChange),
+    /// A window failed in the model path.
+    ModelError(ModelError),
+}
+
+impl Message {
+    /// The `type` tag, as serialized (also the SSE event name).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Emotion(_) => "emotion",
+            Message::SourceError(_) => "source_error",
+            Message::SourceOpened(_) => "source_opened",
+            Message::SourceEnded(_) => "source_ended",
+            Message::AdapterChanged(_) => "adapter_changed",
+            Message::ModelError(_) => "model_error",
+        }
+    }
 }
 
 impl Message {

@@ -30,15 +30,21 @@
 //!   datagrams, HTTP (Server-Sent Events, `/status`, a live dashboard).
 //!   Sinks only receive; they never steer the pipeline.
 //! * [`config`] — the TOML file `emogate run --config` reads.
+//! * [`control`] — steering a run from outside (switch the adapter, read
+//!   the status, reload the config) over a Unix socket or `POST /control`;
+//!   the pipeline's [`pipeline::Switcher`] prepares and installs adapters.
 //!
 //! The `emogate` binary (`src/bin/emogate`) is the CLI over these: it
 //! builds a [`pipeline::Pipeline`] from flags and `--config`, opens the
-//! sinks and stops the run cleanly on SIGINT/SIGTERM. Errors in this
+//! sinks and the control channel, reloads on SIGHUP, stops the run
+//! cleanly on SIGINT/SIGTERM, and exits 3 when the model keeps failing
+//! and 4 when inference stalls; `emogate ctl` is the control client. Errors in this
 //! library are typed (`thiserror`), each naming the setting, source or
 //! output at fault; the binaries add context with `anyhow`.
 
 pub mod backend_choice;
 pub mod config;
+pub mod control;
 pub mod event;
 pub mod pipeline;
 pub mod post;

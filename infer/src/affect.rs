@@ -3,12 +3,16 @@
 //!
 //! Adapters are merged in memory with the converter's own merge code
 //! ([`emogate_models::merge::MergePlan`]). Switching builds the new backend
-//! first ([`AffectModel::prepare`], which may run on another thread while
-//! the current one keeps serving windows) and then swaps it in between two
-//! windows ([`AffectModel::install`]), so no window is lost or run twice.
+//! first ([`AffectModel::prepare`], or [`Preparer::prepare`] on another
+//! thread while the current one keeps serving windows) and then swaps it in
+//! between two windows ([`AffectModel::install`]), so no window is lost or
+//! run twice. The set of adapters can change while the model runs
+//! ([`Preparer::add_adapter`], [`Preparer::remove_adapter`]): a config
+//! reload adds and drops them without touching the running backend.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use emogate_models::manifest::{InputSpec, Manifest};
@@ -89,7 +93,7 @@ pub fn parse_adapter_spec(spec: &str) -> Result<(String, PathBuf), AffectError> 
 
 /// A loaded model.
 pub struct AffectModel {
-    blueprint: std::sync::Arc<Blueprint>,
+    blueprint: Arc<Blueprint>,
     active: Option<String>,
     backend: Box<dyn Backend>,
 }
@@ -99,7 +103,10 @@ struct Blueprint {
     onnx: OnnxModel,
     manifest: Manifest,
     runtime: Box<dyn Runtime>,
-    adapters: BTreeMap<String, Adapter>,
+    /// Loaded adapters by name. Behind a lock because a config reload
+    /// changes the set while backends are being prepared; an adapter is
+    /// shared (`Arc`) so a merge never holds the lock.
+    adapters: RwLock<BTreeMap<String, Arc<Adapter>>>,
     /// `feed[i]` = index into the manifest's inputs for graph input `i`.
     feed: Vec<usize>,
     /// For each manifest output, its index among the graph's outputs.
@@ -144,19 +151,19 @@ impl AffectModel {
             .collect();
         let mut adapters = BTreeMap::new();
         for (name, dir) in &spec.adapters {
-            adapters.insert(name.clone(), Adapter::load(dir)?);
+            adapters.insert(name.clone(), Arc::new(Adapter::load(dir)?));
         }
         let blueprint = Blueprint {
             onnx,
             manifest,
             runtime: spec.backend.runtime(),
-            adapters,
+            adapters: RwLock::new(adapters),
             feed,
             outputs,
         };
         let backend = blueprint.prepare(spec.active.as_deref())?;
         Ok(AffectModel {
-            blueprint: std::sync::Arc::new(blueprint),
+            blueprint: Arc::new(blueprint),
             active: spec.active.clone(),
             backend,
         })
@@ -175,9 +182,9 @@ impl AffectModel {
         self.active.as_deref()
     }
 
-    /// Names of the loaded adapters.
+    /// Names of the loaded adapters, sorted.
     pub fn adapter_names(&self) -> Vec<String> {
-        self.blueprint.adapters.keys().cloned().collect()
+        self.blueprint.adapter_names()
     }
 
     /// The backend's name (`tract`, `ort`).
@@ -242,7 +249,7 @@ impl AffectModel {
     /// A handle that builds backends on another thread while this model
     /// keeps serving windows.
     pub fn preparer(&self) -> Preparer {
-        Preparer(std::sync::Arc::clone(&self.blueprint))
+        Preparer(Arc::clone(&self.blueprint))
     }
 
     /// Swaps in a backend made by [`AffectModel::prepare`].
@@ -270,38 +277,110 @@ impl AffectModel {
     }
 }
 
+/// An adapter loaded and checked against the model by
+/// [`Preparer::load_adapter`], not yet available for switching.
+pub struct LoadedAdapter(Arc<Adapter>);
+
 /// Builds backends for an [`AffectModel`] from any thread (see
 /// [`AffectModel::preparer`]).
 #[derive(Clone)]
-pub struct Preparer(std::sync::Arc<Blueprint>);
+pub struct Preparer(Arc<Blueprint>);
 
 impl Preparer {
     /// Same as [`AffectModel::prepare`].
     pub fn prepare(&self, adapter: Option<&str>) -> Result<Box<dyn Backend>, AffectError> {
         self.0.prepare(adapter)
     }
+
+    /// Names of the loaded adapters, sorted.
+    pub fn adapter_names(&self) -> Vec<String> {
+        self.0.adapter_names()
+    }
+
+    /// Whether an adapter of this name is loaded.
+    pub fn has_adapter(&self, name: &str) -> bool {
+        self.0.read_adapters().contains_key(name)
+    }
+
+    /// Checks that `name` is loaded.
+    ///
+    /// # Errors
+    /// [`AffectError::UnknownAdapter`] listing the loaded names.
+    pub fn check_adapter(&self, name: &str) -> Result<(), AffectError> {
+        self.0.adapter(name).map(|_| ())
+    }
+
+    /// Loads the PEFT folder `dir` and checks it against the model,
+    /// without making it available yet ([`Preparer::insert_adapter`] does):
+    /// a reload loads every new adapter first, so that one bad folder
+    /// changes nothing.
+    ///
+    /// # Errors
+    /// [`AffectError::Model`] naming the folder and the file or field at
+    /// fault, or a module the model does not have.
+    pub fn load_adapter(&self, dir: &Path) -> Result<LoadedAdapter, AffectError> {
+        // Read before any lock is taken: safetensors can take a while and
+        // must not hold up a merge.
+        let adapter = Arc::new(Adapter::load(dir)?);
+        MergePlan::new(&self.0.onnx, &adapter)?;
+        Ok(LoadedAdapter(adapter))
+    }
+
+    /// Makes `adapter` available as `name`, replacing one of that name.
+    /// Backends already made are not touched.
+    pub fn insert_adapter(&self, name: &str, adapter: LoadedAdapter) {
+        self.0
+            .adapters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_string(), adapter.0);
+    }
+
+    /// Drops adapter `name`; returns whether it was loaded. A backend
+    /// running it keeps running: the caller decides whether that is allowed.
+    pub fn remove_adapter(&self, name: &str) -> bool {
+        self.0
+            .adapters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name)
+            .is_some()
+    }
 }
 
 impl Blueprint {
+    fn read_adapters(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Adapter>>> {
+        // A panic while holding the lock cannot leave the map half
+        // updated (inserts and removes are single calls), so go on.
+        self.adapters.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn adapter_names(&self) -> Vec<String> {
+        self.read_adapters().keys().cloned().collect()
+    }
+
+    fn adapter(&self, name: &str) -> Result<Arc<Adapter>, AffectError> {
+        let adapters = self.read_adapters();
+        adapters
+            .get(name)
+            .cloned()
+            .ok_or_else(|| AffectError::UnknownAdapter {
+                name: name.into(),
+                loaded: if adapters.is_empty() {
+                    "none".into()
+                } else {
+                    adapters.keys().cloned().collect::<Vec<_>>().join(", ")
+                },
+            })
+    }
+
     fn prepare(&self, adapter: Option<&str>) -> Result<Box<dyn Backend>, AffectError> {
         let inputs = self.input_facts();
-        let merged = match adapter {
-            None => None,
-            Some(name) => {
-                let adapter =
-                    self.adapters
-                        .get(name)
-                        .ok_or_else(|| AffectError::UnknownAdapter {
-                            name: name.into(),
-                            loaded: if self.adapters.is_empty() {
-                                "none".into()
-                            } else {
-                                self.adapters.keys().cloned().collect::<Vec<_>>().join(", ")
-                            },
-                        })?;
-                Some(MergePlan::new(&self.onnx, adapter)?)
-            }
-        };
+        let adapter = adapter.map(|name| self.adapter(name)).transpose()?;
+        let merged = adapter
+            .as_deref()
+            .map(|a| MergePlan::new(&self.onnx, a))
+            .transpose()?;
         Ok(self.runtime.load(&self.onnx, merged.as_ref(), &inputs)?)
     }
 

@@ -1,5 +1,12 @@
 //! The inference thread: each [`ReadyWindow`] through the featurizer, the
 //! model and post-processing into one published emotion event.
+//!
+//! A window that fails does not stop the thread: an error in any stage is
+//! published as a `model_error` message, a non-finite output is counted
+//! and not published, and only `max_consecutive_errors` failing windows in
+//! a row end the run ([`PipelineError::ModelFailing`]), so that a
+//! supervisor (systemd) restarts a model that is broken for good. Between
+//! windows it installs an adapter the [`Switcher`] has prepared.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -7,12 +14,15 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use emogate_device::source::ClockHandle;
-use emogate_infer::Featurizer;
 use emogate_infer::affect::AffectModel;
+use emogate_infer::{Featurizer, Tensor};
 
 use super::handoff::Handoff;
+use super::switch::Switcher;
 use super::{PipelineError, PipelineStatus, ReadyWindow, seconds};
-use crate::event::{Event, EventBuilder, Header, Latency, Message};
+use crate::event::{
+    AdapterChange, Event, EventBuilder, Header, Latency, Message, ModelError, Stage,
+};
 
 /// Everything a forward pass needs, owned by the inference thread.
 pub(super) struct Inference {
@@ -30,41 +40,182 @@ pub(super) struct Inference {
     pub(super) extra_delay: Duration,
     /// The next event's `seq`.
     pub(super) seq: u64,
+    /// Installs adapters prepared off this thread.
+    pub(super) switcher: Switcher,
+    /// Failing windows in a row that end the run.
+    pub(super) max_consecutive_errors: u32,
+}
+
+/// Why a window produced no event.
+enum Failure {
+    Error { stage: Stage, error: String },
+    /// The named output held NaN or an infinity.
+    NonFinite { output: String },
+}
+
+/// Marks the inference thread as ended however it returns (a panic
+/// included), so the scheduler stops feeding it.
+struct EndGuard(Arc<PipelineStatus>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.0.inference_ended();
+    }
 }
 
 impl Inference {
     /// Runs every window `handoff` yields until it is closed and empty.
     ///
     /// # Errors
-    /// [`PipelineError`] when preprocessing, the model or post-processing
-    /// fails; the run stops.
+    /// [`PipelineError::ModelFailing`] after `max_consecutive_errors`
+    /// failing windows in a row.
     pub(super) fn serve(mut self, handoff: &Handoff<ReadyWindow>) -> Result<(), PipelineError> {
+        let _ended = EndGuard(Arc::clone(&self.status));
+        let mut consecutive: u32 = 0;
         while let Some(window) = handoff.take() {
-            self.infer(window)?;
+            self.install_prepared(window.newest_at, window.span.end_s);
+            let span = window.span;
+            let newest_at = window.newest_at;
+            self.status.window_started();
+            let result = self.infer(window);
+            self.status.window_done();
+            let failure = match result {
+                Ok(()) => {
+                    consecutive = 0;
+                    self.status
+                        .heartbeat
+                        .consecutive_errors
+                        .store(0, Ordering::Relaxed);
+                    continue;
+                }
+                Err(failure) => failure,
+            };
+            consecutive += 1;
+            self.status
+                .heartbeat
+                .consecutive_errors
+                .store(consecutive, Ordering::Relaxed);
+            let (stage, error) = match failure {
+                Failure::NonFinite { output } => {
+                    self.status.counters.nonfinite.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(output, consecutive, "non-finite model output: window not published");
+                    (
+                        Stage::Inference,
+                        format!("output `{output}` holds NaN or an infinity"),
+                    )
+                }
+                Failure::Error { stage, error } => {
+                    self.status
+                        .counters
+                        .model_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(stage = stage.as_str(), error, consecutive, "window failed");
+                    self.publish(Message::ModelError(ModelError {
+                        header: Header::at(newest_at, &self.frame_id),
+                        stamp_s: span.end_s,
+                        window: span,
+                        stage,
+                        error: error.clone(),
+                        consecutive,
+                        adapter: self.model.active().map(str::to_string),
+                    }));
+                    (stage, error)
+                }
+            };
+            if consecutive >= self.max_consecutive_errors {
+                return Err(PipelineError::ModelFailing {
+                    windows: consecutive,
+                    stage: stage.as_str(),
+                    error,
+                });
+            }
         }
         Ok(())
     }
 
+    /// Installs the backend the switcher prepared, if any, and announces
+    /// it on every output.
+    /// `newest_at` and `stamp_s` are those of the window about to run: the
+    /// change is stamped with the first media the new adapter sees.
+    fn install_prepared(&mut self, newest_at: emogate_media::Nanos, stamp_s: f64) {
+        let Some(ready) = self.switcher.take_ready() else {
+            return;
+        };
+        let installed = self.switcher.installed(&ready, self.seq);
+        let target = ready.target();
+        self.model.install(target.clone(), ready.backend);
+        self.status.set_adapter(target);
+        tracing::info!(
+            from = ?installed.from,
+            to = ?installed.to,
+            seq = installed.seq,
+            prepare_ms = installed.prepare_ms,
+            "adapter switched"
+        );
+        self.publish(Message::AdapterChanged(AdapterChange {
+            header: Header::at(newest_at, &self.frame_id),
+            stamp_s,
+            from: installed.from,
+            to: installed.to,
+            seq: installed.seq,
+            prepare_ms: installed.prepare_ms,
+            switch_ms: installed.switch_ms,
+        }));
+    }
+
+    /// Hands `message` to the sinks without waiting: the sink thread may
+    /// lag (a slow disk), and a lost message is counted rather than
+    /// stalling the next forward pass.
+    fn publish(&self, message: Message) {
+        if let Err(TrySendError::Full(_)) = self.sink_tx.try_send(message) {
+            self.status
+                .counters
+                .sink_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// One window: featurize, forward, post-process, publish.
-    fn infer(&mut self, window: ReadyWindow) -> Result<(), PipelineError> {
+    fn infer(&mut self, window: ReadyWindow) -> Result<(), Failure> {
         let t0 = Instant::now();
         let inputs = self
             .featurizer
-            .build(window.frame.as_deref(), window.audio.as_deref())?;
+            .build(window.frame.as_deref(), window.audio.as_deref())
+            .map_err(|e| Failure::Error {
+                stage: Stage::Preprocess,
+                error: e.to_string(),
+            })?;
         let t1 = Instant::now();
         let cpu0 = thread_cpu_ns();
-        let outputs = self.model.run(&inputs)?;
+        let outputs = self.model.run(&inputs);
         self.status
             .counters
             .model_cpu_ns
             .fetch_add(thread_cpu_ns().saturating_sub(cpu0), Ordering::Relaxed);
+        let outputs = outputs.map_err(|e| Failure::Error {
+            stage: Stage::Inference,
+            error: e.to_string(),
+        })?;
+        if let Some(i) = outputs.iter().position(|t| !is_finite(t)) {
+            let output = self
+                .model
+                .manifest()
+                .outputs
+                .get(i)
+                .map_or_else(|| format!("#{i}"), |o| o.name.clone());
+            return Err(Failure::NonFinite { output });
+        }
         if !self.extra_delay.is_zero() {
             std::thread::sleep(self.extra_delay);
         }
         let t2 = Instant::now();
         let estimate = self
             .events
-            .estimate(&outputs, Duration::from_secs_f64(window.span.end_s))?;
+            .estimate(&outputs, Duration::from_secs_f64(window.span.end_s))
+            .map_err(|e| Failure::Error {
+                stage: Stage::Postprocess,
+                error: e.to_string(),
+            })?;
         let t3 = Instant::now();
         let capture_to_event = if self.clock.is_real_time() {
             seconds(self.clock.now().saturating_sub(window.newest_at)) * 1e3
@@ -99,16 +250,16 @@ impl Inference {
         };
         self.seq += 1;
         self.status.record_event(capture_to_event);
-        // The sink thread may lag (a slow disk); the event is counted as
-        // lost rather than stalling the next forward pass.
-        if let Err(TrySendError::Full(_)) = self.sink_tx.try_send(Message::Emotion(event)) {
-            self.status
-                .counters
-                .sink_dropped
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        self.publish(Message::Emotion(event));
         Ok(())
     }
+}
+
+/// No NaN or infinity among a tensor's values (integer outputs always pass).
+fn is_finite(tensor: &Tensor) -> bool {
+    tensor
+        .as_f32()
+        .is_none_or(|values| values.iter().all(|v| v.is_finite()))
 }
 
 /// CPU time of the calling thread (vDSO, no syscall on Linux).

@@ -18,10 +18,22 @@
 //! advances one hop at a time, producing exactly the windows a real-time
 //! run would, as fast as the model allows, and dropping none.
 //!
+//! Never silently stuck: a window that fails is published as a
+//! `model_error` (a non-finite output is counted), and the run ends with
+//! [`PipelineError::ModelFailing`] after `max_consecutive_errors` failing
+//! windows in a row. The scheduler watches the inference thread: one
+//! window taking longer than the stall limit ends the run with
+//! [`PipelineError::Stalled`], on the real clock and in replay alike.
+//!
+//! Adapters switch while the run goes on: [`Pipeline::switcher`] hands out
+//! the [`Switcher`] the control channel calls; a fourth thread prepares
+//! the new backend and inference installs it between two windows.
+//!
 //! Files: this one wires the threads together ([`Pipeline`]); `scheduler`
 //! cuts the windows, `audio_window` keeps the rolling audio, `handoff` is
-//! the one-slot hand-off, `inference` runs the model, `sinks` delivers, and
-//! [`status`] holds what `/status` shows.
+//! the one-slot hand-off, `inference` runs the model, [`switch`] prepares
+//! and hands over adapters, `sinks` delivers, and [`status`] holds what
+//! `/status` shows.
 
 mod audio_window;
 mod handoff;
@@ -29,6 +41,7 @@ mod inference;
 mod scheduler;
 mod sinks;
 pub mod status;
+pub mod switch;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -52,6 +65,7 @@ use inference::Inference;
 use scheduler::Scheduler;
 pub use status::PipelineStatus;
 use status::RunInfo;
+pub use switch::Switcher;
 
 /// Errors that stop a run. Each names the setting or source at fault.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +87,35 @@ pub enum PipelineError {
     },
     #[error("starting a thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// `windows` windows in a row failed (the last at `stage`).
+    #[error(
+        "{windows} windows in a row failed (--max-consecutive-errors); the last in {stage}: {error}"
+    )]
+    ModelFailing {
+        windows: u32,
+        stage: &'static str,
+        error: String,
+    },
+    /// The inference thread spent longer than the stall limit on one window.
+    #[error(
+        "inference stalled: one window has been running for {busy_ms:.0} ms (--stall-ms {limit_ms:.0})"
+    )]
+    Stalled { busy_ms: f64, limit_ms: f64 },
+    /// The inference thread ended unexpectedly (it panicked).
+    #[error("the inference thread ended unexpectedly: {0}")]
+    InferenceEnded(String),
+}
+
+impl PipelineError {
+    /// The process exit status for this error, so that a supervisor can
+    /// tell a broken model (3) and a stuck one (4) from a bad setting (1).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            PipelineError::ModelFailing { .. } => 3,
+            PipelineError::Stalled { .. } | PipelineError::InferenceEnded(_) => 4,
+            _ => 1,
+        }
+    }
 }
 
 /// What to do with a window whose modality is missing or stale.
@@ -117,6 +160,19 @@ pub struct PipelineConfig {
     pub backoff: Backoff,
     /// Added to every forward pass: a test aid to emulate a slow board.
     pub extra_inference_delay: Duration,
+    /// One window running longer than this is a stall that ends the run;
+    /// `None`: ten hops, at least 2 s.
+    pub stall: Option<Duration>,
+    /// Failing windows in a row that end the run (at least 1).
+    pub max_consecutive_errors: u32,
+}
+
+impl PipelineConfig {
+    /// The stall limit in force: as set, or ten hops and at least 2 s.
+    pub fn stall_limit(&self) -> Duration {
+        self.stall
+            .unwrap_or_else(|| (self.hop * 10).max(Duration::from_secs(2)))
+    }
 }
 
 impl Default for PipelineConfig {
@@ -130,6 +186,8 @@ impl Default for PipelineConfig {
             frame_id: "emogate".into(),
             backoff: Backoff::default(),
             extra_inference_delay: Duration::ZERO,
+            stall: None,
+            max_consecutive_errors: 10,
         }
     }
 }
@@ -260,6 +318,7 @@ pub struct Pipeline {
     pacing: Pacing,
     config: PipelineConfig,
     status: Arc<PipelineStatus>,
+    switcher: Switcher,
 }
 
 impl Pipeline {
@@ -313,12 +372,16 @@ impl Pipeline {
                 "hop is 0 ms; expected a positive hop".into(),
             ));
         }
+        if config.max_consecutive_errors == 0 {
+            return Err(PipelineError::Config(
+                "--max-consecutive-errors 0: expected at least 1".into(),
+            ));
+        }
         let events = EventBuilder::new(manifest, config.post)?;
         let status = Arc::new(PipelineStatus::new(RunInfo {
             model: model.path().display().to_string(),
             backend: model.backend_name().to_string(),
             ep: model.providers(),
-            adapter: model.active().map(str::to_string),
             pacing: match pacing {
                 Pacing::RealTime => "realtime",
                 Pacing::AsFastAsPossible => "fast",
@@ -328,7 +391,10 @@ impl Pipeline {
             stale_ms: config.stale.as_secs_f64() * 1e3,
             missing_policy: config.missing.as_str(),
             labels: manifest.labels.clone(),
-        }));
+            stall_ms: config.stall_limit().as_secs_f64() * 1e3,
+            max_consecutive_errors: config.max_consecutive_errors,
+        }, model.active().map(str::to_string), model.adapter_names()));
+        let switcher = Switcher::new(model.preparer(), model.active().map(str::to_string));
         Ok(Pipeline {
             model,
             featurizer,
@@ -339,7 +405,14 @@ impl Pipeline {
             pacing,
             config,
             status,
+            switcher,
         })
+    }
+
+    /// Switches adapters while the run goes on (the control channel's
+    /// handle); valid before and during [`Pipeline::run`].
+    pub fn switcher(&self) -> Switcher {
+        self.switcher.clone()
     }
 
     /// The `/status` document source for an `http:` sink.
@@ -357,8 +430,11 @@ impl Pipeline {
     /// raised; then flushes every sink.
     ///
     /// # Errors
-    /// [`PipelineError`] when a source can never work as configured, the
-    /// model fails, or a thread cannot start.
+    /// [`PipelineError`] when a source can never work as configured, a
+    /// thread cannot start, the model failed `max_consecutive_errors`
+    /// windows in a row ([`PipelineError::ModelFailing`]) or inference
+    /// stalled ([`PipelineError::Stalled`]; the stuck thread is left
+    /// behind, for the process to end).
     pub fn run(self, sinks: Vec<Box<dyn Sink>>, stop: StopFlag) -> Result<Summary, PipelineError> {
         let Pipeline {
             model,
@@ -370,6 +446,7 @@ impl Pipeline {
             pacing,
             config,
             status,
+            switcher,
         } = self;
         let virtual_clock = Arc::new(VirtualClock::new());
         let clock: ClockHandle = match pacing {
@@ -378,9 +455,16 @@ impl Pipeline {
         };
 
         let (sink_tx, sink_rx) = std::sync::mpsc::sync_channel::<Message>(1024);
-        let sink_thread = std::thread::Builder::new()
-            .name("sinks".into())
-            .spawn(move || sinks::run_sinks(sinks, sink_rx))?;
+        // Raised at the end: a stalled inference thread keeps its sender
+        // forever, so the sink thread cannot wait for the channel to close.
+        let sinks_finish = StopFlag::new();
+        let sink_thread = {
+            let finish = sinks_finish.clone();
+            std::thread::Builder::new()
+                .name("sinks".into())
+                .spawn(move || sinks::run_sinks(sinks, sink_rx, &finish))?
+        };
+        let preparer_thread = switcher.spawn_preparer()?;
 
         let handoff = Arc::new(Handoff::<ReadyWindow>::new());
         let inference = {
@@ -394,6 +478,8 @@ impl Pipeline {
                 frame_id: config.frame_id.clone(),
                 extra_delay: config.extra_inference_delay,
                 seq: 0,
+                switcher: switcher.clone(),
+                max_consecutive_errors: config.max_consecutive_errors,
             };
             let handoff = Arc::clone(&handoff);
             std::thread::Builder::new()
@@ -455,12 +541,45 @@ impl Pipeline {
             s.join();
         }
         handoff.close();
-        let inference_result = inference.join().unwrap_or_else(|_| {
-            Err(PipelineError::Config(
-                "the inference thread panicked".into(),
-            ))
-        });
+        let inference_result = match &outcome {
+            Err(PipelineError::Stalled { .. }) => {
+                // The thread is stuck inside the model: joining it would
+                // hang this one too. Report, and let the process end it.
+                let error = outcome
+                    .as_ref()
+                    .err()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                tracing::error!(%error, "inference stalled");
+                let now = clock.now();
+                let stamp_s = seconds(now.saturating_sub(origin));
+                let _ = sink_tx.try_send(Message::ModelError(crate::event::ModelError {
+                    header: crate::event::Header::at(now, &config.frame_id),
+                    stamp_s,
+                    window: crate::event::Window {
+                        start_s: stamp_s,
+                        end_s: stamp_s,
+                    },
+                    stage: crate::event::Stage::Inference,
+                    error,
+                    consecutive: status.heartbeat.consecutive_errors.load(Ordering::Relaxed) + 1,
+                    adapter: status.adapter(),
+                }));
+                Ok(())
+            }
+            _ => inference.join().unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                Err(PipelineError::InferenceEnded(what))
+            }),
+        };
+        switcher.close("the pipeline stopped");
+        let _ = preparer_thread.join();
         drop(sink_tx);
+        sinks_finish.raise();
         let _ = sink_thread.join();
         outcome?;
         inference_result?;

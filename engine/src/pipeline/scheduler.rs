@@ -3,7 +3,11 @@
 //! policy, and hands the window to inference. It also turns source reports
 //! into `/status` states and source notices.
 //!
-//! It runs on the caller's thread of [`Pipeline::run`](super::Pipeline::run).
+//! It runs on the caller's thread of [`Pipeline::run`](super::Pipeline::run),
+//! and watches the inference thread: it stops when that thread has ended
+//! (its error is the run's) and fails with [`PipelineError::Stalled`] when
+//! one window has been running for longer than the stall limit, so that
+//! neither a live run nor a replay waits on it forever.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -52,14 +56,15 @@ pub(super) struct Ended {
 }
 
 impl Scheduler<'_> {
-    /// Builds a window every hop until `stop`, `max_windows`, or every
-    /// source has ended; returns early with the error of a source that can
-    /// never work.
+    /// Builds a window every hop until `stop`, `max_windows`, every
+    /// source has ended, or the inference thread has; returns early with
+    /// the error of a source that can never work.
     ///
     /// # Errors
     /// [`PipelineError::Source`] for a source that failed for good;
     /// [`PipelineError::Pre`] when a reopened audio source has a rate no
-    /// resampler handles.
+    /// resampler handles; [`PipelineError::Stalled`] when inference is
+    /// stuck on a window.
     pub(super) fn run(
         &mut self,
         handoff: &Handoff<ReadyWindow>,
@@ -79,7 +84,7 @@ impl Scheduler<'_> {
         let stale = nanos(self.config.stale);
         let mut k: u64 = 0;
         loop {
-            if stop.is_raised() {
+            if stop.is_raised() || self.inference_gone()? {
                 return Ok(());
             }
             let built = self.status.counters.windows.load(Ordering::Relaxed)
@@ -181,7 +186,14 @@ impl Scheduler<'_> {
             };
             match self.virtual_clock {
                 Some(_) => {
-                    handoff.put_wait(window, || stop.is_raised());
+                    // Replay waits for inference to take the window, but
+                    // never past a stall or the thread's end (checked at the
+                    // top of the loop).
+                    handoff.put_wait(window, || {
+                        stop.is_raised()
+                            || self.status.is_stalled()
+                            || self.status.liveness().ended
+                    });
                 }
                 None => {
                     if handoff.put_latest(window) {
@@ -190,6 +202,24 @@ impl Scheduler<'_> {
                 }
             }
         }
+    }
+
+    /// Whether the inference thread has ended (then the run ends and its
+    /// error, if any, is reported by the caller).
+    ///
+    /// # Errors
+    /// [`PipelineError::Stalled`] when it has been on one window for
+    /// longer than the stall limit.
+    fn inference_gone(&self) -> Result<bool, PipelineError> {
+        let live = self.status.liveness();
+        let limit = self.config.stall_limit();
+        if let Some(busy) = live.busy_for.filter(|b| *b > limit) {
+            return Err(PipelineError::Stalled {
+                busy_ms: busy.as_secs_f64() * 1e3,
+                limit_ms: limit.as_secs_f64() * 1e3,
+            });
+        }
+        Ok(live.ended)
     }
 
     /// Live start-up: devices take a while to open, so the first window

@@ -6,23 +6,35 @@
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use emogate_media::StopFlag;
+
 use crate::event::Message;
 use crate::sink::Sink;
 
 /// Delivers messages to every sink; flushes every second and at the end.
-pub(super) fn run_sinks(mut sinks: Vec<Box<dyn Sink>>, rx: Receiver<Message>) {
+/// Ends when every sender is gone, or when `finish` is raised (then what is
+/// queued is still delivered): a stalled inference thread never drops its
+/// sender.
+pub(super) fn run_sinks(mut sinks: Vec<Box<dyn Sink>>, rx: Receiver<Message>, finish: &StopFlag) {
     let mut last_flush = Instant::now();
-    loop {
-        match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(message) => {
-                for sink in &mut sinks {
-                    if let Err(e) = sink.publish(&message) {
-                        tracing::warn!(sink = sink.name(), error = %e, "sink failed");
-                    }
-                }
+    let deliver = |sinks: &mut Vec<Box<dyn Sink>>, message: &Message| {
+        for sink in sinks.iter_mut() {
+            if let Err(e) = sink.publish(message) {
+                tracing::warn!(sink = sink.name(), error = %e, "sink failed");
             }
+        }
+    };
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(message) => deliver(&mut sinks, &message),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if finish.is_raised() {
+            while let Ok(message) = rx.try_recv() {
+                deliver(&mut sinks, &message);
+            }
+            break;
         }
         if last_flush.elapsed() >= Duration::from_secs(1) {
             flush_all(&mut sinks);

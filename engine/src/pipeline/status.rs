@@ -1,11 +1,12 @@
 //! Live pipeline state: counters the threads update with atomics, the
-//! state of each source, and recent latencies. `/status` and every event's
-//! `counters` read it.
+//! state of each source, recent latencies, the active adapter, and the
+//! inference thread's heartbeat. `/status`, every event's `counters`, the
+//! scheduler's stall check and the systemd watchdog read it.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -22,6 +23,8 @@ pub(crate) struct AtomicCounters {
     pub sink_dropped: AtomicU64,
     /// CPU time of the inference thread inside forward passes, ns.
     pub model_cpu_ns: AtomicU64,
+    pub nonfinite: AtomicU64,
+    pub model_errors: AtomicU64,
 }
 
 impl AtomicCounters {
@@ -33,6 +36,8 @@ impl AtomicCounters {
             degraded: get(&self.degraded),
             skipped: get(&self.skipped),
             audio_overruns: get(&self.audio_overruns),
+            nonfinite: get(&self.nonfinite),
+            model_errors: get(&self.model_errors),
         }
     }
 }
@@ -60,20 +65,57 @@ pub struct RunInfo {
     pub backend: String,
     /// Execution providers in use, best first (`cpu` for tract).
     pub ep: Vec<&'static str>,
-    pub adapter: Option<String>,
     pub pacing: &'static str,
     pub hop_ms: f64,
     pub window_s: f64,
     pub stale_ms: f64,
     pub missing_policy: &'static str,
     pub labels: Vec<String>,
+    /// Inference busy on one window for longer than this is a stall.
+    pub stall_ms: f64,
+    /// Failing windows in a row that stop the run.
+    pub max_consecutive_errors: u32,
+}
+
+/// The inference thread's heartbeat: when it took its current window and
+/// when it last finished one, as nanoseconds since the status was made
+/// (plus one, so that 0 means "never" / "idle").
+#[derive(Debug, Default)]
+pub(crate) struct Heartbeat {
+    busy_since: AtomicU64,
+    last_done: AtomicU64,
+    /// Windows finished (served or failed).
+    done: AtomicU64,
+    /// Failing windows in a row now.
+    pub(crate) consecutive_errors: AtomicU32,
+    /// The inference thread has returned (or panicked).
+    ended: AtomicBool,
+}
+
+/// What the inference thread is doing, as the stall check and the
+/// watchdog see it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Liveness {
+    /// How long the current window has been running, if one is.
+    pub busy_for: Option<Duration>,
+    /// Since the last window finished; `None` before the first.
+    pub since_last_window: Option<Duration>,
+    /// Windows finished so far.
+    pub windows_done: u64,
+    /// The inference thread is gone: nothing will be served again.
+    pub ended: bool,
 }
 
 /// Shared between the pipeline threads and the status handle.
 pub struct PipelineStatus {
     pub(crate) info: RunInfo,
     pub(crate) counters: AtomicCounters,
+    pub(crate) heartbeat: Heartbeat,
     started: Instant,
+    /// The active adapter (`None`: the base model) and the loaded ones.
+    adapters: Mutex<(Option<String>, Vec<String>)>,
+    /// The outcome of the last config reload, as its reply said.
+    last_reload: Mutex<Option<serde_json::Value>>,
     sources: Mutex<Vec<SourceState>>,
     /// (publish time, capture-to-event latency ms) of recent events.
     recent: Mutex<VecDeque<(Instant, f64)>>,
@@ -82,11 +124,14 @@ pub struct PipelineStatus {
 const RECENT: usize = 256;
 
 impl PipelineStatus {
-    pub(crate) fn new(info: RunInfo) -> Self {
+    pub(crate) fn new(info: RunInfo, active: Option<String>, adapters: Vec<String>) -> Self {
         PipelineStatus {
             info,
             counters: AtomicCounters::default(),
+            heartbeat: Heartbeat::default(),
             started: Instant::now(),
+            adapters: Mutex::new((active, adapters)),
+            last_reload: Mutex::new(None),
             sources: Mutex::new(Vec::new()),
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
         }
@@ -127,6 +172,87 @@ impl PipelineStatus {
             r.pop_front();
         }
         r.push_back((Instant::now(), latency_ms));
+    }
+
+    fn since_start_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64 + 1
+    }
+
+    /// The inference thread took a window.
+    pub(crate) fn window_started(&self) {
+        self.heartbeat
+            .busy_since
+            .store(self.since_start_ns(), Ordering::SeqCst);
+    }
+
+    /// The inference thread finished a window (served or failed).
+    pub(crate) fn window_done(&self) {
+        let hb = &self.heartbeat;
+        hb.last_done.store(self.since_start_ns(), Ordering::SeqCst);
+        hb.busy_since.store(0, Ordering::SeqCst);
+        hb.done.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The inference thread returned.
+    pub(crate) fn inference_ended(&self) {
+        self.heartbeat.ended.store(true, Ordering::SeqCst);
+    }
+
+    /// What the inference thread is doing now.
+    pub fn liveness(&self) -> Liveness {
+        let hb = &self.heartbeat;
+        let now = self.since_start_ns();
+        let ago = |t: u64| (t != 0).then(|| Duration::from_nanos(now.saturating_sub(t)));
+        Liveness {
+            busy_for: ago(hb.busy_since.load(Ordering::SeqCst)),
+            since_last_window: ago(hb.last_done.load(Ordering::SeqCst)),
+            windows_done: hb.done.load(Ordering::SeqCst),
+            ended: hb.ended.load(Ordering::SeqCst),
+        }
+    }
+
+    /// The inference thread has been on one window for longer than the
+    /// run's stall limit.
+    pub fn is_stalled(&self) -> bool {
+        let limit = Duration::from_secs_f64(self.info.stall_ms / 1e3);
+        self.liveness().busy_for.is_some_and(|b| b > limit)
+    }
+
+    /// The active adapter (`None`: the base model).
+    pub fn adapter(&self) -> Option<String> {
+        self.adapters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    pub(crate) fn set_adapter(&self, active: Option<String>) {
+        self.adapters.lock().unwrap_or_else(|e| e.into_inner()).0 = active;
+    }
+
+    /// Records the loaded adapters' names after a reload.
+    pub fn set_adapter_names(&self, names: Vec<String>) {
+        self.adapters.lock().unwrap_or_else(|e| e.into_inner()).1 = names;
+    }
+
+    /// Records a reload's outcome for `/status`.
+    pub fn set_last_reload(&self, outcome: serde_json::Value) {
+        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+    }
+
+    /// A one-line summary (systemd's `STATUS=`, logs).
+    pub fn summary(&self) -> String {
+        let c = self.counters.snapshot();
+        let adapter = self.adapter().unwrap_or_else(|| "base".into());
+        format!(
+            "{} events, {} windows ({} dropped, {} failed, {} non-finite), adapter {adapter}",
+            self.counters.events.load(Ordering::Relaxed),
+            c.windows,
+            c.dropped,
+            c.model_errors,
+            c.nonfinite,
+        )
     }
 
     /// Counters as published in events.
@@ -174,6 +300,45 @@ impl PipelineStatus {
             "latency_ms": { "capture_to_event_p50": p50, "capture_to_event_p99": p99 },
             "sink_dropped": self.counters.sink_dropped.load(Ordering::Relaxed),
         });
+        let live = self.liveness();
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+        let state = if live.ended {
+            "ended"
+        } else if self.is_stalled() {
+            "stalled"
+        } else if live.busy_for.is_some() {
+            "busy"
+        } else {
+            "idle"
+        };
+        let (active, names) = self
+            .adapters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(doc) = doc.as_object_mut() {
+            doc.insert("adapter".into(), active.into());
+            doc.insert("adapters".into(), names.into());
+            doc.insert(
+                "inference".into(),
+                serde_json::json!({
+                    "state": state,
+                    "busy_ms": ms(live.busy_for),
+                    "since_last_window_ms": ms(live.since_last_window),
+                    "windows_done": live.windows_done,
+                    "consecutive_errors":
+                        self.heartbeat.consecutive_errors.load(Ordering::Relaxed),
+                }),
+            );
+            doc.insert(
+                "last_reload".into(),
+                self.last_reload
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .unwrap_or(serde_json::Value::Null),
+            );
+        }
         // The run's fixed facts sit at the top level (`model`, `backend`,
         // `ep`, …), where dashboards look for them.
         if let (Some(doc), Ok(serde_json::Value::Object(info))) =

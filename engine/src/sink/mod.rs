@@ -93,6 +93,11 @@ pub trait Sink: Send {
 /// Live pipeline state for `/status` (sources, backend, fps, drops).
 pub type StatusHandle = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
+/// Answers one control request (its raw bytes) with its JSON reply: what
+/// `http:` serves at `POST /control` under `--control http`
+/// ([`crate::control::Controller::handle`]).
+pub type ControlHandle = Arc<dyn Fn(&[u8]) -> serde_json::Value + Send + Sync>;
+
 /// A parsed `--output` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutputSpec {
@@ -161,6 +166,20 @@ impl OutputSpec {
     /// # Errors
     /// [`SinkError::Io`] when the file cannot be opened or the address bound.
     pub fn open(&self, spec: &str, status: StatusHandle) -> Result<Box<dyn Sink>, SinkError> {
+        self.open_with_control(spec, status, None)
+    }
+
+    /// As [`OutputSpec::open`]; an `http:` output also serves
+    /// `POST /control` with `control` when given (other kinds ignore it).
+    ///
+    /// # Errors
+    /// As [`OutputSpec::open`].
+    pub fn open_with_control(
+        &self,
+        spec: &str,
+        status: StatusHandle,
+        control: Option<ControlHandle>,
+    ) -> Result<Box<dyn Sink>, SinkError> {
         Ok(match self {
             OutputSpec::Stdout => Box::new(jsonl::JsonlSink::stdout()),
             OutputSpec::File {
@@ -169,7 +188,13 @@ impl OutputSpec {
                 keep,
             } => Box::new(jsonl::JsonlSink::file(path, *rotate_bytes, *keep)?),
             OutputSpec::Udp { target } => Box::new(udp::UdpSink::connect(spec, target)?),
-            OutputSpec::Http { addr } => Box::new(http::HttpSink::bind(*addr, status)?),
+            OutputSpec::Http { addr } => {
+                let sink = http::HttpSink::bind(*addr, status)?;
+                if let Some(control) = control {
+                    sink.serve_control(control);
+                }
+                Box::new(sink)
+            }
         })
     }
 }

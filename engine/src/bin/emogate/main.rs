@@ -1,5 +1,7 @@
 //! `emogate`: the on-device emotion engine.
 
+mod ctl;
+mod reload;
 mod run;
 
 use std::path::PathBuf;
@@ -38,7 +40,16 @@ enum Command {
     },
     /// Stream video and/or audio (cameras, microphones, GStreamer pipelines
     /// or recordings) through a model and publish emotions.
+    ///
+    /// Exit status: 0 when the sources ended or SIGINT/SIGTERM stopped it,
+    /// 1 for a bad setting or a source that can never work, 3 when the
+    /// model failed --max-consecutive-errors windows in a row, 4 when
+    /// inference stalled (--stall-ms).
     Run(Box<run::RunArgs>),
+    /// Control a running `emogate run --control ...`: switch the adapter,
+    /// print its status, reload its config file. Prints the JSON reply;
+    /// exits 1 when the request failed.
+    Ctl(ctl::CtlArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,22 +62,30 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     match run(cli.command) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // A supervisor tells a broken model (3) and a stuck one (4)
+            // from a bad setting (1).
+            let code = e
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<emogate_engine::pipeline::PipelineError>())
+                .map_or(1, emogate_engine::pipeline::PipelineError::exit_code);
+            std::process::ExitCode::from(code)
         }
     }
 }
 
-fn run(command: Command) -> Result<()> {
+fn run(command: Command) -> Result<std::process::ExitCode> {
+    let done = |r: Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     match command {
         Command::Devices => {
             devices();
-            Ok(())
+            done(Ok(()))
         }
-        Command::Info { model, manifest } => info(model, manifest),
-        Command::Run(args) => run::run(*args),
+        Command::Info { model, manifest } => done(info(model, manifest)),
+        Command::Run(args) => done(run::run(*args)),
+        Command::Ctl(args) => ctl::ctl(args),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `emogate run`: flags and config file → a running [`Pipeline`].
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -8,13 +9,17 @@ use clap::Args;
 use emogate_device::spec::{AudioOptions, VideoOptions, is_live, open_audio, open_video};
 use emogate_engine::backend_choice::BackendSettings;
 use emogate_engine::config::{MAX_HOP_MS, MAX_STALE_MS, RunConfig, SourceConfig, millis};
+use emogate_engine::control::unix::ControlSocket;
+use emogate_engine::control::{Controller, ReloadHandle};
 use emogate_engine::pipeline::{MissingPolicy, Pacing, Pipeline, PipelineConfig};
 use emogate_engine::post::PostConfig;
-use emogate_engine::sink::{OutputSpec, Sink};
+use emogate_engine::sink::{ControlHandle, OutputSpec, Sink};
 use emogate_infer::affect::{AffectModel, ModelSpec};
 use emogate_media::StopFlag;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+
+use crate::reload::Reloader;
 
 /// Settings of `emogate run`. Each overrides the same key of `--config`.
 #[derive(Args, Debug, Default)]
@@ -99,26 +104,41 @@ pub struct RunArgs {
     /// udp:HOST:PORT, http:[HOST:]PORT [default: jsonl:-].
     #[arg(long = "output")]
     pub outputs: Vec<String>,
+    /// Control while running: unix:PATH (a socket, one JSON request per
+    /// line; access by its permissions) or http (POST /control on the
+    /// http: output). Off by default. See `emogate ctl`.
+    #[arg(long)]
+    pub control: Option<String>,
+    /// Stop with exit status 3 after this many failing windows in a row
+    /// (errors or non-finite outputs), at least 1 [default: 10].
+    #[arg(long)]
+    pub max_consecutive_errors: Option<u32>,
+    /// Inference busy on one window for longer than this many ms is a
+    /// stall: report it and exit with status 4 [default: 10 hops, at least 2000].
+    #[arg(long)]
+    pub stall_ms: Option<f64>,
     /// Adds this many ms to every forward pass (to rehearse a slower board).
     #[arg(long, hide = true)]
     pub debug_inference_delay_ms: Option<u64>,
 }
 
-/// Signals that stop a run: flush the outputs and exit 0.
-const STOP_SIGNALS: [libc::c_int; 2] = [SIGINT, SIGTERM];
+/// The longest stall limit accepted, in ms (one hour).
+const MAX_STALL_MS: f64 = 3_600_000.0;
 
-/// Raises `stop` on SIGINT or SIGTERM, from a thread that blocks in
-/// signal-hook's iterator: the handler itself only writes to a self-pipe
-/// (all a handler may safely do), and the thread wakes only when a signal
-/// comes. The handlers stay installed until the process exits, so a
-/// second Ctrl-C while outputs flush is logged, not fatal.
-///
-/// SIGHUP keeps its default action for now; to use it (e.g. reopen the
-/// outputs or reload `--config`), add it to the registered list and give
-/// it its own arm below.
-fn install_signal_handlers(stop: StopFlag) -> Result<()> {
+/// Signals handled: SIGINT/SIGTERM stop the run (flush the outputs, exit
+/// 0); SIGHUP reloads `--config`.
+const SIGNALS: [libc::c_int; 3] = [SIGINT, SIGTERM, SIGHUP];
+
+/// Raises `stop` on SIGINT or SIGTERM and reloads on SIGHUP, from a
+/// thread that blocks in signal-hook's iterator: the handler itself only
+/// writes to a self-pipe (all a handler may safely do), and the thread
+/// wakes only when a signal comes. The handlers stay installed until the
+/// process exits, so a second Ctrl-C while outputs flush is logged, not
+/// fatal. A reload runs on a thread of its own: a switch it starts can
+/// take seconds, and SIGTERM must not wait for it.
+fn install_signal_handlers(stop: StopFlag, reload: Option<ReloadHandle>) -> Result<()> {
     let mut signals =
-        Signals::new(STOP_SIGNALS).context("installing the SIGINT/SIGTERM handlers")?;
+        Signals::new(SIGNALS).context("installing the SIGINT/SIGTERM/SIGHUP handlers")?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -131,12 +151,45 @@ fn install_signal_handlers(stop: StopFlag) -> Result<()> {
                         tracing::info!(signal, "signal received: stopping and flushing outputs");
                         stop.raise();
                     }
+                    SIGHUP => match &reload {
+                        None => tracing::warn!("SIGHUP: this run has no --config to reload"),
+                        Some(reload) => {
+                            tracing::info!("SIGHUP: reloading the config");
+                            let reload = Arc::clone(reload);
+                            // The outcome is logged and kept in /status by
+                            // the reloader itself.
+                            let spawned = std::thread::Builder::new()
+                                .name("reload".into())
+                                .spawn(move || {
+                                    let _ = reload();
+                                });
+                            if let Err(e) = spawned {
+                                tracing::error!(error = %e, "SIGHUP: cannot start the reload");
+                            }
+                        }
+                    },
                     other => tracing::debug!(signal = other, "signal not handled"),
                 }
             }
         })
         .context("starting the signal thread")?;
     Ok(())
+}
+
+/// Where `--control` listens.
+enum ControlSpec {
+    Unix(PathBuf),
+    Http,
+}
+
+impl ControlSpec {
+    fn parse(spec: &str) -> Result<Self> {
+        match spec.split_once(':') {
+            Some(("unix", path)) if !path.is_empty() => Ok(ControlSpec::Unix(path.into())),
+            None if spec == "http" => Ok(ControlSpec::Http),
+            _ => bail!("--control `{spec}`: expected unix:PATH or http"),
+        }
+    }
 }
 
 /// A duration in ms from its flag or else its key in the config file,
@@ -182,11 +235,32 @@ pub fn run(args: RunArgs) -> Result<()> {
         .clone()
         .or(file.model.clone())
         .context("no model: give --model or `model` in --config")?;
+    let stall = ms_setting(
+        ("--stall-ms", args.stall_ms),
+        ("stall_ms", file.stall_ms),
+        args.config.as_deref(),
+        MAX_STALL_MS,
+    )?;
+    let max_consecutive_errors = args
+        .max_consecutive_errors
+        .or(file.max_consecutive_errors)
+        .unwrap_or(10);
+    if max_consecutive_errors == 0 {
+        bail!("--max-consecutive-errors 0: expected at least 1");
+    }
+    let control = args
+        .control
+        .as_deref()
+        .or(file.control.as_deref())
+        .map(ControlSpec::parse)
+        .transpose()?;
     let mut adapters: Vec<(String, PathBuf)> = file.adapters.clone().into_iter().collect();
+    let mut flag_adapters = Vec::new();
     for a in &args.adapters {
         let (name, dir) = emogate_infer::affect::parse_adapter_spec(a)?;
         adapters.retain(|(n, _)| *n != name);
-        adapters.push((name, dir));
+        adapters.push((name.clone(), dir.clone()));
+        flag_adapters.push((name, dir));
     }
     let settings = BackendSettings {
         backend: args.backend.clone().or(file.backend.clone()),
@@ -292,9 +366,41 @@ pub fn run(args: RunArgs) -> Result<()> {
         max_windows: args.max_windows,
         frame_id: file.frame_id.clone().unwrap_or_else(|| "emogate".into()),
         extra_inference_delay: Duration::from_millis(args.debug_inference_delay_ms.unwrap_or(0)),
+        stall,
+        max_consecutive_errors,
         ..PipelineConfig::default()
     };
     let pipeline = Pipeline::new(affect, video, audio, pacing, config)?;
+
+    let reloader = args.config.as_ref().map(|path| {
+        Arc::new(Reloader::new(
+            path.clone(),
+            file.clone(),
+            flag_adapters,
+            args.active.is_some(),
+            pipeline.switcher(),
+            pipeline.status(),
+        ))
+    });
+    let reload: Option<ReloadHandle> = reloader.as_ref().map(|r| {
+        let r = Arc::clone(r);
+        Arc::new(move || r.reload()) as ReloadHandle
+    });
+    let controller = Arc::new(Controller::new(
+        pipeline.switcher(),
+        pipeline.status_handle(),
+        reload.clone(),
+    ));
+    if let Some(r) = &reloader {
+        r.set_controller(Arc::clone(&controller));
+    }
+    let http_control: Option<ControlHandle> = match &control {
+        Some(ControlSpec::Http) => {
+            let c = Arc::clone(&controller);
+            Some(Arc::new(move |request: &[u8]| c.handle(request)))
+        }
+        _ => None,
+    };
 
     let outputs = if !args.outputs.is_empty() {
         args.outputs.clone()
@@ -304,18 +410,29 @@ pub fn run(args: RunArgs) -> Result<()> {
             .unwrap_or_else(|| vec!["jsonl:-".into()])
     };
     let status = pipeline.status_handle();
-    let sinks = outputs
+    let specs = outputs
         .iter()
-        .map(|o| {
-            let spec = OutputSpec::parse(o)?;
-            let sink = spec.open(o, status.clone())?;
+        .map(|o| Ok((o, OutputSpec::parse(o)?)))
+        .collect::<Result<Vec<_>>>()?;
+    if http_control.is_some() && !specs.iter().any(|(_, s)| matches!(s, OutputSpec::Http { .. })) {
+        bail!("--control http: add an http: output (e.g. --output http:8080) to serve it on");
+    }
+    let sinks = specs
+        .iter()
+        .map(|(o, spec)| {
+            let sink = spec.open_with_control(o, status.clone(), http_control.clone())?;
             tracing::info!(output = sink.name(), "output open");
             Ok(sink)
         })
         .collect::<Result<Vec<Box<dyn Sink>>>>()?;
+    // Kept until the run ends; dropping it removes the socket file.
+    let _control_socket = match &control {
+        Some(ControlSpec::Unix(path)) => Some(ControlSocket::bind(path, Arc::clone(&controller))?),
+        _ => None,
+    };
 
     let stop = StopFlag::new();
-    install_signal_handlers(stop.clone())?;
+    install_signal_handlers(stop.clone(), reload)?;
     let summary = pipeline.run(sinks, stop)?;
     tracing::info!(
         events = summary.events,

@@ -24,10 +24,10 @@
 //!   data: <the message's JSON, as in jsonl:, "type" included>
 //!
 //!   ```
-//!   where `<type>` is `emotion`, `source_error`, `source_opened` or
-//!   `source_ended` and `<epoch>` identifies this sink instance. A client
-//!   that reconnects with `Last-Event-ID` of the same epoch gets only the
-//!   backlog after that id. `: keepalive` comments go out when nothing was
+//!   where `<type>` is `emotion`, `source_error`, `source_opened`,
+//!   `source_ended`, `adapter_changed` or `model_error` and `<epoch>`
+//!   identifies this sink instance. A client that reconnects with
+//!   `Last-Event-ID` of the same epoch gets only the backlog after that id. `: keepalive` comments go out when nothing was
 //!   sent for [`HttpConfig::keepalive`].
 //! * `GET /status` — `application/json`: the status handle's object, with an
 //!   `"http"` member holding this sink's numbers (see [`HttpStats`]). A
@@ -36,6 +36,10 @@
 //! * `GET /` — the dashboard, one self-contained HTML page (inline CSS and
 //!   JS; nothing is loaded from elsewhere, enforced by its
 //!   `Content-Security-Policy`).
+//! * `POST /control` — only with `emogate run --control http`
+//!   ([`HttpSink::serve_control`]): a control request as an
+//!   `application/json` body of at most 64 KiB, answered with its JSON
+//!   reply (see [`crate::control`]). Without it, `404`.
 //!
 //! `HEAD` is answered like `GET` without a body; other methods get `405`,
 //! other paths `404`. A request head must arrive within
@@ -60,11 +64,11 @@ mod status;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{Sink, SinkError, StatusHandle};
+use super::{ControlHandle, Sink, SinkError, StatusHandle};
 use crate::event::Message;
 pub use status::HttpStats;
 
@@ -114,6 +118,8 @@ struct Shared {
     epoch: String,
     config: HttpConfig,
     status: StatusHandle,
+    /// Set by [`HttpSink::serve_control`]: answers `POST /control`.
+    control: OnceLock<ControlHandle>,
     fanout: Mutex<sse::Fanout>,
     shutdown: AtomicBool,
     connections: AtomicUsize,
@@ -177,6 +183,7 @@ impl HttpSink {
             epoch: format!("{epoch:x}"),
             config,
             status,
+            control: OnceLock::new(),
             fanout: Mutex::new(sse::Fanout::default()),
             shutdown: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
@@ -199,6 +206,13 @@ impl HttpSink {
             accept: Some(accept),
             seq: 0,
         })
+    }
+
+    /// Serves `POST /control` with `handle` from now on (once; a second
+    /// call is ignored). The sink itself still only receives: the route
+    /// hands requests to the control channel's handler.
+    pub fn serve_control(&self, handle: ControlHandle) {
+        let _ = self.shared.control.set(handle);
     }
 
     /// The address actually bound.

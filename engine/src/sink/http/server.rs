@@ -146,11 +146,20 @@ fn refuse(stream: &mut TcpStream) {
 }
 
 /// A parsed request head: what routing needs of it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Request {
     pub(super) method: String,
     pub(super) path: String,
     pub(super) last_event_id: Option<String>,
+    /// `Content-Length`, when given and a number.
+    pub(super) content_length: Option<usize>,
+    /// A `Transfer-Encoding` was given (bodies must have a length here).
+    pub(super) chunked: bool,
+    pub(super) content_type: Option<String>,
+    pub(super) origin: Option<String>,
+    pub(super) host: Option<String>,
+    /// The body, read for `POST` only (see [`read_body`]).
+    pub(super) body: Option<Result<Vec<u8>, BodyError>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -165,8 +174,12 @@ enum HeadError {
 /// Reads a request head (up to the blank line), at most
 /// [`MAX_REQUEST_HEAD`] bytes, within `timeout` in all: a deadline for the
 /// whole head, not per read, so a client trickling a byte at a time cannot
-/// hold a connection slot for longer.
-fn read_head(stream: &mut TcpStream, timeout: Duration) -> Result<Vec<u8>, HeadError> {
+/// hold a connection slot for longer. Returns the head and the bytes read
+/// past it (the start of a body).
+fn read_head(
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> Result<(Vec<u8>, Vec<u8>), HeadError> {
     let deadline = Instant::now() + timeout;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
@@ -184,8 +197,8 @@ fn read_head(stream: &mut TcpStream, timeout: Duration) -> Result<Vec<u8>, HeadE
                 let scan_from = head.len().saturating_sub(3);
                 head.extend_from_slice(&buf[..n]);
                 if let Some(end) = find_head_end(&head[scan_from..]) {
-                    head.truncate(scan_from + end);
-                    return Ok(head);
+                    let rest = head.split_off(scan_from + end);
+                    return Ok((head, rest));
                 }
                 if head.len() > MAX_REQUEST_HEAD {
                     return Err(HeadError::TooLarge);
@@ -231,19 +244,76 @@ fn parse_head(head: &[u8]) -> Result<Request, HeadError> {
         return Err(HeadError::Malformed);
     }
     let path = target.split(['?', '#']).next().unwrap_or_default();
-    let mut last_event_id = None;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':')
-            && name.trim().eq_ignore_ascii_case("last-event-id")
-        {
-            last_event_id = Some(value.trim().to_string());
-        }
-    }
-    Ok(Request {
+    let mut request = Request {
         method: method.to_string(),
         path: path.to_string(),
-        last_event_id,
-    })
+        ..Request::default()
+    };
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim().to_string();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "last-event-id" => request.last_event_id = Some(value),
+            "content-length" => {
+                request.content_length =
+                    Some(value.parse().map_err(|_| HeadError::Malformed)?);
+            }
+            "transfer-encoding" => request.chunked = true,
+            "content-type" => request.content_type = Some(value),
+            "origin" => request.origin = Some(value),
+            "host" => request.host = Some(value),
+            _ => {}
+        }
+    }
+    Ok(request)
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum BodyError {
+    /// No `Content-Length` (or a `Transfer-Encoding`): `411`.
+    NoLength,
+    /// Over the limit: `413`.
+    TooLarge,
+    /// Not all of it within the read timeout, or the peer closed.
+    Incomplete,
+}
+
+/// Reads the body of `request` (`Content-Length` bytes, at most `limit`),
+/// starting with `start` (what came with the head), within `timeout`.
+pub(super) fn read_body(
+    stream: &mut TcpStream,
+    request: &Request,
+    start: Vec<u8>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, BodyError> {
+    let length = match (request.content_length, request.chunked) {
+        (Some(n), false) => n,
+        _ => return Err(BodyError::NoLength),
+    };
+    if length > limit {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = start;
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    while body.len() < length {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return Err(BodyError::Incomplete);
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return Err(BodyError::Incomplete),
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(BodyError::Incomplete),
+        }
+    }
+    body.truncate(length);
+    Ok(body)
 }
 
 /// Writes a whole response with `Content-Length` (the body left out for
@@ -316,8 +386,22 @@ fn handle(stream: &mut TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
     stream.set_write_timeout(Some(shared.config.write_timeout))?;
     let _ = stream.set_nodelay(true);
     let text = "text/plain; charset=utf-8";
-    let request = match read_head(stream, shared.config.read_timeout).and_then(|h| parse_head(&h)) {
-        Ok(request) => request,
+    let head = read_head(stream, shared.config.read_timeout);
+    let request = match head.and_then(|(h, rest)| Ok((parse_head(&h)?, rest))) {
+        Ok((mut request, rest)) => {
+            if request.method == "POST" {
+                // Only `/control` takes a body; routing answers what a
+                // missing or oversized one gets.
+                request.body = Some(read_body(
+                    stream,
+                    &request,
+                    rest,
+                    crate::control::MAX_REQUEST_BYTES,
+                    shared.config.read_timeout,
+                ));
+            }
+            request
+        }
         Err(HeadError::Closed) => return Ok(()),
         Err(HeadError::TimedOut) => {
             return respond(
@@ -367,8 +451,22 @@ mod tests {
             Request {
                 method: "GET".into(),
                 path: "/events".into(),
-                last_event_id: Some("ab-7".into())
+                last_event_id: Some("ab-7".into()),
+                host: Some("a".into()),
+                ..Request::default()
             }
+        );
+        let r = parse_head(
+            b"POST /control HTTP/1.1\r\nContent-Type: application/json\r\n\
+              Content-Length: 17\r\nOrigin: http://a\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.content_length, Some(17));
+        assert_eq!(r.content_type.as_deref(), Some("application/json"));
+        assert_eq!(r.origin.as_deref(), Some("http://a"));
+        assert_eq!(
+            parse_head(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            Err(HeadError::Malformed)
         );
         assert_eq!(parse_head(b"GET /\r\n\r\n"), Err(HeadError::Malformed));
         assert_eq!(

@@ -93,6 +93,9 @@ impl Fanout {
                     self.sources.insert(key, Arc::clone(frame));
                 }
             }
+            // Moments, not state: a late client reads the adapter and the
+            // error counters from the events and `/status`.
+            Message::AdapterChanged(_) | Message::ModelError(_) => {}
         }
     }
 
@@ -113,15 +116,6 @@ impl Fanout {
     }
 }
 
-fn message_type(message: &Message) -> &'static str {
-    match message {
-        Message::Emotion(_) => "emotion",
-        Message::SourceError(_) => "source_error",
-        Message::SourceOpened(_) => "source_opened",
-        Message::SourceEnded(_) => "source_ended",
-    }
-}
-
 /// Publishes `message` as frame `seq`: kept for replay and offered to every
 /// client. Never blocks on a socket.
 pub(super) fn publish(shared: &Shared, seq: u64, message: &Message) {
@@ -132,7 +126,7 @@ pub(super) fn publish(shared: &Shared, seq: u64, message: &Message) {
             "id: {}-{}\nevent: {}\ndata: {}\n\n",
             shared.epoch,
             seq,
-            message_type(message),
+            message.kind(),
             message.to_json()
         ),
     });
