@@ -10,7 +10,7 @@
 //!
 //! The folder is compared with itself once ONNX Runtime is running, not
 //! with empty: the ONNX Runtime 1.31 wheel writes `$TMPDIR/.ses` (and a
-//! SQLite file under `~/.cache/Microsoft/DeveloperTools`) for its telemetry
+//! device id and a SQLite file under `~/.cache/Microsoft/DeveloperTools`)
 //! when its environment starts; 1.19 writes neither. That is the library's
 //! start, not the merge.
 #![cfg(feature = "ort")]
