@@ -5,7 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use emogate_infer::Tensor;
+use emogate_models::onnx::{OnnxModel, SaveOptions};
+use emogate_models::quantize::{Mode, fp16::Fp16Options, quantize_to_file};
 use serde::Deserialize;
+
+pub mod shared_weight;
 
 /// `tests/fixtures`.
 pub fn fixtures() -> PathBuf {
@@ -127,4 +131,21 @@ pub fn reference_inputs(e: &serde_json::Value) -> Vec<Tensor> {
         Tensor::f32(json_shape(&e["face_shape"]), json_floats(&e["face"])),
         Tensor::f32(json_shape(&e["audio_shape"]), json_floats(&e["audio"])),
     ]
+}
+
+/// The reference model converted to fp16 (f32 inputs and outputs, Casts
+/// inside), written to `dir/emogate-ref-fp16.onnx` with its side file: its
+/// gate_proj weights, which the bundled adapters change, are f16.
+pub fn fp16_reference(dir: &Path) -> PathBuf {
+    let base = OnnxModel::load(repo_root().join("models/reference/emogate-ref.onnx"))
+        .expect("reference model loads");
+    let out = dir.join("emogate-ref-fp16.onnx");
+    quantize_to_file(
+        &base,
+        &Mode::Fp16(Fp16Options::default()),
+        &out,
+        &SaveOptions::default(),
+    )
+    .expect("fp16 conversion");
+    out
 }

@@ -3,12 +3,19 @@
 //! version emogate accepts (Jetson builds lag PyPI).
 #![cfg(feature = "ort")]
 
+use std::path::Path;
+
 use emogate_infer::Tensor;
 use emogate_infer::affect::{AffectModel, BackendChoice, ModelSpec};
-use emogate_infer::backend::ort::{OrtBackend, OrtOptions, Provider};
+use emogate_infer::backend::ort::{OrtBackend, OrtOptions, OrtRuntime, Provider};
+use emogate_infer::backend::tract::TractRuntime;
+use emogate_infer::backend::{Backend, InputFact, Runtime};
+use emogate_models::merge::MergePlan;
+use emogate_models::onnx::{FloatType, OnnxModel, SaveOptions, is_external};
+use emogate_models::peft::Adapter;
 use emogate_tests::{
-    fixtures, json_floats as floats, json_shape as shape, max_abs_diff, reference_expected,
-    reference_inputs, repo_root as root,
+    Expected, fixtures, fp16_reference, json_floats as floats, json_shape as shape, max_abs_diff,
+    reference_expected, reference_inputs, repo_root as root, shared_weight,
 };
 use serde_json::Value;
 
@@ -107,4 +114,225 @@ fn unavailable_provider_falls_back_loudly_or_fails_when_strict() {
         err.contains("--ep-strict") && err.contains("TensorRT"),
         "{err}"
     );
+}
+
+fn cpu_options() -> OrtOptions {
+    OrtOptions {
+        providers: vec![Provider::Cpu],
+        ..OrtOptions::default()
+    }
+}
+
+/// What one model/adapter pair gives on ONNX Runtime, merged both ways.
+struct Merged {
+    /// `OrtRuntime::load` (the engine's path: prepared in memory).
+    prepared: Vec<Tensor>,
+    /// The offline merge's file (`MergePlan::write_to_file`, what
+    /// `emogate-convert merge` writes), loaded by ONNX Runtime.
+    offline: Vec<Tensor>,
+    /// The base model, unmerged.
+    base: Vec<Tensor>,
+    changes_graph: bool,
+    /// Element type of each merged weight.
+    dtypes: Vec<FloatType>,
+    /// Whether each merged tensor is stored in the base model's side file,
+    /// which decides how `OrtRuntime` hands it over: replacing side-file
+    /// tensors, or (inline tensors, changed graphs) a model in memory.
+    in_side_file: Vec<bool>,
+}
+
+fn merge_both_ways(model: &Path, adapter: &Path, inputs: &[Tensor]) -> Merged {
+    let label = format!("{} + {}", model.display(), adapter.display());
+    let base = OnnxModel::load(model).unwrap_or_else(|e| panic!("{label}: {e}"));
+    let adapter = Adapter::load(adapter).unwrap_or_else(|e| panic!("{label}: {e}"));
+    let plan = MergePlan::new(&base, &adapter).unwrap_or_else(|e| panic!("{label}: {e}"));
+    let runtime = OrtRuntime {
+        options: cpu_options(),
+    };
+    let prepared = runtime
+        .load(&base, Some(&plan), &[])
+        .unwrap_or_else(|e| panic!("{label}: prepare: {e}"))
+        .run(inputs)
+        .unwrap_or_else(|e| panic!("{label}: prepared run: {e}"));
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let out = out_dir.path().join("merged.onnx");
+    plan.write_to_file(&out, &SaveOptions::default())
+        .unwrap_or_else(|e| panic!("{label}: offline merge: {e}"));
+    let offline = OrtBackend::load(&out, Vec::new(), &cpu_options())
+        .unwrap_or_else(|e| panic!("{label}: offline load: {e}"))
+        .run(inputs)
+        .unwrap_or_else(|e| panic!("{label}: offline run: {e}"));
+    let base_outputs = runtime
+        .load(&base, None, &[])
+        .unwrap_or_else(|e| panic!("{label}: base: {e}"))
+        .run(inputs)
+        .unwrap_or_else(|e| panic!("{label}: base run: {e}"));
+    let mut dtypes = Vec::new();
+    let mut in_side_file = Vec::new();
+    for item in plan.updates() {
+        let (updates, report) = item.unwrap_or_else(|e| panic!("{label}: {e}"));
+        dtypes.push(report.dtype);
+        for update in updates {
+            in_side_file.push(
+                base.graph()
+                    .initializer
+                    .iter()
+                    .any(|t| t.name() == update.name && is_external(t)),
+            );
+        }
+    }
+    Merged {
+        prepared,
+        offline,
+        base: base_outputs,
+        changes_graph: plan.changes_graph(),
+        dtypes,
+        in_side_file,
+    }
+}
+
+/// Largest difference over every output of two runs.
+fn outputs_diff(a: &[Tensor], b: &[Tensor]) -> f32 {
+    assert_eq!(a.len(), b.len(), "output count");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            assert_eq!(x.shape, y.shape);
+            max_abs_diff(x.as_f32().unwrap(), y.as_f32().unwrap())
+        })
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn merge_fixtures_prepared_in_memory_match_the_offline_merge() {
+    // These merges keep the graph (no fixture shares a weight). The
+    // dynamo exports keep their weights in a side file: the merged ones
+    // replace those tensors. The legacy exports are inline: the merged
+    // model is handed over in memory. legacy_nofold reads each weight
+    // through a Transpose, which ONNX Runtime constant-folds.
+    let mut checked = 0;
+    let mut replaced = 0;
+    for expected in Expected::all() {
+        for dir in expected.model_dirs() {
+            let label = format!("{}-{} on {}", expected.base, expected.kind, dir.display());
+            let m = merge_both_ways(
+                &dir.join("model.onnx"),
+                &expected.adapter(),
+                &[expected.input_tensor()],
+            );
+            assert!(!m.changes_graph, "{label}");
+            assert!(m.dtypes.iter().all(|t| *t == FloatType::F32), "{label}");
+            let dynamo = dir.to_string_lossy().ends_with(".dynamo");
+            assert!(
+                m.in_side_file.iter().all(|e| *e == dynamo),
+                "{label}: {:?}",
+                m.in_side_file
+            );
+            replaced += usize::from(dynamo);
+            let diff = outputs_diff(&m.prepared, &m.offline);
+            assert!(diff <= 1e-5, "{label}: prepared vs offline merge: {diff}");
+            let diff = max_abs_diff(m.prepared[0].as_f32().unwrap(), &expected.merged_logits);
+            assert!(diff <= 1e-4, "{label}: prepared vs PEFT: {diff}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 24, "model/adapter pairs in tests/fixtures/merge");
+    assert_eq!(replaced, 9, "pairs on a dynamo export");
+}
+
+#[test]
+fn reference_adapters_prepared_in_memory_match_the_offline_merge() {
+    let inputs = reference_inputs(&reference_expected());
+    for name in ["calm", "excited"] {
+        let m = merge_both_ways(
+            &root().join("models/reference/emogate-ref.onnx"),
+            &root().join("models/reference/adapters").join(name),
+            &inputs,
+        );
+        assert!(!m.changes_graph, "{name}");
+        assert!(
+            m.in_side_file.iter().all(|e| *e),
+            "{name}: side-file weights"
+        );
+        let diff = outputs_diff(&m.prepared, &m.offline);
+        assert!(diff <= 1e-5, "{name}: prepared vs offline merge: {diff}");
+        assert!(
+            outputs_diff(&m.prepared, &m.base) > 1e-4,
+            "{name}: no effect"
+        );
+    }
+}
+
+#[test]
+fn fp16_model_gets_its_merged_weights_as_f16() {
+    // ONNX Runtime refuses an override of another element type than the
+    // initializer's, so this fails unless the f16 weights go in as f16.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = fp16_reference(dir.path());
+    let inputs = reference_inputs(&reference_expected());
+    for name in ["calm", "excited"] {
+        let m = merge_both_ways(
+            &model,
+            &root().join("models/reference/adapters").join(name),
+            &inputs,
+        );
+        assert!(!m.changes_graph, "{name}");
+        assert!(
+            !m.dtypes.is_empty() && m.dtypes.iter().all(|t| *t == FloatType::F16),
+            "{name}: the fp16 model's gate_proj weights should be f16: {:?}",
+            m.dtypes
+        );
+        assert!(
+            m.in_side_file.iter().all(|e| *e),
+            "{name}: side-file weights"
+        );
+        let diff = outputs_diff(&m.prepared, &m.offline);
+        assert!(diff <= 1e-5, "{name}: prepared vs offline merge: {diff}");
+        assert!(
+            outputs_diff(&m.prepared, &m.base) > 1e-4,
+            "{name}: no effect"
+        );
+    }
+}
+
+#[test]
+fn merge_that_copies_a_shared_weight_loads_from_memory() {
+    use shared_weight::{BATCH, IN};
+    for external in [false, true] {
+        let label = if external { "side file" } else { "inline" };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let case = shared_weight::write(dir.path(), external);
+        let inputs = [case.input.clone()];
+        let m = merge_both_ways(&case.model, &case.adapter, &inputs);
+        assert!(m.changes_graph, "{label}: the merge must copy W");
+        // The copy is new, in no side file: the merged model goes in memory
+        // (with weights.bin read into memory in the side-file case).
+        assert_eq!(m.in_side_file, [false], "{label}");
+        let diff = outputs_diff(&m.prepared, &m.offline);
+        assert!(diff <= 1e-5, "{label}: prepared vs offline merge: {diff}");
+        // Outputs gate, up, other: only gate_proj is adapted.
+        let each = |a: &[Tensor], b: &[Tensor], i: usize| {
+            max_abs_diff(a[i].as_f32().unwrap(), b[i].as_f32().unwrap())
+        };
+        assert!(
+            each(&m.prepared, &m.base, 0) > 1e-2,
+            "{label}: gate unchanged"
+        );
+        assert!(each(&m.prepared, &m.base, 1) <= 1e-6, "{label}: up changed");
+        assert!(
+            each(&m.prepared, &m.base, 2) <= 1e-6,
+            "{label}: other changed"
+        );
+
+        let base = OnnxModel::load(&case.model).unwrap();
+        let adapter = Adapter::load(&case.adapter).unwrap();
+        let plan = MergePlan::new(&base, &adapter).unwrap();
+        let tract = TractRuntime::default()
+            .load(&base, Some(&plan), &[InputFact::F32(vec![BATCH, IN])])
+            .unwrap_or_else(|e| panic!("{label}: tract: {e}"))
+            .run(&inputs)
+            .unwrap();
+        let diff = outputs_diff(&m.prepared, &tract);
+        assert!(diff <= 1e-5, "{label}: ort vs tract: {diff}");
+    }
 }

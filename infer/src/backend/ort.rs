@@ -12,14 +12,21 @@
 //! really has; ONNX Runtime's own fallback would silently drop to CPU.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
+use half::{bf16, f16};
 use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
 use ort::value::Tensor as OrtTensor;
+use prost::Message;
 
 use emogate_models::merge::MergePlan;
-use emogate_models::onnx::{FloatType, OnnxModel};
+use emogate_models::onnx::build::entry;
+use emogate_models::onnx::proto::tensor_proto::DataLocation;
+use emogate_models::onnx::{
+    FloatType, OnnxModel, TensorBytes, TensorUpdate, initializer_positions, initializers_by_name,
+    is_external, visit_initializers,
+};
 
 use super::{Backend, BackendError, InputFact, Runtime};
 use crate::{Tensor, TensorData};
@@ -166,16 +173,15 @@ impl Runtime for OrtRuntime {
         "ort"
     }
 
+    /// Nothing is written to disk: the merged weights reach ONNX Runtime
+    /// as replacements of side-file tensors, or inside a model encoded in
+    /// memory.
     fn load(
         &self,
         model: &OnnxModel,
         merged: Option<&MergePlan<'_>>,
         _inputs: &[InputFact],
     ) -> Result<Box<dyn Backend>, BackendError> {
-        let merge_err = |e: emogate_models::Error| BackendError::Load {
-            path: model.path().to_path_buf(),
-            message: format!("merging the adapter: {e}"),
-        };
         let Some(plan) = merged else {
             return Ok(Box::new(OrtBackend::load(
                 model.path(),
@@ -183,54 +189,243 @@ impl Runtime for OrtRuntime {
                 &self.options,
             )?));
         };
-        if plan.changes_graph() {
-            // Weight copies changed the graph: give ONNX Runtime a file.
-            return self.load_merged_file(plan);
+        let mut updates = Vec::new();
+        for item in plan.updates() {
+            updates.extend(item.map_err(|e| merge_error(model, e))?.0);
         }
-        // Same graph: override just the merged initializers.
-        let (proto, updates, _) = plan.merged_proto().map_err(merge_err)?;
-        let Some(graph) = proto.graph.as_ref() else {
-            return self.load_merged_file(plan);
-        };
-        let mut overrides = Vec::new();
-        for update in updates {
-            let Some(tensor) = graph.initializer.iter().find(|t| t.name() == update.name) else {
-                return self.load_merged_file(plan);
-            };
-            let ty = model.float_type(tensor).map_err(merge_err)?;
-            if ty != FloatType::F32 {
-                // Overrides must match the initializer's type; only f32 is
-                // passed that way, others go through a file.
-                return self.load_merged_file(plan);
+        // `AddInitializer` overrides are no use here: ONNX Runtime folds
+        // constants from the model's own values, so a weight read through a
+        // foldable node (the legacy exporter's unfolded `Transpose(W)`)
+        // would keep its base values there. `AddExternalInitializers` swaps
+        // tensors before any optimization, but only tensors stored in a
+        // side file; anything else gets the merged model from memory.
+        let by_name = initializers_by_name(model.graph());
+        let replaceable = !plan.changes_graph()
+            && updates
+                .iter()
+                .all(|u| by_name.get(u.name.as_str()).is_some_and(|t| is_external(t)));
+        if replaceable {
+            let mut replacements = Vec::with_capacity(updates.len());
+            for update in updates {
+                let tensor = by_name[update.name.as_str()];
+                let ty = model
+                    .float_type(tensor)
+                    .map_err(|e| merge_error(model, e))?;
+                let value = typed_value(&tensor.dims, ty, update.bytes).map_err(|message| {
+                    BackendError::Load {
+                        path: model.path().to_path_buf(),
+                        message: format!("merged initializer `{}`: {message}", update.name),
+                    }
+                })?;
+                replacements.push((update.name, value));
             }
-            let shape = tensor.dims.iter().map(|d| *d as usize).collect();
-            overrides.push((
-                update.name.clone(),
-                Tensor::f32(shape, ty.decode(&update.bytes.as_bytes())),
-            ));
+            // ONNX Runtime reads the base file and its side files itself.
+            return Ok(Box::new(OrtBackend::create(
+                model.path(),
+                ModelSource::File(model.path()),
+                Initializers::SideFileReplacements(replacements),
+                &self.options,
+            )?));
         }
-        Ok(Box::new(OrtBackend::load(
+        Ok(Box::new(OrtBackend::create(
             model.path(),
-            overrides,
+            merged_in_memory(plan, updates)?,
+            Initializers::Overrides(Vec::new()),
             &self.options,
         )?))
     }
 }
 
-impl OrtRuntime {
-    /// Merges into a temp file and opens that (ONNX Runtime maps the file;
-    /// the temp folder can go once the session exists).
-    fn load_merged_file(&self, plan: &MergePlan<'_>) -> Result<Box<dyn Backend>, BackendError> {
-        let model = plan.model();
-        let load_err = |message: String| BackendError::Load {
-            path: model.path().to_path_buf(),
-            message,
-        };
-        let dir = tempfile::tempdir().map_err(|e| load_err(format!("temporary folder: {e}")))?;
-        let out = dir.path().join("merged.onnx");
-        plan.write_to_file(&out, &Default::default())
-            .map_err(|e| load_err(format!("merging the adapter: {e}")))?;
-        Ok(Box::new(OrtBackend::load(&out, Vec::new(), &self.options)?))
+/// Where a session's model comes from.
+enum ModelSource<'a> {
+    /// A model file; ONNX Runtime finds its side files next to it.
+    File(&'a Path),
+    /// An encoded `ModelProto` and the bytes of every side file its
+    /// external tensors name (`location`, contents).
+    Memory {
+        model: Vec<u8>,
+        side_files: Vec<(String, Arc<[u8]>)>,
+    },
+}
+
+/// Values that replace a model's initializers, by name.
+enum Initializers {
+    /// `AddInitializer`: not seen by graph optimizations, which read the
+    /// model's own values (see [`OrtBackend::load`]).
+    Overrides(Vec<(String, ort::value::DynValue)>),
+    /// `AddExternalInitializers`: swapped into the graph before any
+    /// optimization; each must name a tensor stored in a side file and
+    /// match its element type and dims.
+    SideFileReplacements(Vec<(String, ort::value::DynValue)>),
+}
+
+/// One tensor's little-endian `bytes` as an ONNX Runtime value of type `ty`.
+fn typed_value(
+    dims: &[i64],
+    ty: FloatType,
+    bytes: TensorBytes,
+) -> Result<ort::value::DynValue, String> {
+    let count = dims
+        .iter()
+        .try_fold(1usize, |n, d| usize::try_from(*d).ok()?.checked_mul(n))
+        .ok_or_else(|| format!("dims {dims:?} are not a valid shape"))?;
+    if bytes.len() != count * ty.size() {
+        return Err(format!(
+            "{} bytes of merged {ty:?} values for dims {dims:?}, which need {}",
+            bytes.len(),
+            count * ty.size()
+        ));
+    }
+    let shape = dims.to_vec();
+    let value = match (ty, bytes) {
+        // The merge hands f32 weights over as values: no decode pass.
+        (FloatType::F32, TensorBytes::F32(values)) => {
+            OrtTensor::from_array((shape, values)).map(|t| t.into_dyn())
+        }
+        (FloatType::F32, bytes) => {
+            OrtTensor::from_array((shape, FloatType::F32.decode(&bytes.as_bytes())))
+                .map(|t| t.into_dyn())
+        }
+        (FloatType::F16, bytes) => {
+            let values: Vec<f16> = bytes
+                .as_bytes()
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            OrtTensor::from_array((shape, values)).map(|t| t.into_dyn())
+        }
+        (FloatType::Bf16, bytes) => {
+            let values: Vec<bf16> = bytes
+                .as_bytes()
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            OrtTensor::from_array((shape, values)).map(|t| t.into_dyn())
+        }
+        (FloatType::F64, bytes) => {
+            let values: Vec<f64> = bytes
+                .as_bytes()
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect();
+            OrtTensor::from_array((shape, values)).map(|t| t.into_dyn())
+        }
+    };
+    value.map_err(|e| e.to_string())
+}
+
+/// The name under which the merged tensors of a model with side files are
+/// handed to ONNX Runtime as one more in-memory "file".
+const MERGED_DATA: &str = "emogate-merged-weights.bin";
+
+/// The merged model (the plan's graph with `updates` in place), encoded in
+/// memory, for a merge that changed the graph (copies of shared weights) or
+/// changed inline tensors, which side-file replacements cannot reach.
+///
+/// A model without side files is encoded whole, merged tensors inline.
+///
+/// Given from memory, ONNX Runtime cannot find a model's side files: it
+/// resolves them against the model file's folder, and there is none. The
+/// session entry that names that folder
+/// (`session.model_external_initializers_file_folder_path`) is in 1.31 but
+/// not in 1.19, and the `ort` crate does not tell which version it loaded;
+/// both take side files from memory (`AddExternalInitializersFromFilesInMemory`,
+/// which copies the tensors out). So a model with side files gets them read
+/// into memory for the session's creation, and its merged tensors go into
+/// one more in-memory file rather than inline, so that the encoded model
+/// stays as small as the base one (protobuf cannot encode 2 GB).
+fn merged_in_memory(
+    plan: &MergePlan<'_>,
+    updates: Vec<TensorUpdate>,
+) -> Result<ModelSource<'static>, BackendError> {
+    let model = plan.model();
+    let load_err = |message: String| BackendError::Load {
+        path: model.path().to_path_buf(),
+        message,
+    };
+    let external = model.uses_external_data();
+    let mut proto = plan.proto.clone();
+    let graph = proto
+        .graph
+        .as_mut()
+        .ok_or_else(|| load_err("the merged model has no graph".into()))?;
+    let mut side_files: Vec<(String, Arc<[u8]>)> = Vec::new();
+    if external {
+        let mut locations = Vec::new();
+        let mut failure = None;
+        visit_initializers(graph, &mut |t| {
+            if failure.is_some() || !is_external(t) {
+                return;
+            }
+            match model.external_data(t) {
+                Ok(Some(data)) if !locations.iter().any(|(l, _)| *l == data.location) => {
+                    locations.push((data.location, data.file))
+                }
+                Ok(_) => {}
+                Err(e) => failure = Some(e),
+            }
+        });
+        if let Some(e) = failure {
+            return Err(merge_error(model, e));
+        }
+        for (location, file) in locations {
+            let bytes = std::fs::read(&file).map_err(|e| {
+                load_err(format!(
+                    "reading the side file {} into memory: {e}",
+                    file.display()
+                ))
+            })?;
+            side_files.push((location, bytes.into()));
+        }
+    }
+    // A name no base tensor uses, so the in-memory files cannot clash.
+    let mut merged_name = MERGED_DATA.to_string();
+    while side_files.iter().any(|(l, _)| *l == merged_name) {
+        merged_name.insert(0, '_');
+    }
+    let positions = initializer_positions(graph);
+    let mut merged_data: Vec<u8> = Vec::new();
+    for update in updates {
+        let i = *positions.get(&update.name).ok_or_else(|| {
+            load_err(format!(
+                "merged initializer `{}` is not in the graph",
+                update.name
+            ))
+        })?;
+        let tensor = &mut graph.initializer[i];
+        tensor.float_data.clear();
+        tensor.int32_data.clear();
+        tensor.double_data.clear();
+        tensor.external_data.clear();
+        let bytes = update.bytes.as_bytes();
+        if external {
+            let offset = merged_data.len();
+            merged_data.extend_from_slice(&bytes);
+            tensor.raw_data = None;
+            tensor.data_location = Some(DataLocation::External as i32);
+            tensor.external_data = vec![
+                entry("location", &merged_name),
+                entry("offset", &offset.to_string()),
+                entry("length", &bytes.len().to_string()),
+            ];
+        } else {
+            tensor.data_location = None;
+            tensor.raw_data = Some(bytes.into_owned().into());
+        }
+    }
+    if external {
+        side_files.push((merged_name, merged_data.into()));
+    }
+    Ok(ModelSource::Memory {
+        model: proto.encode_to_vec(),
+        side_files,
+    })
+}
+
+fn merge_error(model: &OnnxModel, e: emogate_models::Error) -> BackendError {
+    BackendError::Load {
+        path: model.path().to_path_buf(),
+        message: format!("merging the adapter: {e}"),
     }
 }
 
@@ -244,7 +439,12 @@ pub struct OrtBackend {
 
 impl OrtBackend {
     /// Creates a session for the model at `path`, replacing the initializers
-    /// in `overrides` (merged adapter weights) without rewriting the file.
+    /// in `overrides` without rewriting the file.
+    ///
+    /// ONNX Runtime's graph optimizations read the model's own values, not
+    /// these: an override of a weight that a constant-folded node reads
+    /// (e.g. `Transpose(W)`) does not reach that node. Merged adapters go
+    /// through [`OrtRuntime`] instead, which does not have that limit.
     ///
     /// # Errors
     /// [`BackendError::Config`] when the library cannot be loaded or a
@@ -253,6 +453,33 @@ impl OrtBackend {
     pub fn load(
         path: &Path,
         overrides: Vec<(String, Tensor)>,
+        options: &OrtOptions,
+    ) -> Result<Self, BackendError> {
+        // Values can only be made once the library is loaded.
+        load_library(options)?;
+        let mut values = Vec::with_capacity(overrides.len());
+        for (name, tensor) in overrides {
+            let value = to_ort(&tensor).map_err(|e| BackendError::Load {
+                path: path.to_path_buf(),
+                message: format!("initializer `{name}`: {e}"),
+            })?;
+            values.push((name, value));
+        }
+        Self::create(
+            path,
+            ModelSource::File(path),
+            Initializers::Overrides(values),
+            options,
+        )
+    }
+
+    /// Creates a session for `source` (the model at `path`, or its merged
+    /// form in memory), with `initializers` replacing the model's.
+    /// `path` names the model in errors and logs.
+    fn create(
+        path: &Path,
+        source: ModelSource<'_>,
+        initializers: Initializers,
         options: &OrtOptions,
     ) -> Result<Self, BackendError> {
         let env = load_library(options)?;
@@ -305,16 +532,39 @@ impl OrtBackend {
         if !registered.contains(&Provider::Cpu) {
             registered.push(Provider::Cpu);
         }
-        for (name, tensor) in overrides {
-            let value =
-                to_ort(&tensor).map_err(|e| load_err(format!("initializer `{name}`: {e}")))?;
-            builder = builder
-                .with_initializer(&name, value)
-                .map_err(|e| load_err(format!("overriding initializer `{name}`: {e}")))?;
+        match initializers {
+            Initializers::Overrides(values) => {
+                for (name, value) in values {
+                    builder = builder
+                        .with_initializer(&name, value)
+                        .map_err(|e| load_err(format!("overriding initializer `{name}`: {e}")))?;
+                }
+            }
+            Initializers::SideFileReplacements(values) => {
+                for (name, value) in values {
+                    builder = builder
+                        .with_external_initializer(&name, value)
+                        .map_err(|e| load_err(format!("replacing initializer `{name}`: {e}")))?;
+                }
+            }
         }
-        let session = builder
-            .commit_from_file(path)
-            .map_err(|e| load_err(e.to_string()))?;
+        let session = match source {
+            ModelSource::File(file) => builder.commit_from_file(file),
+            ModelSource::Memory { model, side_files } => {
+                // ONNX Runtime copies the tensors out of these buffers while
+                // it creates the session (its C API says they may be freed
+                // then); the builder holds them until it is dropped below.
+                for (location, bytes) in side_files {
+                    builder = builder
+                        .with_external_initializer_file_in_memory(&location, bytes)
+                        .map_err(|e| {
+                            load_err(format!("giving side file `{location}` from memory: {e}"))
+                        })?;
+                }
+                builder.commit_from_memory(&model)
+            }
+        }
+        .map_err(|e| load_err(e.to_string()))?;
         let requested = options.providers.first().copied().unwrap_or(Provider::Cpu);
         let running = registered[0];
         if running != requested {
@@ -401,5 +651,21 @@ mod tests {
             e.contains("--ep") && e.contains("`npu`") && e.contains("tensorrt, cuda or cpu"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn merged_values_that_do_not_fit_their_dims_are_refused() {
+        // Checked before any ONNX Runtime call: no library needed.
+        let message = |dims: &[i64], ty, bytes: Vec<u8>| match typed_value(dims, ty, bytes.into()) {
+            Ok(_) => panic!("{dims:?} {ty:?}: accepted"),
+            Err(e) => e,
+        };
+        let e = message(&[2, 3], FloatType::F16, vec![0; 10]);
+        assert!(
+            e.contains("10 bytes") && e.contains("[2, 3]") && e.contains("need 12"),
+            "{e}"
+        );
+        let e = message(&[-1, 3], FloatType::F32, Vec::new());
+        assert!(e.contains("[-1, 3] are not a valid shape"), "{e}");
     }
 }
