@@ -30,6 +30,9 @@
 //!   datagrams, HTTP (Server-Sent Events, `/status`, a live dashboard).
 //!   Sinks only receive; they never steer the pipeline.
 //! * [`config`] — the TOML file `emogate run --config` reads.
+//! * [`notify`] — systemd's notify protocol for `Type=notify` units:
+//!   `READY=1` after the first window, `WATCHDOG=1` only while windows keep
+//!   being served, `STATUS=` and `STOPPING=1`.
 //!
 //! The `emogate` binary (`src/bin/emogate`) is the CLI over these: it
 //! builds a [`pipeline::Pipeline`] from flags and `--config`, opens the
@@ -40,6 +43,7 @@
 pub mod backend_choice;
 pub mod config;
 pub mod event;
+pub mod notify;
 pub mod pipeline;
 pub mod post;
 pub mod sink;
