@@ -33,6 +33,9 @@
 //! * [`control`] — steering a run from outside (switch the adapter, read
 //!   the status, reload the config) over a Unix socket or `POST /control`;
 //!   the pipeline's [`pipeline::Switcher`] prepares and installs adapters.
+//! * [`notify`] — systemd's notify protocol for `Type=notify` units:
+//!   `READY=1` after the first window, `WATCHDOG=1` only while windows keep
+//!   being served, `STATUS=` and `STOPPING=1`.
 //!
 //! The `emogate` binary (`src/bin/emogate`) is the CLI over these: it
 //! builds a [`pipeline::Pipeline`] from flags and `--config`, opens the
@@ -46,6 +49,7 @@ pub mod backend_choice;
 pub mod config;
 pub mod control;
 pub mod event;
+pub mod notify;
 pub mod pipeline;
 pub mod post;
 pub mod sink;

@@ -77,15 +77,11 @@ pub struct RunInfo {
     pub max_consecutive_errors: u32,
 }
 
-/// The inference thread's heartbeat: when it took its current window and
-/// when it last finished one, as nanoseconds since the status was made
-/// (plus one, so that 0 means "never" / "idle").
+/// The inference thread's heartbeat (the marks the systemd watchdog
+/// reads too), its error streak, and whether it has ended.
 #[derive(Debug, Default)]
 pub(crate) struct Heartbeat {
-    busy_since: AtomicU64,
-    last_done: AtomicU64,
-    /// Windows finished (served or failed).
-    done: AtomicU64,
+    pub(crate) beat: crate::notify::Heartbeat,
     /// Failing windows in a row now.
     pub(crate) consecutive_errors: AtomicU32,
     /// The inference thread has returned (or panicked).
@@ -174,23 +170,14 @@ impl PipelineStatus {
         r.push_back((Instant::now(), latency_ms));
     }
 
-    fn since_start_ns(&self) -> u64 {
-        self.started.elapsed().as_nanos() as u64 + 1
-    }
-
     /// The inference thread took a window.
     pub(crate) fn window_started(&self) {
-        self.heartbeat
-            .busy_since
-            .store(self.since_start_ns(), Ordering::SeqCst);
+        self.heartbeat.beat.window_started();
     }
 
     /// The inference thread finished a window (served or failed).
     pub(crate) fn window_done(&self) {
-        let hb = &self.heartbeat;
-        hb.last_done.store(self.since_start_ns(), Ordering::SeqCst);
-        hb.busy_since.store(0, Ordering::SeqCst);
-        hb.done.fetch_add(1, Ordering::SeqCst);
+        self.heartbeat.beat.window_finished();
     }
 
     /// The inference thread returned.
@@ -200,15 +187,18 @@ impl PipelineStatus {
 
     /// What the inference thread is doing now.
     pub fn liveness(&self) -> Liveness {
-        let hb = &self.heartbeat;
-        let now = self.since_start_ns();
-        let ago = |t: u64| (t != 0).then(|| Duration::from_nanos(now.saturating_sub(t)));
+        let health = self.heartbeat.beat.health(String::new());
         Liveness {
-            busy_for: ago(hb.busy_since.load(Ordering::SeqCst)),
-            since_last_window: ago(hb.last_done.load(Ordering::SeqCst)),
-            windows_done: hb.done.load(Ordering::SeqCst),
-            ended: hb.ended.load(Ordering::SeqCst),
+            busy_for: health.busy_for,
+            since_last_window: health.since_last_window,
+            windows_done: self.heartbeat.beat.windows(),
+            ended: self.heartbeat.ended.load(Ordering::SeqCst),
         }
+    }
+
+    /// What the systemd watchdog needs: the heartbeat and the summary line.
+    pub fn health(&self) -> crate::notify::Health {
+        self.heartbeat.beat.health(self.summary())
     }
 
     /// The inference thread has been on one window for longer than the

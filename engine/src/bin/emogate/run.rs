@@ -11,6 +11,7 @@ use emogate_engine::backend_choice::BackendSettings;
 use emogate_engine::config::{MAX_HOP_MS, MAX_STALE_MS, RunConfig, SourceConfig, millis};
 use emogate_engine::control::unix::ControlSocket;
 use emogate_engine::control::{Controller, ReloadHandle};
+use emogate_engine::notify::{Notifier, Watchdog};
 use emogate_engine::pipeline::{MissingPolicy, Pacing, Pipeline, PipelineConfig};
 use emogate_engine::post::PostConfig;
 use emogate_engine::sink::{ControlHandle, OutputSpec, Sink};
@@ -370,6 +371,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         max_consecutive_errors,
         ..PipelineConfig::default()
     };
+    let stall_limit = config.stall_limit();
     let pipeline = Pipeline::new(affect, video, audio, pacing, config)?;
 
     let reloader = args.config.as_ref().map(|path| {
@@ -433,7 +435,26 @@ pub fn run(args: RunArgs) -> Result<()> {
 
     let stop = StopFlag::new();
     install_signal_handlers(stop.clone(), reload)?;
-    let summary = pipeline.run(sinks, stop)?;
+    // Under systemd (Type=notify): READY=1 after the first window,
+    // WATCHDOG=1 while windows are served, STOPPING=1 at the end.
+    let watchdog_stop = StopFlag::new();
+    let watchdog = match Notifier::from_env() {
+        Some(notifier) => {
+            let status = pipeline.status();
+            Some(
+                Watchdog::new(notifier, move || status.health(), stall_limit)
+                    .spawn(watchdog_stop.clone())
+                    .context("starting the systemd watchdog thread")?,
+            )
+        }
+        None => None,
+    };
+    let outcome = pipeline.run(sinks, stop);
+    watchdog_stop.raise();
+    if let Some(w) = watchdog {
+        let _ = w.join();
+    }
+    let summary = outcome?;
     tracing::info!(
         events = summary.events,
         windows = summary.counters.windows,
