@@ -418,7 +418,14 @@ impl Pipeline {
     /// The `/status` document source for an `http:` sink.
     pub fn status_handle(&self) -> StatusHandle {
         let status = Arc::clone(&self.status);
-        Arc::new(move || status.to_json())
+        let switcher = self.switcher.clone();
+        Arc::new(move || {
+            let mut doc = status.to_json();
+            if let Some(fields) = doc.as_object_mut() {
+                fields.insert("switch_pending".into(), switcher.pending_json());
+            }
+            doc
+        })
     }
 
     /// Live state of the run.

@@ -174,6 +174,23 @@ impl Switcher {
         self.state().active.clone()
     }
 
+    /// The pending switch for `/status`: `{"to", "state"}` with state
+    /// `queued`, `preparing` or `ready` (prepared, installed before the next
+    /// window); `null` when none is pending.
+    pub fn pending_json(&self) -> serde_json::Value {
+        let state = self.state();
+        let (to, phase) = if let Some(r) = &state.ready {
+            (&r.request.target, "ready")
+        } else if let Some(r) = &state.queued {
+            (&r.target, "queued")
+        } else if let Some(r) = &state.preparing {
+            (&r.target, "preparing")
+        } else {
+            return serde_json::Value::Null;
+        };
+        serde_json::json!({"to": to, "state": phase})
+    }
+
     /// Whether adapter `name` is active or the target of a pending switch
     /// (so a reload must not drop it).
     pub fn in_use(&self, name: &str) -> bool {

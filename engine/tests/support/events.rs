@@ -95,6 +95,8 @@ pub fn emotion_with(
             degraded: 0,
             skipped: 0,
             audio_overruns: 0,
+            nonfinite: 0,
+            model_errors: 0,
         },
         adapter: Some("calm".into()),
         backend: "tract".into(),

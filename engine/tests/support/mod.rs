@@ -5,3 +5,4 @@
 pub mod browser;
 pub mod events;
 pub mod http;
+pub mod proc;
