@@ -313,12 +313,17 @@ fn unit_is_type_notify_with_a_watchdog() {
         "RuntimeDirectory=emogate",
         "Restart=on-failure",
         "ExecStart=/opt/emogate/emogate run --config /etc/emogate/config.toml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
     ] {
         assert!(set.contains(&line), "deploy/emogate.service lacks {line:?}");
     }
-    // The control socket line is an example only, until `run` has --control.
-    assert!(!set.iter().any(|l| l.contains("--control")));
-    assert!(unit.contains("#ExecStart=/opt/emogate/emogate run --config /etc/emogate/config.toml --control unix:/run/emogate/control.sock"));
+    // The control socket lives in the unit's runtime directory.
+    let config = emogate_engine::config::RunConfig::load(&repo().join("deploy/config.toml"))
+        .expect("deploy/config.toml parses");
+    assert_eq!(
+        config.control.as_deref(),
+        Some("unix:/run/emogate/control.sock")
+    );
 }
 
 fn on_path(tool: &str) -> Option<PathBuf> {
