@@ -302,6 +302,27 @@ impl MediaNeeds {
     }
 }
 
+/// Waits for the inference thread to end after the hand-off closed, as
+/// long as it is not stuck: one window running past the stall limit turns
+/// the end of the run into [`PipelineError::Stalled`].
+fn wait_for_inference<T>(
+    inference: &std::thread::JoinHandle<T>,
+    status: &PipelineStatus,
+    config: &PipelineConfig,
+) -> Result<(), PipelineError> {
+    let limit = config.stall_limit();
+    while !inference.is_finished() {
+        if let Some(busy) = status.liveness().busy_for.filter(|b| *b > limit) {
+            return Err(PipelineError::Stalled {
+                busy_ms: busy.as_secs_f64() * 1e3,
+                limit_ms: limit.as_secs_f64() * 1e3,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
 fn seconds(t: Nanos) -> f64 {
     t as f64 / 1e9
 }
@@ -548,10 +569,17 @@ impl Pipeline {
             s.join();
         }
         handoff.close();
+        // The inference thread finishes the window it holds, unless it is
+        // stuck in the model: then joining would hang this thread too (a
+        // SIGTERM would never be honoured), so wait only while it is within
+        // the stall limit.
+        let outcome = match outcome {
+            Ok(()) => wait_for_inference(&inference, &status, &config),
+            stalled => stalled,
+        };
         let inference_result = match &outcome {
             Err(PipelineError::Stalled { .. }) => {
-                // The thread is stuck inside the model: joining it would
-                // hang this one too. Report, and let the process end it.
+                // Report, and leave the stuck thread for the process to end.
                 let error = outcome
                     .as_ref()
                     .err()

@@ -380,3 +380,93 @@ impl Switcher {
         self.shared.changed.notify_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use emogate_infer::affect::{AffectModel, ModelSpec};
+
+    fn reference() -> AffectModel {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let models = root.join("models/reference");
+        AffectModel::load(&ModelSpec {
+            path: models.join("emogate-ref.onnx"),
+            adapters: vec![
+                ("calm".into(), models.join("adapters/calm")),
+                ("excited".into(), models.join("adapters/excited")),
+            ],
+            ..ModelSpec::default()
+        })
+        .expect("the reference model loads")
+    }
+
+    /// Plays the inference thread: installs what is ready, as between windows.
+    fn serve_until(switcher: &Switcher, seq: u64, done: impl Fn() -> bool) -> Vec<Installed> {
+        let mut installed = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() && Instant::now() < deadline {
+            if let Some(ready) = switcher.take_ready() {
+                installed.push(switcher.installed(&ready, seq));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        installed
+    }
+
+    #[test]
+    fn a_queued_request_is_superseded_and_only_the_latest_is_installed() {
+        let model = reference();
+        let switcher = Switcher::new(model.preparer(), None);
+        // Both queued before the preparer runs: the first never prepares.
+        let calm = switcher.request(Some("calm".into())).unwrap();
+        let excited = switcher.request(Some("excited".into())).unwrap();
+        assert_eq!(calm.replaced, None);
+        assert_eq!(excited.replaced, Some(Some("calm".into())));
+        assert_eq!(
+            switcher.wait(&calm, Duration::ZERO),
+            Some(SwitchOutcome::Superseded {
+                by: Some("excited".into())
+            })
+        );
+        assert_eq!(switcher.pending_json()["to"], "excited");
+        let preparer = switcher.spawn_preparer().unwrap();
+        let installed = serve_until(&switcher, 7, || switcher.active().is_some());
+        assert_eq!(installed.len(), 1);
+        assert_eq!(installed[0].to.as_deref(), Some("excited"));
+        assert_eq!(installed[0].seq, 7);
+        match switcher.wait(&excited, Duration::from_secs(1)) {
+            Some(SwitchOutcome::Installed(i)) => assert_eq!(i, installed[0]),
+            other => panic!("{other:?}"),
+        }
+        assert!(switcher.pending_json().is_null());
+        // The active one again: nothing to do.
+        let again = switcher.request(Some("excited".into())).unwrap();
+        assert!(matches!(
+            switcher.wait(&again, Duration::ZERO),
+            Some(SwitchOutcome::Unchanged { .. })
+        ));
+        assert!(switcher.in_use("excited") && !switcher.in_use("calm"));
+        switcher.close("test over");
+        preparer.join().unwrap();
+    }
+
+    #[test]
+    fn unknown_names_are_refused_and_closing_fails_what_is_pending() {
+        let model = reference();
+        let switcher = Switcher::new(model.preparer(), Some("calm".into()));
+        let e = switcher.request(Some("nope".into())).unwrap_err().to_string();
+        assert!(e.contains("loaded: calm, excited"), "{e}");
+        let pending = switcher.request(None).unwrap();
+        switcher.close("stopped");
+        match switcher.wait(&pending, Duration::ZERO) {
+            Some(SwitchOutcome::Failed { error }) => assert!(error.contains("stopped")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            switcher.request(None),
+            Err(SwitchError::Closed(_))
+        ));
+        // Never installed: still calm.
+        assert_eq!(switcher.active().as_deref(), Some("calm"));
+    }
+}
