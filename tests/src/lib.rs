@@ -2,6 +2,8 @@
 //! committed fixtures are and how to read the expected outputs that
 //! `tools/fixtures/make_merge_fixtures.py` recorded from PyTorch/PEFT.
 
+pub mod faulty_models;
+
 use std::path::{Path, PathBuf};
 
 use emogate_infer::Tensor;
