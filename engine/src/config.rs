@@ -244,7 +244,10 @@ impl RunConfig {
         check("pace", *pace == other.pace);
         check("loop", *looped == other.looped);
         check("half_life", *half_life == other.half_life);
-        check("confidence_floor", *confidence_floor == other.confidence_floor);
+        check(
+            "confidence_floor",
+            *confidence_floor == other.confidence_floor,
+        );
         check("frame_id", *frame_id == other.frame_id);
         check("video", *video == other.video);
         check("audio", *audio == other.audio);

@@ -15,8 +15,7 @@ use emogate_engine::control::Command;
 use emogate_engine::control::client::Endpoint;
 use serde_json::{Value, json};
 use support::proc::{
-    AUDIO, CALM, EXCITED, MODEL, Running, VIDEO, emogate, emotions, free_port, repo,
-    wait_for_path,
+    AUDIO, CALM, EXCITED, MODEL, Running, VIDEO, emogate, emotions, free_port, repo, wait_for_path,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -70,7 +69,10 @@ fn reference_run(windows: u32, active: Option<&str>) -> Vec<Value> {
 }
 
 fn max_prob_diff(a: &Value, b: &Value) -> f64 {
-    let (a, b) = (a["probs"].as_object().unwrap(), b["probs"].as_object().unwrap());
+    let (a, b) = (
+        a["probs"].as_object().unwrap(),
+        b["probs"].as_object().unwrap(),
+    );
     assert_eq!(a.len(), b.len());
     a.iter()
         .map(|(k, v)| (v.as_f64().unwrap() - b[k].as_f64().unwrap()).abs())
@@ -83,8 +85,15 @@ fn max_prob_diff(a: &Value, b: &Value) -> f64 {
 fn check_switched_run(messages: &[Value], seq: u64, windows: u32) {
     let events = emotions(messages);
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (0..u64::from(windows)).collect::<Vec<_>>(), "gap or repeat");
-    assert!(seq > 0 && seq < u64::from(windows), "not mid-run: seq {seq}");
+    assert_eq!(
+        seqs,
+        (0..u64::from(windows)).collect::<Vec<_>>(),
+        "gap or repeat"
+    );
+    assert!(
+        seq > 0 && seq < u64::from(windows),
+        "not mid-run: seq {seq}"
+    );
     let base = reference_run(windows, None);
     let excited = reference_run(windows, Some("excited"));
     let (base, excited) = (emotions(&base), emotions(&excited));
@@ -97,7 +106,10 @@ fn check_switched_run(messages: &[Value], seq: u64, windows: u32) {
         };
         assert_eq!(e["adapter"], adapter, "event {i}");
         let d = max_prob_diff(e, want);
-        assert!(d <= 1e-5, "event {i}: probs differ by {d} from the reference run");
+        assert!(
+            d <= 1e-5,
+            "event {i}: probs differ by {d} from the reference run"
+        );
         differs = differs.max(max_prob_diff(base[i], excited[i]));
     }
     // Otherwise the comparison above could not tell the adapters apart.
@@ -155,7 +167,10 @@ fn http(port: u16, request: &str) -> (String, String) {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
 }
 
 fn post(port: u16, extra_headers: &str, body: &str) -> (String, String) {
@@ -274,7 +289,9 @@ fn latest_switch_wins_and_bad_requests_get_errors_without_blocking_others() {
         let endpoint = endpoint.clone();
         std::thread::spawn(move || send(&endpoint, Command::Adapter(Some("calm".into()))))
     };
-    wait_status(&endpoint, "calm pending", |s| s["switch_pending"]["to"] == "calm");
+    wait_status(&endpoint, "calm pending", |s| {
+        s["switch_pending"]["to"] == "calm"
+    });
     let second = send(&endpoint, Command::Adapter(Some("excited".into())));
     let first = first.join().unwrap();
     assert_eq!(first["ok"], false, "{first}");
@@ -311,7 +328,11 @@ fn latest_switch_wins_and_bad_requests_get_errors_without_blocking_others() {
     let mut conn = UnixStream::connect(&socket).unwrap();
     conn.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut replies = BufReader::new(conn.try_clone().unwrap()).lines();
-    for bad in ["not json", r#"{"cmd":"adapter","active":"calm","dir":"/tmp"}"#, "[]"] {
+    for bad in [
+        "not json",
+        r#"{"cmd":"adapter","active":"calm","dir":"/tmp"}"#,
+        "[]",
+    ] {
         writeln!(conn, "{bad}").unwrap();
         let reply: Value = serde_json::from_str(&replies.next().unwrap().unwrap()).unwrap();
         assert_eq!(reply["ok"], false, "{bad}: {reply}");
@@ -328,7 +349,10 @@ fn latest_switch_wins_and_bad_requests_get_errors_without_blocking_others() {
     let mut reply = String::new();
     BufReader::new(&conn).read_line(&mut reply).unwrap();
     let reply: Value = serde_json::from_str(&reply).unwrap();
-    assert!(reply["error"].as_str().unwrap().contains("65536"), "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("65536"),
+        "{reply}"
+    );
 
     // And `emogate ctl` is the same client.
     let out = emogate()
@@ -337,7 +361,11 @@ fn latest_switch_wins_and_bad_requests_get_errors_without_blocking_others() {
         .args(["adapter", "calm"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reply["active"], "calm");
     let out = emogate()
@@ -376,7 +404,10 @@ fn reload_adds_and_drops_adapters_and_a_broken_file_changes_nothing() {
     let run = live_run(&socket, &["--config", config.to_str().unwrap()]);
     let endpoint = Endpoint::Unix(socket.clone());
     let reply = send(&endpoint, Command::Adapter(Some("excited".into())));
-    assert!(reply["error"].as_str().unwrap().contains("loaded: calm"), "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("loaded: calm"),
+        "{reply}"
+    );
 
     // The file gains an adapter (and a setting that needs a restart).
     write_config(&config, &[calm, excited], "hop_ms = 50");
@@ -391,8 +422,17 @@ fn reload_adds_and_drops_adapters_and_a_broken_file_changes_nothing() {
     write_config(&config, &[calm], "");
     let reply = send(&endpoint, Command::Reload);
     assert_eq!(reply["ok"], false, "{reply}");
-    assert!(reply["error"].as_str().unwrap().contains("`excited` is active"), "{reply}");
-    assert_eq!(send(&endpoint, Command::Status)["adapters"], json!(["calm", "excited"]));
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("`excited` is active"),
+        "{reply}"
+    );
+    assert_eq!(
+        send(&endpoint, Command::Status)["adapters"],
+        json!(["calm", "excited"])
+    );
 
     // SIGHUP: back to the base model, then drop `excited`.
     assert_eq!(send(&endpoint, Command::Adapter(None))["ok"], true);
@@ -405,7 +445,10 @@ fn reload_adds_and_drops_adapters_and_a_broken_file_changes_nothing() {
     std::fs::write(&config, "hop_ms = [oops\n").unwrap();
     let reply = send(&endpoint, Command::Reload);
     assert_eq!(reply["ok"], false, "{reply}");
-    assert!(reply["error"].as_str().unwrap().contains("config.toml"), "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("config.toml"),
+        "{reply}"
+    );
     run.signal(libc::SIGHUP);
     wait_status(&endpoint, "the failed SIGHUP reload", |s| {
         s["last_reload"]["ok"] == false

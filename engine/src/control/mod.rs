@@ -240,7 +240,10 @@ mod tests {
             ok(r#"{"cmd":"adapter","active":"calm"}"#),
             Command::Adapter(Some("calm".into()))
         );
-        assert_eq!(ok(r#"{"cmd":"adapter","active":null}"#), Command::Adapter(None));
+        assert_eq!(
+            ok(r#"{"cmd":"adapter","active":null}"#),
+            Command::Adapter(None)
+        );
         assert_eq!(ok(r#" {"cmd":"status"} "#), Command::Status);
         assert_eq!(ok(r#"{"cmd":"reload"}"#), Command::Reload);
         assert!(err("").contains("expected one JSON object"));
@@ -255,7 +258,10 @@ mod tests {
             err(r#"{"cmd":"adapter","active":"a","dir":"/tmp/a"}"#)
                 .contains("`dir` is not a field")
         );
-        let big = format!(r#"{{"cmd":"status","pad":"{}"}}"#, "x".repeat(MAX_REQUEST_BYTES));
+        let big = format!(
+            r#"{{"cmd":"status","pad":"{}"}}"#,
+            "x".repeat(MAX_REQUEST_BYTES)
+        );
         assert!(err(&big).contains("at most 65536"));
         for c in [
             Command::Adapter(Some("x".into())),

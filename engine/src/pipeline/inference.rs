@@ -48,9 +48,14 @@ pub(super) struct Inference {
 
 /// Why a window produced no event.
 enum Failure {
-    Error { stage: Stage, error: String },
+    Error {
+        stage: Stage,
+        error: String,
+    },
     /// The named output held NaN or an infinity.
-    NonFinite { output: String },
+    NonFinite {
+        output: String,
+    },
 }
 
 /// Marks the inference thread as ended however it returns (a panic
@@ -97,8 +102,15 @@ impl Inference {
                 .store(consecutive, Ordering::Relaxed);
             let (stage, error) = match failure {
                 Failure::NonFinite { output } => {
-                    self.status.counters.nonfinite.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(output, consecutive, "non-finite model output: window not published");
+                    self.status
+                        .counters
+                        .nonfinite
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        output,
+                        consecutive,
+                        "non-finite model output: window not published"
+                    );
                     (
                         Stage::Inference,
                         format!("output `{output}` holds NaN or an infinity"),

@@ -399,22 +399,26 @@ impl Pipeline {
             ));
         }
         let events = EventBuilder::new(manifest, config.post)?;
-        let status = Arc::new(PipelineStatus::new(RunInfo {
-            model: model.path().display().to_string(),
-            backend: model.backend_name().to_string(),
-            ep: model.providers(),
-            pacing: match pacing {
-                Pacing::RealTime => "realtime",
-                Pacing::AsFastAsPossible => "fast",
+        let status = Arc::new(PipelineStatus::new(
+            RunInfo {
+                model: model.path().display().to_string(),
+                backend: model.backend_name().to_string(),
+                ep: model.providers(),
+                pacing: match pacing {
+                    Pacing::RealTime => "realtime",
+                    Pacing::AsFastAsPossible => "fast",
+                },
+                hop_ms: config.hop.as_secs_f64() * 1e3,
+                window_s: needs.window_s(),
+                stale_ms: config.stale.as_secs_f64() * 1e3,
+                missing_policy: config.missing.as_str(),
+                labels: manifest.labels.clone(),
+                stall_ms: config.stall_limit().as_secs_f64() * 1e3,
+                max_consecutive_errors: config.max_consecutive_errors,
             },
-            hop_ms: config.hop.as_secs_f64() * 1e3,
-            window_s: needs.window_s(),
-            stale_ms: config.stale.as_secs_f64() * 1e3,
-            missing_policy: config.missing.as_str(),
-            labels: manifest.labels.clone(),
-            stall_ms: config.stall_limit().as_secs_f64() * 1e3,
-            max_consecutive_errors: config.max_consecutive_errors,
-        }, model.active().map(str::to_string), model.adapter_names()));
+            model.active().map(str::to_string),
+            model.adapter_names(),
+        ));
         let switcher = Switcher::new(model.preparer(), model.active().map(str::to_string));
         Ok(Pipeline {
             model,

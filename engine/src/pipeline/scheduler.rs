@@ -190,9 +190,7 @@ impl Scheduler<'_> {
                     // never past a stall or the thread's end (checked at the
                     // top of the loop).
                     handoff.put_wait(window, || {
-                        stop.is_raised()
-                            || self.status.is_stalled()
-                            || self.status.liveness().ended
+                        stop.is_raised() || self.status.is_stalled() || self.status.liveness().ended
                     });
                 }
                 None => {

@@ -358,7 +358,10 @@ impl Switcher {
             switch_ms: ready.request.at.elapsed().as_secs_f64() * 1e3,
         };
         state.active = ready.request.target.clone();
-        state.finish(ready.request.id, SwitchOutcome::Installed(installed.clone()));
+        state.finish(
+            ready.request.id,
+            SwitchOutcome::Installed(installed.clone()),
+        );
         self.shared.changed.notify_all();
         installed
     }
@@ -454,7 +457,10 @@ mod tests {
     fn unknown_names_are_refused_and_closing_fails_what_is_pending() {
         let model = reference();
         let switcher = Switcher::new(model.preparer(), Some("calm".into()));
-        let e = switcher.request(Some("nope".into())).unwrap_err().to_string();
+        let e = switcher
+            .request(Some("nope".into()))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("loaded: calm, excited"), "{e}");
         let pending = switcher.request(None).unwrap();
         switcher.close("stopped");

@@ -60,9 +60,11 @@ pub fn ctl(args: CtlArgs) -> Result<ExitCode> {
         .context("emogate ctl")?;
     println!("{}", serde_json::to_string_pretty(&reply)?);
     // Status replies carry no `ok`: only an explicit `false` is a failure.
-    Ok(if reply.get("ok") == Some(&serde_json::Value::Bool(false)) {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if reply.get("ok") == Some(&serde_json::Value::Bool(false)) {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }

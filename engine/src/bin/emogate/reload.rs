@@ -177,10 +177,7 @@ impl Reloader {
 }
 
 /// The file's adapters with `--adapter` flags applied over them.
-fn effective_adapters(
-    file: &RunConfig,
-    flags: &[(String, PathBuf)],
-) -> BTreeMap<String, PathBuf> {
+fn effective_adapters(file: &RunConfig, flags: &[(String, PathBuf)]) -> BTreeMap<String, PathBuf> {
     let mut adapters = file.adapters.clone();
     for (name, dir) in flags {
         adapters.insert(name.clone(), dir.clone());

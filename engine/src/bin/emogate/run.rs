@@ -159,11 +159,11 @@ fn install_signal_handlers(stop: StopFlag, reload: Option<ReloadHandle>) -> Resu
                             let reload = Arc::clone(reload);
                             // The outcome is logged and kept in /status by
                             // the reloader itself.
-                            let spawned = std::thread::Builder::new()
-                                .name("reload".into())
-                                .spawn(move || {
+                            let spawned = std::thread::Builder::new().name("reload".into()).spawn(
+                                move || {
                                     let _ = reload();
-                                });
+                                },
+                            );
                             if let Err(e) = spawned {
                                 tracing::error!(error = %e, "SIGHUP: cannot start the reload");
                             }
@@ -416,7 +416,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         .iter()
         .map(|o| Ok((o, OutputSpec::parse(o)?)))
         .collect::<Result<Vec<_>>>()?;
-    if http_control.is_some() && !specs.iter().any(|(_, s)| matches!(s, OutputSpec::Http { .. })) {
+    if http_control.is_some()
+        && !specs
+            .iter()
+            .any(|(_, s)| matches!(s, OutputSpec::Http { .. }))
+    {
         bail!("--control http: add an http: output (e.g. --output http:8080) to serve it on");
     }
     let sinks = specs

@@ -176,10 +176,7 @@ enum HeadError {
 /// whole head, not per read, so a client trickling a byte at a time cannot
 /// hold a connection slot for longer. Returns the head and the bytes read
 /// past it (the start of a body).
-fn read_head(
-    stream: &mut TcpStream,
-    timeout: Duration,
-) -> Result<(Vec<u8>, Vec<u8>), HeadError> {
+fn read_head(stream: &mut TcpStream, timeout: Duration) -> Result<(Vec<u8>, Vec<u8>), HeadError> {
     let deadline = Instant::now() + timeout;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
@@ -257,8 +254,7 @@ fn parse_head(head: &[u8]) -> Result<Request, HeadError> {
         match name.trim().to_ascii_lowercase().as_str() {
             "last-event-id" => request.last_event_id = Some(value),
             "content-length" => {
-                request.content_length =
-                    Some(value.parse().map_err(|_| HeadError::Malformed)?);
+                request.content_length = Some(value.parse().map_err(|_| HeadError::Malformed)?);
             }
             "transfer-encoding" => request.chunked = true,
             "content-type" => request.content_type = Some(value),
