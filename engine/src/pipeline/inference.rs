@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use emogate_device::source::ClockHandle;
@@ -175,16 +175,8 @@ impl Inference {
         }));
     }
 
-    /// Hands `message` to the sinks without waiting: the sink thread may
-    /// lag (a slow disk), and a lost message is counted rather than
-    /// stalling the next forward pass.
     fn publish(&self, message: Message) {
-        if let Err(TrySendError::Full(_)) = self.sink_tx.try_send(message) {
-            self.status
-                .counters
-                .sink_dropped
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        super::sinks::offer(&self.sink_tx, &self.status, message);
     }
 
     /// One window: featurize, forward, post-process, publish.

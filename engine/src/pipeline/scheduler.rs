@@ -10,7 +10,7 @@
 //! neither a live run nor a replay waits on it forever.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
 use emogate_device::clock::VirtualClock;
@@ -286,12 +286,7 @@ impl Scheduler<'_> {
     }
 
     fn publish(&self, message: Message) {
-        if let Err(TrySendError::Full(_)) = self.sink_tx.try_send(message) {
-            self.status
-                .counters
-                .sink_dropped
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        super::sinks::offer(self.sink_tx, self.status, message);
     }
 
     fn on_report(&mut self, report: SourceReport) -> Result<(), PipelineError> {

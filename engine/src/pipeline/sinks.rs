@@ -3,13 +3,24 @@
 //! so a slow disk or network costs messages, counted, and never
 //! scheduler or inference time.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use emogate_media::StopFlag;
 
+use super::PipelineStatus;
 use crate::event::Message;
 use crate::sink::Sink;
+
+/// Hands `message` to the sink thread without waiting: the sink thread may
+/// lag (a slow disk), and a lost message is counted in `sink_dropped`
+/// rather than stalling the scheduler or the next forward pass.
+pub(super) fn offer(tx: &SyncSender<Message>, status: &PipelineStatus, message: Message) {
+    if let Err(TrySendError::Full(_)) = tx.try_send(message) {
+        status.counters.sink_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// Delivers messages to every sink; flushes every second and at the end.
 /// Ends when every sender is gone, or when `finish` is raised (then what is
