@@ -391,3 +391,63 @@ fn systemd_analyze_verify_passes_the_unit_and_fails_broken_ones() {
         }
     }
 }
+
+/// The real binary under a pretend systemd: `READY=1` after the first
+/// window, `WATCHDOG=1` while windows are served, a status line with the
+/// counts, and `STOPPING=1` on SIGTERM.
+#[test]
+fn emogate_run_speaks_the_protocol() {
+    let _env = env_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let rx = UnixDatagram::bind(&path).unwrap();
+    let root = repo();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_emogate"))
+        .current_dir(&root)
+        .env_remove("ORT_DYLIB_PATH")
+        .env_remove("WATCHDOG_PID")
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "400000")
+        .args([
+            "run",
+            "--model",
+            "models/reference/emogate-ref.onnx",
+            "--video",
+            "tests/fixtures/sample/face.y4m",
+            "--audio",
+            "tests/fixtures/sample/voice.wav",
+            "--pace",
+            "realtime",
+            "--loop",
+            "--hop-ms",
+            "100",
+            "--output",
+            "jsonl:/dev/null",
+        ])
+        .spawn()
+        .unwrap();
+    let (ready, before) = wait_for(&rx, "READY=1", Duration::from_secs(30));
+    assert!(
+        before.iter().all(|d| !has(d, "WATCHDOG=1")),
+        "no ping before READY: {before:?}"
+    );
+    // Pings every half WATCHDOG_USEC while windows are served.
+    let got = collect(&rx, Duration::from_millis(1500));
+    let pings = got.iter().filter(|(_, d)| has(d, "WATCHDOG=1")).count();
+    assert!(pings >= 3, "{pings} pings in 1.5 s: {got:?}");
+    let status = std::iter::once(ready.as_str())
+        .chain(got.iter().map(|(_, d)| d.as_str()))
+        .flat_map(str::lines)
+        .filter(|l| l.starts_with("STATUS="))
+        .last()
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(
+        status.contains("events") && status.contains("adapter base"),
+        "{status}"
+    );
+    // SAFETY: plain kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    wait_for(&rx, "STOPPING=1", Duration::from_secs(10));
+    assert!(child.wait().unwrap().success());
+}
