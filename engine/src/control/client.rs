@@ -24,7 +24,8 @@ pub enum Endpoint {
 /// Errors of one request, naming the endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("{endpoint}: {source}")]
+    /// The I/O error is the source (printed after this in an error chain).
+    #[error("{endpoint}")]
     Io {
         endpoint: String,
         #[source]
