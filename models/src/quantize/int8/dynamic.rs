@@ -53,22 +53,111 @@ pub(crate) fn quantize_dynamic(
     }
     let mut names = NameAllocator::new(graph);
     let mut rewrites = Rewrites::default();
-    for c in chosen {
+    let mut dequantized = Vec::new();
+    for &c in &chosen {
+        // `found` lists the readers of every candidate it made; a tied
+        // weight has readers of both kinds, and all of them read the one
+        // quantized form made for the first (see `find_weights`).
+        let gathers = readers(&found.gathers, &c.weight);
+        let matmuls = readers(&found.matmuls, &c.weight);
+        // Readers the form does not rewrite (the Transpose or Gemm of a
+        // tied LM head, a graph output), looked up before any rewrite.
+        let others = other_readers(graph, &c.weight, gathers, matmuls);
         let (dims, values) = take_weight(model, graph, &c.weight)?;
-        // `found` lists the readers of every candidate it made.
-        if c.op == "Gather" {
-            let q = quantize_table(graph, &mut names, c, dims, &values, report);
-            for &g in &found.gathers[&c.weight] {
-                rewrites.gathers.insert(g, q.clone());
-            }
+        let q = if c.op == "Gather" {
+            quantize_table(graph, &mut names, c, dims, &values, report)
         } else {
-            let q = quantize_matmul_weight(graph, &mut names, c, dims, &values, options, report);
-            for &m in &found.matmuls[&c.weight] {
-                rewrites.matmuls.insert(m, q.clone());
-            }
+            // A Gather's or other reader's DequantizeLinear takes one scale
+            // for the tensor (opset 11 has no `axis`), so a weight they read
+            // stays per tensor.
+            let per_channel = options.per_channel && gathers.is_empty() && others.is_empty();
+            quantize_matmul_weight(graph, &mut names, c, dims, &values, per_channel, report)
+        };
+        if !gathers.is_empty() && !matmuls.is_empty() {
+            let downgraded = options.per_channel && c.op != "Gather";
+            note(
+                report,
+                &format!(
+                    "shared by {} Gather and {} MatMul node(s): all read this one quantized form, as quantize_dynamic shares it{}",
+                    gathers.len(),
+                    matmuls.len(),
+                    if downgraded {
+                        " (per tensor despite --per-channel: the Gather's DequantizeLinear takes one scale)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+        if !others.is_empty() {
+            note(
+                report,
+                &format!(
+                    "also read by {}: a DequantizeLinear of the quantized form now produces `{}` for {}, as quantize_dynamic dequantizes an initializer it quantized for readers it does not quantize",
+                    others.join(", "),
+                    c.weight,
+                    if others.len() == 1 { "it" } else { "them" }
+                ),
+            );
+            dequantized.push((c.weight.clone(), q.clone()));
+        }
+        for &g in gathers {
+            rewrites.gathers.insert(g, q.clone());
+        }
+        for &m in matmuls {
+            rewrites.matmuls.insert(m, q.clone());
         }
     }
-    rewrite_nodes(model, graph, &rewrites, &mut names)
+    rewrite_nodes(model, graph, &rewrites, &mut names)?;
+    // The DequantizeLinear nodes read initializers only: placed first, they
+    // keep the node list in topological order. Their output keeps the
+    // weight's name, so its other readers are left as they are.
+    let mut nodes: Vec<NodeProto> = dequantized
+        .iter()
+        .map(|(weight, q)| {
+            build::node(
+                &names.fresh(&format!("{weight}_DequantizeLinear")),
+                "DequantizeLinear",
+                &[&q.values, &q.scale, &q.zero_point],
+                &[weight],
+            )
+        })
+        .collect();
+    nodes.append(&mut graph.node);
+    graph.node = nodes;
+    Ok(())
+}
+
+/// The nodes (as "Op `name`") reading `weight` other than the Gather and
+/// MatMul nodes the form rewrites, and `a graph output` when the graph
+/// returns `weight` itself.
+fn other_readers(
+    graph: &GraphProto,
+    weight: &str,
+    gathers: &[usize],
+    matmuls: &[usize],
+) -> Vec<String> {
+    let mut others: Vec<String> = graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| {
+            !gathers.contains(i) && !matmuls.contains(i) && n.input.iter().any(|x| x == weight)
+        })
+        .map(|(_, n)| format!("{} `{}`", n.op_type(), n.name()))
+        .collect();
+    if graph.output.iter().any(|o| o.name() == weight) {
+        others.push("a graph output".into());
+    }
+    others
+}
+
+/// Appends `text` to the report entry of the weight quantized last.
+fn note(report: &mut QuantizeReport, text: &str) {
+    if let Some(t) = report.tensors.last_mut() {
+        t.to.push_str("; ");
+        t.to.push_str(text);
+    }
 }
 
 /// What the dynamic form can quantize, and the nodes reading each weight.
@@ -78,6 +167,11 @@ struct Found {
     matmuls: HashMap<String, Vec<usize>>,
     /// Embedding table → the Gather nodes reading it.
     gathers: HashMap<String, Vec<usize>>,
+}
+
+/// The nodes in `kind` (`Found::matmuls` or `Found::gathers`) reading `weight`.
+fn readers<'f>(kind: &'f HashMap<String, Vec<usize>>, weight: &str) -> &'f [usize] {
+    kind.get(weight).map_or(&[], Vec::as_slice)
 }
 
 /// The quantized initializers each rewritten node reads, by node index.
@@ -145,12 +239,42 @@ fn find_weights(
         if node.op_type() != "Gather" || !float_table {
             continue;
         }
-        if !found.gathers.contains_key(table) && !found.matmuls.contains_key(table) {
-            found.candidates.push(Candidate::read_by(node, table, 0));
+        if !found.gathers.contains_key(table) {
+            if found.matmuls.contains_key(table) {
+                tie(&mut found, node, table, i);
+            } else {
+                found.candidates.push(Candidate::read_by(node, table, 0));
+            }
         }
         found.gathers.entry(table.clone()).or_default().push(i);
     }
     found
+}
+
+/// A table read by a `Gather` (node `gather`, index `i`, its first Gather)
+/// and by plain MatMuls: a tied embedding / LM head. `quantize_dynamic`
+/// quantizes an initializer once, for its first reader in node order
+/// (uint8 asymmetric for a Gather, int8 symmetric for a MatMul), and every
+/// later reader reads that form; the candidate takes that reader's op. It
+/// keeps its place in the list (names are drawn in candidate order, so
+/// other weights' names do not move) and is known by both readers' module
+/// paths, so `--modules`/`--exclude-modules` naming either one select or
+/// leave the shared tensor.
+fn tie(found: &mut Found, gather: &NodeProto, table: &str, i: usize) {
+    let first_matmul = found.matmuls[table].iter().copied().min();
+    let Some(c) = found.candidates.iter_mut().find(|c| c.weight == table) else {
+        return;
+    };
+    let g = Candidate::read_by(gather, table, 0);
+    for p in g.paths {
+        if !c.paths.contains(&p) {
+            c.paths.push(p);
+        }
+    }
+    if first_matmul.is_none_or(|m| i < m) {
+        c.op = g.op;
+        c.axis = g.axis;
+    }
 }
 
 /// Replaces a MatMul weight with its symmetric int8 form (per tensor, or
@@ -161,11 +285,11 @@ fn quantize_matmul_weight(
     c: &Candidate,
     dims: Vec<i64>,
     values: &[f32],
-    options: &Int8Options,
+    per_channel: bool,
     report: &mut QuantizeReport,
 ) -> Quantized {
     let weight = &c.weight;
-    let axis = options.per_channel.then_some(1);
+    let axis = per_channel.then_some(1);
     let (q, scales) = quantize_symmetric(values, &dims, axis);
     let quantized = Quantized {
         values: names.fresh(&format!("{weight}_quantized")),
@@ -173,7 +297,7 @@ fn quantize_matmul_weight(
         zero_point: names.fresh(&format!("{weight}_zero_point")),
     };
     // One scale is a scalar, as quantize_dynamic writes it.
-    let sdims: Vec<i64> = if options.per_channel {
+    let sdims: Vec<i64> = if per_channel {
         vec![scales.len() as i64]
     } else {
         vec![]
@@ -197,7 +321,7 @@ fn quantize_matmul_weight(
         from: "float32".into(),
         to: format!(
             "int8 (MatMulInteger, {}, symmetric)",
-            if options.per_channel {
+            if per_channel {
                 "per-channel"
             } else {
                 "per-tensor"
