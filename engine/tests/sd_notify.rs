@@ -438,8 +438,7 @@ fn emogate_run_speaks_the_protocol() {
     let status = std::iter::once(ready.as_str())
         .chain(got.iter().map(|(_, d)| d.as_str()))
         .flat_map(str::lines)
-        .filter(|l| l.starts_with("STATUS="))
-        .last()
+        .rfind(|l| l.starts_with("STATUS="))
         .map(str::to_string)
         .unwrap_or_default();
     assert!(

@@ -277,6 +277,23 @@ impl AffectModel {
     }
 }
 
+/// What [`Preparer::prepare`] does once it has looked the adapter up: merge
+/// `adapter` into `onnx` in memory (none: the base model) and load the
+/// result on `runtime`. Public for benchmarks of models that carry no
+/// manifest (`engine/benches/adapter_switch.rs`), so that they time this very code.
+///
+/// # Errors
+/// Merge errors ([`AffectError::Model`]), backend errors.
+pub fn prepare_backend(
+    runtime: &dyn Runtime,
+    onnx: &OnnxModel,
+    adapter: Option<&Adapter>,
+    inputs: &[InputFact],
+) -> Result<Box<dyn Backend>, AffectError> {
+    let merged = adapter.map(|a| MergePlan::new(onnx, a)).transpose()?;
+    Ok(runtime.load(onnx, merged.as_ref(), inputs)?)
+}
+
 /// An adapter loaded and checked against the model by
 /// [`Preparer::load_adapter`], not yet available for switching.
 pub struct LoadedAdapter(Arc<Adapter>);
@@ -375,13 +392,13 @@ impl Blueprint {
     }
 
     fn prepare(&self, adapter: Option<&str>) -> Result<Box<dyn Backend>, AffectError> {
-        let inputs = self.input_facts();
         let adapter = adapter.map(|name| self.adapter(name)).transpose()?;
-        let merged = adapter
-            .as_deref()
-            .map(|a| MergePlan::new(&self.onnx, a))
-            .transpose()?;
-        Ok(self.runtime.load(&self.onnx, merged.as_ref(), &inputs)?)
+        prepare_backend(
+            self.runtime.as_ref(),
+            &self.onnx,
+            adapter.as_deref(),
+            &self.input_facts(),
+        )
     }
 
     /// Input shapes in graph order, from the manifest.
