@@ -167,11 +167,27 @@ pub struct PipelineConfig {
     pub max_consecutive_errors: u32,
 }
 
+/// The first window's stall limit when none is set: a first forward pass
+/// can be far slower than the rest (lazy initialization, a TensorRT engine
+/// built on first use, an emulated CPU), and is no sign of a hang.
+pub const FIRST_WINDOW_STALL: Duration = Duration::from_secs(60);
+
 impl PipelineConfig {
-    /// The stall limit in force: as set, or ten hops and at least 2 s.
+    /// The stall limit in force once a window has finished: as set, or ten
+    /// hops and at least 2 s.
     pub fn stall_limit(&self) -> Duration {
         self.stall
             .unwrap_or_else(|| (self.hop * 10).max(Duration::from_secs(2)))
+    }
+
+    /// The stall limit for the next window after `windows_done` finished
+    /// ones: [`PipelineConfig::stall_limit`], except that the first window
+    /// gets at least [`FIRST_WINDOW_STALL`] unless a limit was set.
+    pub fn stall_limit_for(&self, windows_done: u64) -> Duration {
+        match self.stall {
+            None if windows_done == 0 => self.stall_limit().max(FIRST_WINDOW_STALL),
+            _ => self.stall_limit(),
+        }
     }
 }
 
@@ -310,9 +326,10 @@ fn wait_for_inference<T>(
     status: &PipelineStatus,
     config: &PipelineConfig,
 ) -> Result<(), PipelineError> {
-    let limit = config.stall_limit();
     while !inference.is_finished() {
-        if let Some(busy) = status.liveness().busy_for.filter(|b| *b > limit) {
+        let live = status.liveness();
+        let limit = config.stall_limit_for(live.windows_done);
+        if let Some(busy) = live.busy_for.filter(|b| *b > limit) {
             return Err(PipelineError::Stalled {
                 busy_ms: busy.as_secs_f64() * 1e3,
                 limit_ms: limit.as_secs_f64() * 1e3,
@@ -414,6 +431,7 @@ impl Pipeline {
                 missing_policy: config.missing.as_str(),
                 labels: manifest.labels.clone(),
                 stall_ms: config.stall_limit().as_secs_f64() * 1e3,
+                first_window_stall_ms: config.stall_limit_for(0).as_secs_f64() * 1e3,
                 max_consecutive_errors: config.max_consecutive_errors,
             },
             model.active().map(str::to_string),
@@ -627,5 +645,26 @@ impl Pipeline {
             events: status.counters.events.load(Ordering::Relaxed),
             sink_dropped: status.counters.sink_dropped.load(Ordering::Relaxed),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_window_gets_a_warm_up_allowance_unless_a_limit_is_set() {
+        let mut config = PipelineConfig {
+            hop: Duration::from_millis(100),
+            ..PipelineConfig::default()
+        };
+        assert_eq!(config.stall_limit(), Duration::from_secs(2));
+        assert_eq!(config.stall_limit_for(0), FIRST_WINDOW_STALL);
+        assert_eq!(config.stall_limit_for(1), Duration::from_secs(2));
+        config.hop = Duration::from_millis(500);
+        assert_eq!(config.stall_limit_for(3), Duration::from_secs(5));
+        config.stall = Some(Duration::from_millis(1500));
+        assert_eq!(config.stall_limit_for(0), Duration::from_millis(1500));
+        assert_eq!(config.stall_limit_for(9), Duration::from_millis(1500));
     }
 }

@@ -210,7 +210,7 @@ impl Scheduler<'_> {
     /// longer than the stall limit.
     fn inference_gone(&self) -> Result<bool, PipelineError> {
         let live = self.status.liveness();
-        let limit = self.config.stall_limit();
+        let limit = self.config.stall_limit_for(live.windows_done);
         if let Some(busy) = live.busy_for.filter(|b| *b > limit) {
             return Err(PipelineError::Stalled {
                 busy_ms: busy.as_secs_f64() * 1e3,

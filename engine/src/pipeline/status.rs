@@ -73,6 +73,8 @@ pub struct RunInfo {
     pub labels: Vec<String>,
     /// Inference busy on one window for longer than this is a stall.
     pub stall_ms: f64,
+    /// The same for the first window (see `FIRST_WINDOW_STALL`).
+    pub first_window_stall_ms: f64,
     /// Failing windows in a row that stop the run.
     pub max_consecutive_errors: u32,
 }
@@ -202,10 +204,16 @@ impl PipelineStatus {
     }
 
     /// The inference thread has been on one window for longer than the
-    /// run's stall limit.
+    /// run's stall limit (the first window's, before one has finished).
     pub fn is_stalled(&self) -> bool {
-        let limit = Duration::from_secs_f64(self.info.stall_ms / 1e3);
-        self.liveness().busy_for.is_some_and(|b| b > limit)
+        let live = self.liveness();
+        let ms = if live.windows_done == 0 {
+            self.info.first_window_stall_ms
+        } else {
+            self.info.stall_ms
+        };
+        let limit = Duration::from_secs_f64(ms / 1e3);
+        live.busy_for.is_some_and(|b| b > limit)
     }
 
     /// The active adapter (`None`: the base model).

@@ -115,7 +115,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub max_consecutive_errors: Option<u32>,
     /// Inference busy on one window for longer than this many ms is a
-    /// stall: report it and exit with status 4 [default: 10 hops, at least 2000].
+    /// stall: report it and exit with status 4 [default: 10 hops, at least
+    /// 2000; the first window, which warms the model up, 60000].
     #[arg(long)]
     pub stall_ms: Option<f64>,
     /// Adds this many ms to every forward pass (to rehearse a slower board).
