@@ -22,12 +22,17 @@ fn command() -> Command {
 }
 
 fn emogate(args: &[&str]) -> Output {
-    command()
-        .current_dir(repo())
-        .env_remove("ORT_DYLIB_PATH")
-        .args(args)
-        .output()
-        .expect("emogate runs")
+    let mut cmd = command();
+    cmd.current_dir(repo()).env_remove("ORT_DYLIB_PATH");
+    match args.split_first() {
+        // Emulated, a window takes seconds (the default stall limit is 2 s
+        // at a 250 ms hop): the stall check is for boards, not for qemu.
+        Some((&"run", rest)) if runner::emulated() => {
+            cmd.args(["run", "--stall-ms", "600000"]).args(rest)
+        }
+        _ => cmd.args(args),
+    };
+    cmd.output().expect("emogate runs")
 }
 
 /// The emotion events of a run (source notices left out).

@@ -23,3 +23,9 @@ pub fn command(bin: &str) -> Command {
         None => Command::new(bin),
     }
 }
+
+/// Whether binaries run under emulation (`EMOGATE_TEST_RUNNER` is set).
+#[allow(dead_code)] // not every test file that includes this module asks
+pub fn emulated() -> bool {
+    std::env::var("EMOGATE_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty())
+}
