@@ -30,7 +30,8 @@ const POLL: Duration = Duration::from_millis(50);
 /// Errors opening the control socket, naming its path.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlSocketError {
-    #[error("--control unix:{}: {source}", path.display())]
+    /// The I/O error is the source (printed after this in an error chain).
+    #[error("--control unix:{}", path.display())]
     Io {
         path: PathBuf,
         #[source]
