@@ -375,3 +375,41 @@ fn out_of_range_durations_are_named_not_panics() {
         "{err}"
     );
 }
+
+/// `--ort-lib` with an adapter active and no `ORT_DYLIB_PATH`: the merged
+/// weights are made into ONNX Runtime values only after the library given
+/// by the flag is loaded (ort would otherwise look for `libonnxruntime.so`
+/// by its default name and panic: seen on the aarch64 tarball check).
+#[cfg(feature = "ort")]
+#[test]
+fn ort_lib_flag_with_an_active_adapter() {
+    let Some(lib) = std::env::var_os("ORT_DYLIB_PATH") else {
+        eprintln!("skipped: ORT_DYLIB_PATH is not set (CI sets it on x86)");
+        return;
+    };
+    let mut args = vec![
+        "run".to_string(),
+        "--model".into(),
+        MODEL.into(),
+        "--video".into(),
+        "tests/fixtures/sample/face.y4m".into(),
+        "--audio".into(),
+        "tests/fixtures/sample/voice.wav".into(),
+        "--adapter".into(),
+        "calm=models/reference/adapters/calm".into(),
+        "--active".into(),
+        "calm".into(),
+        "--backend".into(),
+        "ort".into(),
+        "--ort-lib".into(),
+    ];
+    args.push(lib.to_string_lossy().into_owned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let events = events(&emogate(&args));
+    assert_eq!(events.len(), 5);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["adapter"] == "calm" && e["backend"] == "ort")
+    );
+}

@@ -189,6 +189,10 @@ impl Runtime for OrtRuntime {
                 &self.options,
             )?));
         };
+        // Before any ONNX Runtime value is made below: making one loads the
+        // library, and without this ort would look for it under its
+        // default name (ignoring --ort-lib) and panic when absent.
+        load_library(&self.options)?;
         let mut updates = Vec::new();
         for item in plan.updates() {
             updates.extend(item.map_err(|e| merge_error(model, e))?.0);
