@@ -43,5 +43,6 @@ pub mod merge;
 pub mod onnx;
 pub mod peft;
 pub mod quantize;
+pub mod surgery;
 
 pub use error::{Error, Result};

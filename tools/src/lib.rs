@@ -32,6 +32,8 @@ pub mod calibrate;
 pub mod cli;
 pub mod convert;
 pub mod error;
+pub mod eval;
+pub mod graft;
 pub mod npz;
 pub mod rng;
 pub mod synth;

@@ -178,6 +178,81 @@ pub fn read_npz(path: &Path) -> Result<Vec<NpyArray>> {
     })
 }
 
+/// Writes arrays as an uncompressed `.npz` (a zip of `.npy` v1.0 files,
+/// stored, as `numpy.savez` writes them), through a temp file and a rename.
+///
+/// # Errors
+/// [`Error::Io`] naming the file; [`Error::Usage`] for an archive of 4 GiB
+/// or more (this writer does not write zip64).
+pub fn write_npz(path: &Path, arrays: &[NpyArray]) -> Result<()> {
+    let mut out: Vec<u8> = Vec::new();
+    let mut central: Vec<u8> = Vec::new();
+    let too_big = || Error::usage(format!("{}: the arrays need 4 GiB or more; write fewer samples per file", path.display()));
+    for a in arrays {
+        let (descr, data): (&str, Vec<u8>) = match &a.data {
+            NpyData::F32(v) => ("<f4", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            NpyData::I64(v) => ("<i8", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        };
+        let shape = match a.shape.len() {
+            1 => format!("({},)", a.shape[0]),
+            _ => format!("({})", a.shape.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+        };
+        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        // Magic (6) + version (2) + length (2) + header, padded to 64 bytes, ending in \n.
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut npy = Vec::with_capacity(10 + header.len() + data.len());
+        npy.extend_from_slice(NPY_MAGIC);
+        npy.extend_from_slice(&[1, 0]);
+        npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        npy.extend_from_slice(header.as_bytes());
+        npy.extend_from_slice(&data);
+        let mut crc = flate2::Crc::new();
+        crc.update(&npy);
+        let name = format!("{}.npy", a.name);
+        let size = u32::try_from(npy.len()).map_err(|_| too_big())?;
+        let offset = u32::try_from(out.len()).map_err(|_| too_big())?;
+        let common = |b: &mut Vec<u8>| {
+            b.extend_from_slice(&20u16.to_le_bytes()); // version needed
+            b.extend_from_slice(&0u16.to_le_bytes()); // flags
+            b.extend_from_slice(&METHOD_STORED.to_le_bytes());
+            b.extend_from_slice(&0u16.to_le_bytes()); // time
+            b.extend_from_slice(&0x21u16.to_le_bytes()); // date: 1980-01-01
+            b.extend_from_slice(&crc.sum().to_le_bytes());
+            b.extend_from_slice(&size.to_le_bytes());
+            b.extend_from_slice(&size.to_le_bytes());
+            b.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            b.extend_from_slice(&0u16.to_le_bytes()); // extra length
+        };
+        out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        common(&mut out);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&npy);
+        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+        central.extend_from_slice(&20u16.to_le_bytes()); // version made by
+        common(&mut central);
+        central.extend_from_slice(&[0; 6]); // comment length, disk, internal attrs
+        central.extend_from_slice(&0u32.to_le_bytes()); // external attrs
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(name.as_bytes());
+    }
+    let dir_offset = u32::try_from(out.len()).map_err(|_| too_big())?;
+    let dir_len = central.len() as u32;
+    out.extend_from_slice(&central);
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    let n = arrays.len() as u16;
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&dir_len.to_le_bytes());
+    out.extend_from_slice(&dir_offset.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    u32::try_from(out.len()).map_err(|_| too_big())?;
+    crate::atomic::write_bytes(path, &out)
+}
+
 /// Where the central directory is, and how many entries it claims.
 struct Directory {
     offset: usize,
@@ -754,6 +829,18 @@ mod tests {
 
     fn err(b: &[u8]) -> String {
         parse_npz(b).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn written_npz_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.npz");
+        let arrays = vec![
+            NpyArray { name: "face".into(), shape: vec![2, 3], data: NpyData::F32(vec![0.5, -1.0, 2.0, 3.0, 4.0, 5.0]) },
+            NpyArray { name: "labels".into(), shape: vec![2], data: NpyData::I64(vec![3, -7]) },
+        ];
+        write_npz(&p, &arrays).unwrap();
+        assert_eq!(read_npz(&p).unwrap(), arrays);
     }
 
     #[test]

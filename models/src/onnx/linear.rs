@@ -176,31 +176,7 @@ impl LinearIndex {
 
     /// Resolves an adapter module path to one site.
     pub fn resolve(&self, module: &str) -> Resolution {
-        let wanted: Vec<&str> = module.split('.').collect();
-        let required = required_suffix(&wanted);
-        let mut best = 0;
-        let mut hits: Vec<usize> = Vec::new();
-        for (i, site) in self.sites.iter().enumerate() {
-            let score = site
-                .paths
-                .iter()
-                .map(|p| common_suffix(&wanted, &p.split('.').collect::<Vec<_>>()))
-                .max()
-                .unwrap_or(0);
-            if score < required || score < best {
-                continue;
-            }
-            if score > best {
-                best = score;
-                hits.clear();
-            }
-            hits.push(i);
-        }
-        match hits.len() {
-            0 => Resolution::Unmatched,
-            1 => Resolution::Found(hits[0]),
-            _ => Resolution::Ambiguous(hits),
-        }
+        resolve_among(self.sites.iter().map(|s| &s.paths), module)
     }
 
     /// A human-readable name for a site, for messages and reports.
@@ -216,7 +192,44 @@ impl LinearIndex {
     }
 }
 
-fn flip(layout: Layout) -> Layout {
+/// The one module-path resolver: which of `candidates` (each a set of the
+/// module paths it is known by) `module` names. The candidate sharing the
+/// longest dotted suffix with `module` wins, as long as that suffix reaches
+/// back to the module's last index ([`required_suffix`]); several candidates
+/// with the same best score are ambiguous. Merge, transfer, ablate and
+/// analyze all resolve modules through here, so they agree on what a path
+/// means whatever exporter wrote the graph.
+pub fn resolve_among<'a>(
+    candidates: impl IntoIterator<Item = &'a BTreeSet<String>>,
+    module: &str,
+) -> Resolution {
+    let wanted: Vec<&str> = module.split('.').collect();
+    let required = required_suffix(&wanted);
+    let mut best = 0;
+    let mut hits: Vec<usize> = Vec::new();
+    for (i, paths) in candidates.into_iter().enumerate() {
+        let score = paths
+            .iter()
+            .map(|p| common_suffix(&wanted, &p.split('.').collect::<Vec<_>>()))
+            .max()
+            .unwrap_or(0);
+        if score < required || score < best {
+            continue;
+        }
+        if score > best {
+            best = score;
+            hits.clear();
+        }
+        hits.push(i);
+    }
+    match hits.len() {
+        0 => Resolution::Unmatched,
+        1 => Resolution::Found(hits[0]),
+        _ => Resolution::Ambiguous(hits),
+    }
+}
+
+pub(crate) fn flip(layout: Layout) -> Layout {
     match layout {
         Layout::InOut => Layout::OutIn,
         Layout::OutIn => Layout::InOut,

@@ -432,7 +432,15 @@ fn samples_of(path: &Path, a: &NpyArray, d: &InputDesc) -> Result<usize> {
 /// [`Error::Field`] naming the array for a missing input, a wrong type or
 /// shape, or sample counts that disagree.
 pub fn npz_inputs(path: &Path, descs: &[InputDesc]) -> Result<Vec<Vec<Tensor>>> {
-    let arrays = read_npz(path)?;
+    npz_sets(path, &read_npz(path)?, descs)
+}
+
+/// [`npz_inputs`] on arrays already read from `path` (other arrays, such
+/// as `eval`'s labels, are left alone).
+///
+/// # Errors
+/// As [`npz_inputs`].
+pub fn npz_sets(path: &Path, arrays: &[NpyArray], descs: &[InputDesc]) -> Result<Vec<Vec<Tensor>>> {
     let mut n: Option<usize> = None;
     let mut per_input = Vec::new();
     for d in descs {
