@@ -37,6 +37,7 @@
 //! holds only the tensors of the modules in flight; quantization rewrites
 //! most weights, so it reads them all into memory first.
 
+pub mod checkpoint;
 pub mod error;
 pub mod manifest;
 pub mod merge;

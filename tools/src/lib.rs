@@ -27,6 +27,7 @@
 //! The benchmark harnesses (`emogate-bench-merge`, `emogate-bench-quantize`)
 //! are binaries over the same library.
 
+pub mod analyze;
 pub mod atomic;
 pub mod calibrate;
 pub mod cli;

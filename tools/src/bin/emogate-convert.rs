@@ -8,7 +8,7 @@ use emogate_models::merge::MergeReport;
 use emogate_models::quantize::int8::ScaleMethod;
 use emogate_models::quantize::{QuantizeReport, Selection};
 use emogate_tools::convert::{self, MergeJob, QuantizeJob, QuantizeKind};
-use emogate_tools::{atomic, cli, verify};
+use emogate_tools::{atomic, cli, graft, verify};
 
 /// Offline converter for emogate affect models.
 ///
@@ -81,6 +81,184 @@ enum Command {
     /// tells the runtime how to feed the model and read its outputs.
     #[command(subcommand)]
     Manifest(ManifestCommand),
+    /// Where tuning moved the weights: per module, module type and layer.
+    ///
+    /// Compares a base with a tuned model (ONNX files of any exporter, or
+    /// Hugging Face safetensors checkpoints, single or sharded with
+    /// model.safetensors.index.json, in any mix) or with a PEFT adapter
+    /// (ΔW = s·B·A computed from the factors, never formed). Modules pair up
+    /// as merge resolves them. Reports parameter count, ‖ΔW‖_F/‖W‖_F, the
+    /// share of the total ‖ΔW‖², cos(W, W') and the effective rank of ΔW
+    /// (exp of the entropy of the normalized singular values, Roy &
+    /// Vetterli). Tensors are streamed: memory stays at a few tensors.
+    Analyze(AnalyzeArgs),
+    /// Graft modules of a donor into a base model, or cut an adapter down.
+    ///
+    /// `--from DONOR --into BASE --modules REGEX --out OUT.onnx`: the matched
+    /// modules of BASE take DONOR's tensors. DONOR is a tuned ONNX model
+    /// (any exporter: tensors are copied bit for bit, shapes must agree) or
+    /// a PEFT adapter folder (its matched modules are merged, as `merge`).
+    /// `--adapter DIR --modules REGEX --out-adapter DIR2` writes a PEFT
+    /// adapter holding only the matched modules (modules_to_save included
+    /// when matched; target_modules adjusted). A pattern that matches
+    /// nothing is an error that lists the real module paths.
+    Transfer(TransferArgs),
+    /// Break or revert chosen modules, reproducibly.
+    ///
+    /// --mode revert:BASE.onnx copies the base model's tensors back (the
+    /// clean way to remove what tuning did to one module); zero; mean (every
+    /// value the tensor's mean); noise:SIGMA (plus seeded Gaussian noise of
+    /// std SIGMA); reinit:SEED (PyTorch's default init, seeded); scale:F.
+    /// Weights and biases of the matched modules change.
+    ///
+    /// Zeroing any one of gate_proj/up_proj/down_proj deletes the whole MLP
+    /// (down(SiLU(gate·x)·up·x) = 0), so a zero ablation says nothing about
+    /// gate_proj in particular: a warning says so; use revert.
+    Ablate(AblateArgs),
+    /// Accuracy, UAR, macro-F1, confusion matrix and valence/arousal RMSE and
+    /// CCC of a model on labelled inputs, with seeded bootstrap 95% intervals.
+    ///
+    /// --inputs FILE.npz: one array per model input ([N, ...input shape]),
+    /// `labels` (int64 [N], class indices) and optionally `valence_arousal`
+    /// (float32 [N, 2]). --dataset DIR: DIR/labels.csv with columns
+    /// id,face,audio,label,valence,arousal (face: .png or .y4m, audio: .wav,
+    /// relative to DIR; label a class name of the manifest), featurized by
+    /// the same preprocessing as `emogate run`. Exits with status 2 when the
+    /// accuracy is below --min-acc, 1 on errors.
+    Eval(EvalArgs),
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("against").required(true).args(["tuned", "adapter"])))]
+struct AnalyzeArgs {
+    /// The base model: .onnx, .safetensors, model.safetensors.index.json or a folder with one.
+    #[arg(long)]
+    base: PathBuf,
+    /// The tuned model (same forms as --base).
+    #[arg(long)]
+    tuned: Option<PathBuf>,
+    /// A PEFT adapter folder trained on the base.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// The summary table groups by module type or by layer.
+    #[arg(long, value_enum, default_value = "type")]
+    group_by: GroupBy,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Also write a heat map (module type × layer) as SVG here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Compute the effective rank only for weights whose smaller side is at
+    /// most N (its cost grows as N³).
+    #[arg(long, value_name = "N", default_value_t = emogate_tools::analyze::DEFAULT_RANK_MAX_DIM)]
+    rank_max_dim: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GroupBy {
+    Type,
+    Layer,
+}
+
+#[derive(clap::Args)]
+struct TransferArgs {
+    /// The donor: a tuned ONNX model, or a PEFT adapter folder.
+    #[arg(long, requires_all = ["into", "out"], conflicts_with = "adapter")]
+    from: Option<PathBuf>,
+    /// The model that receives the modules.
+    #[arg(long)]
+    into: Option<PathBuf>,
+    /// Regular expression over module paths (e.g. `gate_proj`, `layers\.1\.mlp`).
+    #[arg(long)]
+    modules: String,
+    /// Where to write the grafted model.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A PEFT adapter folder to cut down (with --out-adapter).
+    #[arg(long, requires = "out_adapter")]
+    adapter: Option<PathBuf>,
+    /// Where to write the adapter holding only the matched modules (a new folder).
+    #[arg(long)]
+    out_adapter: Option<PathBuf>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Skip fsync before renaming outputs into place.
+    #[arg(long)]
+    no_sync: bool,
+}
+
+#[derive(clap::Args)]
+struct AblateArgs {
+    /// The model to ablate (.onnx).
+    #[arg(long)]
+    model: PathBuf,
+    /// Regular expression over module paths.
+    #[arg(long)]
+    modules: String,
+    /// Only these layers (the last index in the module path): N or A-B.
+    #[arg(long, value_name = "A-B")]
+    layers: Option<String>,
+    /// revert:BASE.onnx | zero | mean | noise:SIGMA | reinit:SEED | scale:F
+    #[arg(long)]
+    mode: String,
+    /// Where to write the ablated model.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Skip fsync before renaming outputs into place.
+    #[arg(long)]
+    no_sync: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModalityArg {
+    Face,
+    Audio,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EvalBackendArg {
+    Tract,
+    Ort,
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["inputs", "dataset"])))]
+struct EvalArgs {
+    /// The model to evaluate (.onnx).
+    #[arg(long)]
+    model: PathBuf,
+    /// Labelled inputs: model input arrays + `labels` (+ `valence_arousal`).
+    #[arg(long)]
+    inputs: Option<PathBuf>,
+    /// A folder with labels.csv (id,face,audio,label,valence,arousal) and its media.
+    #[arg(long)]
+    dataset: Option<PathBuf>,
+    /// Feed this input as zeros, as the engine's `--missing zero` does.
+    #[arg(long, value_enum)]
+    zero_input: Option<ModalityArg>,
+    /// Which runtime runs the model.
+    #[arg(long, value_enum, default_value = "tract")]
+    backend: EvalBackendArg,
+    /// A second model to score on the same inputs, side by side.
+    #[arg(long)]
+    compare: Option<PathBuf>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Exit with status 2 when the accuracy is below X (0..1).
+    #[arg(long, value_name = "X")]
+    min_acc: Option<f64>,
+    /// Write the featurized inputs and labels as .npz here (for --inputs).
+    #[arg(long)]
+    save_inputs: Option<PathBuf>,
+    /// Threads of the runtime.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 #[derive(clap::Args)]
@@ -269,7 +447,175 @@ fn run(command: Command) -> Result<bool> {
         Command::Quantize(args) => quantize_cmd(args).map(|()| true),
         Command::Verify(args) => verify_cmd(args),
         Command::Manifest(command) => manifest_cmd(command).map(|()| true),
+        Command::Analyze(args) => analyze_cmd(args).map(|()| true),
+        Command::Transfer(args) => transfer_cmd(args).map(|()| true),
+        Command::Ablate(args) => ablate_cmd(args).map(|()| true),
+        Command::Eval(args) => eval_cmd(args),
     }
+}
+
+fn analyze_cmd(a: AnalyzeArgs) -> Result<()> {
+    use emogate_tools::analyze;
+    let bar = cli::progress(0, "analyzing");
+    let mut progress = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let report = match (&a.tuned, &a.adapter) {
+        (Some(t), _) => analyze::analyze_models(&a.base, t, a.rank_max_dim, &mut progress),
+        (None, Some(d)) => analyze::analyze_adapter(&a.base, d, a.rank_max_dim, &mut progress),
+        (None, None) => unreachable!("clap requires one"),
+    };
+    bar.finish_and_clear();
+    let report = report?;
+    print!("{}", analyze::table(&report, a.group_by == GroupBy::Layer));
+    if let Some(path) = &a.report {
+        atomic::write_json(path, &report)?;
+    }
+    if let Some(path) = &a.svg {
+        atomic::write_bytes(path, analyze::heat_map_svg(&report).as_bytes())?;
+    }
+    Ok(())
+}
+
+fn print_graft(r: &graft::GraftReport) {
+    for c in &r.copies {
+        println!(
+            "{:<44} {:<6} {} <- {} ({}){}",
+            c.module,
+            c.role.name(),
+            c.initializer,
+            c.from_module,
+            c.from_initializer,
+            if c.bit_exact { "" } else { " [converted]" }
+        );
+    }
+    for m in &r.merged {
+        println!("{:<44} {:<6} merged ({}), |dW|/|W| {:.3e}", m.module, m.kind, m.weight, m.relative_change);
+    }
+    for c in &r.changed {
+        println!("{:<44} {:<6} {} {:?}", c.module, c.role.name(), c.initializer, c.shape);
+    }
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some(s) = &r.save {
+        println!("{}: wrote {}", r.operation, s.model.display());
+    }
+}
+
+fn transfer_cmd(a: TransferArgs) -> Result<()> {
+    match (&a.from, &a.adapter) {
+        (Some(from), None) => {
+            let (Some(into), Some(out)) = (&a.into, &a.out) else {
+                anyhow::bail!("--from needs --into and --out");
+            };
+            let r = graft::transfer(from, into, &a.modules, out, !a.no_sync)?;
+            print_graft(&r);
+            if let Some(p) = &a.report {
+                atomic::write_json(p, &r)?;
+            }
+        }
+        (None, Some(dir)) => {
+            let Some(out) = &a.out_adapter else {
+                anyhow::bail!("--adapter needs --out-adapter");
+            };
+            let r = graft::subset_adapter(dir, &a.modules, out)?;
+            println!(
+                "wrote {}: {} tensors; LoRA modules: {}; modules_to_save: {}",
+                r.output.display(),
+                r.tensors,
+                r.lora_modules.join(", "),
+                if r.saved_modules.is_empty() { "-".into() } else { r.saved_modules.join(", ") }
+            );
+            if let Some(p) = &a.report {
+                atomic::write_json(p, &r)?;
+            }
+        }
+        _ => anyhow::bail!("give --from DONOR --into BASE --out OUT, or --adapter DIR --out-adapter DIR2"),
+    }
+    Ok(())
+}
+
+fn ablate_cmd(a: AblateArgs) -> Result<()> {
+    let mode = graft::AblateMode::parse(&a.mode)?;
+    let mut filter = emogate_models::surgery::ModuleFilter::new(&a.modules)?;
+    filter.layers = a.layers.as_deref().map(graft::parse_layers).transpose()?;
+    let r = graft::ablate(&a.model, &filter, &mode, &a.out, !a.no_sync)?;
+    print_graft(&r);
+    if let Some(p) = &a.report {
+        atomic::write_json(p, &r)?;
+    }
+    Ok(())
+}
+
+fn eval_cmd(a: EvalArgs) -> Result<bool> {
+    use emogate_tools::eval;
+    if let Some(x) = a.min_acc
+        && !(0.0..=1.0).contains(&x)
+    {
+        anyhow::bail!("--min-acc {x}: expected a fraction in 0..1");
+    }
+    let options = eval::EvalOptions {
+        model: a.model,
+        compare: a.compare,
+        source: match (a.inputs, a.dataset) {
+            (Some(p), _) => eval::EvalSource::Npz(p),
+            (None, Some(d)) => eval::EvalSource::Dataset(d),
+            (None, None) => unreachable!("clap requires one"),
+        },
+        zero_input: a.zero_input.map(|m| match m {
+            ModalityArg::Face => eval::Modality::Face,
+            ModalityArg::Audio => eval::Modality::Audio,
+        }),
+        backend: match a.backend {
+            EvalBackendArg::Tract => verify::BackendKind::Tract,
+            EvalBackendArg::Ort => verify::BackendKind::Ort,
+        },
+        threads: a.threads,
+        save_inputs: a.save_inputs,
+        min_acc: a.min_acc,
+    };
+    let r = eval::eval(&options)?;
+    for s in &r.skipped {
+        eprintln!("skipped line {}{}: {}", s.line, s.id.as_ref().map(|i| format!(" ({i})")).unwrap_or_default(), s.reason);
+    }
+    println!(
+        "inputs {} ({} samples{}), backend {}; 95% intervals: bootstrap, {} resamples, seed {}",
+        r.inputs,
+        r.models[0].scores.samples,
+        r.zero_input.map(|z| format!(", {z:?} zeroed")).unwrap_or_default(),
+        r.backend.name(),
+        r.bootstrap_resamples,
+        r.bootstrap_seed
+    );
+    let ci = |s: &eval::metrics::Scored| format!("{:.4} [{:.4}, {:.4}]", s.value, s.lo, s.hi);
+    println!("{:<12} {}", "", r.models.iter().map(|m| format!("{:<34}", m.model.display())).collect::<String>());
+    let rowp = |name: &str, f: &dyn Fn(&eval::Scores) -> String| {
+        println!("{:<12} {}", name, r.models.iter().map(|m| format!("{:<34}", f(&m.scores))).collect::<String>());
+    };
+    rowp("correct", &|s| format!("{}/{}", s.correct, s.samples));
+    rowp("accuracy", &|s| ci(&s.accuracy));
+    rowp("UAR", &|s| ci(&s.uar));
+    rowp("macro-F1", &|s| ci(&s.macro_f1));
+    rowp("valence RMSE", &|s| s.valence.as_ref().map(|v| ci(&v.rmse)).unwrap_or_else(|| "-".into()));
+    rowp("valence CCC", &|s| s.valence.as_ref().map(|v| ci(&v.ccc)).unwrap_or_else(|| "-".into()));
+    rowp("arousal RMSE", &|s| s.arousal.as_ref().map(|v| ci(&v.rmse)).unwrap_or_else(|| "-".into()));
+    rowp("arousal CCC", &|s| s.arousal.as_ref().map(|v| ci(&v.ccc)).unwrap_or_else(|| "-".into()));
+    for m in &r.models {
+        println!("confusion (rows: true, columns: predicted) of {}:", m.model.display());
+        for (k, row) in m.scores.confusion.iter().enumerate() {
+            let name = r.labels.get(k).cloned().unwrap_or_else(|| k.to_string());
+            println!("  {:<10} {}", name, row.iter().map(|c| format!("{c:>6}")).collect::<String>());
+        }
+    }
+    if let Some(p) = &a.report {
+        atomic::write_json(p, &r)?;
+    }
+    if !r.passed {
+        println!("FAIL accuracy {:.4} is below --min-acc", r.models[0].scores.accuracy.value);
+    }
+    Ok(r.passed)
 }
 
 fn merge_cmd(a: MergeArgs) -> Result<()> {
