@@ -53,7 +53,8 @@ pub fn is_checkpoint(path: &Path) -> bool {
     let ext = |p: &Path| p.extension().is_some_and(|e| e == "safetensors");
     ext(path)
         || path.file_name().is_some_and(|n| n == INDEX_FILE)
-        || (path.is_dir() && (path.join(INDEX_FILE).is_file() || path.join("model.safetensors").is_file()))
+        || (path.is_dir()
+            && (path.join(INDEX_FILE).is_file() || path.join("model.safetensors").is_file()))
 }
 
 fn float_type(path: &Path, name: &str, dtype: Dtype) -> Result<Option<FloatType>> {
@@ -62,12 +63,22 @@ fn float_type(path: &Path, name: &str, dtype: Dtype) -> Result<Option<FloatType>
         Dtype::F16 => Some(FloatType::F16),
         Dtype::BF16 => Some(FloatType::Bf16),
         Dtype::F64 => Some(FloatType::F64),
-        Dtype::I64 | Dtype::I32 | Dtype::I16 | Dtype::I8 | Dtype::U8 | Dtype::BOOL | Dtype::U16 | Dtype::U32 | Dtype::U64 => None,
+        Dtype::I64
+        | Dtype::I32
+        | Dtype::I16
+        | Dtype::I8
+        | Dtype::U8
+        | Dtype::BOOL
+        | Dtype::U16
+        | Dtype::U32
+        | Dtype::U64 => None,
         other => {
             return Err(Error::field(
                 path,
                 format!("tensor `{name}` dtype"),
-                format!("is {other:?}; expected F32, F16, BF16 or F64 (or an integer buffer, which is skipped)"),
+                format!(
+                    "is {other:?}; expected F32, F16, BF16 or F64 (or an integer buffer, which is skipped)"
+                ),
             ));
         }
     })
@@ -92,18 +103,30 @@ impl Checkpoint {
         let shards: Vec<PathBuf> = match &index {
             Some(i) => {
                 let text = std::fs::read_to_string(i).map_err(|e| Error::io(i, e))?;
-                let v: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| Error::field(i, "JSON", e.to_string()))?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| Error::field(i, "JSON", e.to_string()))?;
                 let map = v
                     .get("weight_map")
                     .and_then(|m| m.as_object())
-                    .ok_or_else(|| Error::field(i, "weight_map", "missing; expected an object of tensor name → shard file"))?;
+                    .ok_or_else(|| {
+                        Error::field(
+                            i,
+                            "weight_map",
+                            "missing; expected an object of tensor name → shard file",
+                        )
+                    })?;
                 let dir = i.parent().unwrap_or(Path::new("."));
                 let mut files = BTreeSet::new();
                 for (name, file) in map {
-                    let f = file.as_str().ok_or_else(|| Error::field(i, format!("weight_map.{name}"), "expected a file name"))?;
+                    let f = file.as_str().ok_or_else(|| {
+                        Error::field(i, format!("weight_map.{name}"), "expected a file name")
+                    })?;
                     if f.contains('/') || f.contains("..") {
-                        return Err(Error::field(i, format!("weight_map.{name}"), format!("`{f}` leaves the checkpoint's folder")));
+                        return Err(Error::field(
+                            i,
+                            format!("weight_map.{name}"),
+                            format!("`{f}` leaves the checkpoint's folder"),
+                        ));
                     }
                     files.insert(f.to_string());
                 }
@@ -120,17 +143,23 @@ impl Checkpoint {
             // process while we read it gives wrong numbers, not unsafety in
             // our code beyond what any reader of a changing file sees.
             let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(shard, e))?;
-            let st = SafeTensors::deserialize(&map)
-                .map_err(|e| Error::field(shard, "safetensors header", format!("not a valid safetensors file: {e}")))?;
+            let st = SafeTensors::deserialize(&map).map_err(|e| {
+                Error::field(
+                    shard,
+                    "safetensors header",
+                    format!("not a valid safetensors file: {e}"),
+                )
+            })?;
             for (name, view) in st.tensors() {
                 let Some(dtype) = float_type(shard, &name, view.dtype())? else {
                     continue;
                 };
-                let (module, role) = match (name.strip_suffix(".weight"), name.strip_suffix(".bias")) {
-                    (Some(m), _) => (m.to_string(), Role::Weight),
-                    (_, Some(m)) => (m.to_string(), Role::Bias),
-                    _ => (name.clone(), Role::Weight),
-                };
+                let (module, role) =
+                    match (name.strip_suffix(".weight"), name.strip_suffix(".bias")) {
+                        (Some(m), _) => (m.to_string(), Role::Weight),
+                        (_, Some(m)) => (m.to_string(), Role::Bias),
+                        _ => (name.clone(), Role::Weight),
+                    };
                 tensors.push(CheckpointTensor {
                     paths: BTreeSet::from([module.clone()]),
                     module,
@@ -159,11 +188,16 @@ impl Checkpoint {
     pub fn read(&self, i: usize) -> Result<Vec<f32>> {
         let t = &self.tensors[i];
         let map = &self.maps[t.shard];
-        let st = SafeTensors::deserialize(map)
-            .map_err(|e| Error::field(&self.shards[t.shard], "safetensors header", e.to_string()))?;
-        let view = st
-            .tensor(&t.name)
-            .map_err(|e| Error::field(&self.shards[t.shard], format!("tensor `{}`", t.name), e.to_string()))?;
+        let st = SafeTensors::deserialize(map).map_err(|e| {
+            Error::field(&self.shards[t.shard], "safetensors header", e.to_string())
+        })?;
+        let view = st.tensor(&t.name).map_err(|e| {
+            Error::field(
+                &self.shards[t.shard],
+                format!("tensor `{}`", t.name),
+                e.to_string(),
+            )
+        })?;
         let data = view.data();
         let values = t.dtype.decode(data);
         let offset = data.as_ptr() as usize - map.as_ptr() as usize;
@@ -196,6 +230,7 @@ fn release(map: &Mmap, offset: usize, len: usize) {
         // SAFETY: the map is a read-only file mapping and no slice into
         // this range outlives this call (the values were decoded into an
         // owned Vec); after DONTNEED the pages read back from the file.
-        let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
+        let _ =
+            unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
     }
 }

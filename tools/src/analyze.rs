@@ -40,7 +40,10 @@ pub const DEFAULT_RANK_MAX_DIM: usize = 256;
 
 /// A model's tensors, from an ONNX file or a safetensors checkpoint.
 pub enum Weights {
-    Onnx { model: Box<OnnxModel>, index: ParamIndex },
+    Onnx {
+        model: Box<OnnxModel>,
+        index: ParamIndex,
+    },
     Checkpoint(Checkpoint),
 }
 
@@ -65,9 +68,13 @@ impl Weights {
                 .map(Weights::Checkpoint)
                 .map_err(|e| Error::model(format!("opening checkpoint {}", path.display()), e));
         }
-        let model = OnnxModel::load(path).map_err(|e| Error::model(format!("loading {}", path.display()), e))?;
+        let model = OnnxModel::load(path)
+            .map_err(|e| Error::model(format!("loading {}", path.display()), e))?;
         let index = ParamIndex::build(model.graph());
-        Ok(Weights::Onnx { model: Box::new(model), index })
+        Ok(Weights::Onnx {
+            model: Box::new(model),
+            index,
+        })
     }
 
     /// Every float tensor.
@@ -76,12 +83,22 @@ impl Weights {
             Weights::Onnx { index, .. } => index
                 .params
                 .iter()
-                .map(|p| Entry { module: p.module.clone(), paths: p.paths.clone(), role: p.role, dims: p.torch_dims() })
+                .map(|p| Entry {
+                    module: p.module.clone(),
+                    paths: p.paths.clone(),
+                    role: p.role,
+                    dims: p.torch_dims(),
+                })
                 .collect(),
             Weights::Checkpoint(c) => c
                 .tensors
                 .iter()
-                .map(|t| Entry { module: t.module.clone(), paths: t.paths.clone(), role: t.role, dims: t.shape.clone() })
+                .map(|t| Entry {
+                    module: t.module.clone(),
+                    paths: t.paths.clone(),
+                    role: t.role,
+                    dims: t.shape.clone(),
+                })
                 .collect(),
         }
     }
@@ -105,7 +122,9 @@ impl Weights {
                     .map_err(|e| Error::model(format!("reading {}", model.path().display()), e))?;
                 Ok(stored_to_torch(p, v))
             }
-            Weights::Checkpoint(c) => c.read(i).map_err(|e| Error::model(format!("reading {}", c.path.display()), e)),
+            Weights::Checkpoint(c) => c
+                .read(i)
+                .map_err(|e| Error::model(format!("reading {}", c.path.display()), e)),
         }
     }
 }
@@ -180,7 +199,13 @@ struct ModuleAcc {
     max_rank: Option<usize>,
 }
 
-fn row(name: String, s: &Sums, total_delta: f64, erank: Option<f64>, max_rank: Option<usize>) -> Row {
+fn row(
+    name: String,
+    s: &Sums,
+    total_delta: f64,
+    erank: Option<f64>,
+    max_rank: Option<usize>,
+) -> Row {
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     Row {
         name,
@@ -191,7 +216,13 @@ fn row(name: String, s: &Sums, total_delta: f64, erank: Option<f64>, max_rank: O
         share: ratio(s.delta_sq, total_delta),
         cosine: {
             let d = (s.base_sq * s.tuned_sq).sqrt();
-            if d > 0.0 { s.dot / d } else if s.delta_sq == 0.0 { 1.0 } else { 0.0 }
+            if d > 0.0 {
+                s.dot / d
+            } else if s.delta_sq == 0.0 {
+                1.0
+            } else {
+                0.0
+            }
         },
         effective_rank: erank,
         max_rank,
@@ -199,13 +230,23 @@ fn row(name: String, s: &Sums, total_delta: f64, erank: Option<f64>, max_rank: O
     }
 }
 
-fn finish(base: &Path, tuned: &Path, against: &'static str, modules: BTreeMap<String, ModuleAcc>, unpaired: Vec<String>, rank_max_dim: usize) -> AnalyzeReport {
+fn finish(
+    base: &Path,
+    tuned: &Path,
+    against: &'static str,
+    modules: BTreeMap<String, ModuleAcc>,
+    unpaired: Vec<String>,
+    rank_max_dim: usize,
+) -> AnalyzeReport {
     let mut total = Sums::default();
     let mut types: BTreeMap<String, Sums> = BTreeMap::new();
     let mut layers: BTreeMap<usize, Sums> = BTreeMap::new();
     for (m, acc) in &modules {
         total.add(&acc.sums);
-        types.entry(module_type(m).to_string()).or_default().add(&acc.sums);
+        types
+            .entry(module_type(m).to_string())
+            .or_default()
+            .add(&acc.sums);
         if let Some(l) = layer_of(m) {
             layers.entry(l).or_default().add(&acc.sums);
         }
@@ -216,9 +257,18 @@ fn finish(base: &Path, tuned: &Path, against: &'static str, modules: BTreeMap<St
         tuned: tuned.to_path_buf(),
         against,
         total: row("total".into(), &total, td, None, None),
-        modules: modules.iter().map(|(m, a)| row(m.clone(), &a.sums, td, a.erank, a.max_rank)).collect(),
-        by_type: types.iter().map(|(t, s)| row(t.clone(), s, td, None, None)).collect(),
-        by_layer: layers.iter().map(|(l, s)| row(format!("layer {l}"), s, td, None, None)).collect(),
+        modules: modules
+            .iter()
+            .map(|(m, a)| row(m.clone(), &a.sums, td, a.erank, a.max_rank))
+            .collect(),
+        by_type: types
+            .iter()
+            .map(|(t, s)| row(t.clone(), s, td, None, None))
+            .collect(),
+        by_layer: layers
+            .iter()
+            .map(|(l, s)| row(format!("layer {l}"), s, td, None, None))
+            .collect(),
         unpaired,
         rank_max_dim,
     }
@@ -228,7 +278,12 @@ fn finish(base: &Path, tuned: &Path, against: &'static str, modules: BTreeMap<St
 ///
 /// # Errors
 /// Loading and reading errors naming the file.
-pub fn analyze_models(base_path: &Path, tuned_path: &Path, rank_max_dim: usize, progress: &mut dyn FnMut(usize, usize)) -> Result<AnalyzeReport> {
+pub fn analyze_models(
+    base_path: &Path,
+    tuned_path: &Path,
+    rank_max_dim: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<AnalyzeReport> {
     let base = Weights::open(base_path)?;
     let tuned = Weights::open(tuned_path)?;
     let (be, te) = (base.entries(), tuned.entries());
@@ -240,21 +295,42 @@ pub fn analyze_models(base_path: &Path, tuned_path: &Path, rank_max_dim: usize, 
         let j = match resolve_among(of_role.iter().map(|j| &te[*j].paths), &e.module) {
             Resolution::Found(k) => of_role[k],
             Resolution::Unmatched => {
-                unpaired.push(format!("{} {}: not in {}", e.module, e.role.name(), tuned_path.display()));
+                unpaired.push(format!(
+                    "{} {}: not in {}",
+                    e.module,
+                    e.role.name(),
+                    tuned_path.display()
+                ));
                 continue;
             }
             Resolution::Ambiguous(h) => {
-                unpaired.push(format!("{} {}: ambiguous in {} ({} candidates)", e.module, e.role.name(), tuned_path.display(), h.len()));
+                unpaired.push(format!(
+                    "{} {}: ambiguous in {} ({} candidates)",
+                    e.module,
+                    e.role.name(),
+                    tuned_path.display(),
+                    h.len()
+                ));
                 continue;
             }
         };
         if te[j].dims != e.dims {
-            unpaired.push(format!("{} {}: shape {:?} in the base, {:?} in {}", e.module, e.role.name(), e.dims, te[j].dims, tuned_path.display()));
+            unpaired.push(format!(
+                "{} {}: shape {:?} in the base, {:?} in {}",
+                e.module,
+                e.role.name(),
+                e.dims,
+                te[j].dims,
+                tuned_path.display()
+            ));
             continue;
         }
         let w = base.read(i)?;
         let t = tuned.read(j)?;
-        let mut s = Sums { params: w.len(), ..Sums::default() };
+        let mut s = Sums {
+            params: w.len(),
+            ..Sums::default()
+        };
         for (a, b) in w.iter().zip(&t) {
             let (a, b) = (f64::from(*a), f64::from(*b));
             s.base_sq += a * a;
@@ -262,19 +338,34 @@ pub fn analyze_models(base_path: &Path, tuned_path: &Path, rank_max_dim: usize, 
             s.dot += a * b;
             s.delta_sq += (b - a) * (b - a);
         }
-        let acc = modules.entry(e.module.clone()).or_insert(ModuleAcc { sums: Sums::default(), erank: None, max_rank: None });
+        let acc = modules.entry(e.module.clone()).or_insert(ModuleAcc {
+            sums: Sums::default(),
+            erank: None,
+            max_rank: None,
+        });
         acc.sums.add(&s);
         if e.role == Role::Weight && e.dims.len() == 2 {
             let (out, inp) = (e.dims[0], e.dims[1]);
             acc.max_rank = Some(out.min(inp));
             if out.min(inp) <= rank_max_dim {
-                let delta: Vec<f64> = w.iter().zip(&t).map(|(a, b)| f64::from(*b) - f64::from(*a)).collect();
+                let delta: Vec<f64> = w
+                    .iter()
+                    .zip(&t)
+                    .map(|(a, b)| f64::from(*b) - f64::from(*a))
+                    .collect();
                 acc.erank = Some(effective_rank(&gram_eigenvalues(&delta, out, inp)));
             }
         }
     }
     progress(be.len(), be.len());
-    Ok(finish(base_path, tuned_path, "tuned", modules, unpaired, rank_max_dim))
+    Ok(finish(
+        base_path,
+        tuned_path,
+        "tuned",
+        modules,
+        unpaired,
+        rank_max_dim,
+    ))
 }
 
 /// `analyze --base B --adapter DIR`: ΔW from the factors, never formed.
@@ -283,15 +374,27 @@ pub fn analyze_models(base_path: &Path, tuned_path: &Path, rank_max_dim: usize, 
 /// Loading errors naming the file; [`Error::Field`] for a DoRA adapter
 /// (its ΔW is not s·B·A: merge it, then use `--tuned`) and for modules
 /// the base lacks.
-pub fn analyze_adapter(base_path: &Path, adapter_dir: &Path, rank_max_dim: usize, progress: &mut dyn FnMut(usize, usize)) -> Result<AnalyzeReport> {
+pub fn analyze_adapter(
+    base_path: &Path,
+    adapter_dir: &Path,
+    rank_max_dim: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<AnalyzeReport> {
     let base = Weights::open(base_path)?;
-    let adapter = Adapter::load(adapter_dir).map_err(|e| Error::model(format!("loading adapter {}", adapter_dir.display()), e))?;
+    let adapter = Adapter::load(adapter_dir)
+        .map_err(|e| Error::model(format!("loading adapter {}", adapter_dir.display()), e))?;
     let be = base.entries();
-    let weights: Vec<usize> = (0..be.len()).filter(|i| be[*i].role == Role::Weight).collect();
+    let weights: Vec<usize> = (0..be.len())
+        .filter(|i| be[*i].role == Role::Weight)
+        .collect();
     let find = |module: &str| -> Result<usize> {
         match resolve_among(weights.iter().map(|i| &be[*i].paths), module) {
             Resolution::Found(k) => Ok(weights[k]),
-            _ => Err(Error::field(base_path, format!("adapter module `{module}`"), "matches no single weight of the base")),
+            _ => Err(Error::field(
+                base_path,
+                format!("adapter module `{module}`"),
+                "matches no single weight of the base",
+            )),
         }
     };
     let mut modules: BTreeMap<String, ModuleAcc> = BTreeMap::new();
@@ -308,7 +411,11 @@ pub fn analyze_adapter(base_path: &Path, adapter_dir: &Path, rank_max_dim: usize
         let i = find(module)?;
         let (out, inp, r) = (lora.out_features, lora.in_features, lora.rank);
         if be[i].dims != [out, inp] {
-            return Err(Error::field(adapter_dir, format!("module `{module}`"), format!("is [{out}, {inp}] but the base weight is {:?}", be[i].dims)));
+            return Err(Error::field(
+                adapter_dir,
+                format!("module `{module}`"),
+                format!("is [{out}, {inp}] but the base weight is {:?}", be[i].dims),
+            ));
         }
         let w = base.read(i)?;
         let s = lora.scale;
@@ -317,11 +424,19 @@ pub fn analyze_adapter(base_path: &Path, adapter_dir: &Path, rank_max_dim: usize
         let mut btb = vec![0f64; r * r];
         for k in 0..r {
             for l in 0..r {
-                aat[k * r + l] = (0..inp).map(|x| f64::from(lora.a[k * inp + x]) * f64::from(lora.a[l * inp + x])).sum();
-                btb[k * r + l] = (0..out).map(|o| f64::from(lora.b[o * r + k]) * f64::from(lora.b[o * r + l])).sum();
+                aat[k * r + l] = (0..inp)
+                    .map(|x| f64::from(lora.a[k * inp + x]) * f64::from(lora.a[l * inp + x]))
+                    .sum();
+                btb[k * r + l] = (0..out)
+                    .map(|o| f64::from(lora.b[o * r + k]) * f64::from(lora.b[o * r + l]))
+                    .sum();
             }
         }
-        let delta_sq = s * s * (0..r).map(|k| (0..r).map(|l| btb[k * r + l] * aat[l * r + k]).sum::<f64>()).sum::<f64>();
+        let delta_sq = s
+            * s
+            * (0..r)
+                .map(|k| (0..r).map(|l| btb[k * r + l] * aat[l * r + k]).sum::<f64>())
+                .sum::<f64>();
         // ⟨W, B·A⟩ = Σ_o Σ_k B[o,k]·(W·Aᵀ)[o,k].
         let mut dot_delta = 0f64;
         let mut base_sq = 0f64;
@@ -329,7 +444,11 @@ pub fn analyze_adapter(base_path: &Path, adapter_dir: &Path, rank_max_dim: usize
             let row = &w[o * inp..(o + 1) * inp];
             base_sq += row.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>();
             for k in 0..r {
-                let wa: f64 = row.iter().zip(&lora.a[k * inp..(k + 1) * inp]).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+                let wa: f64 = row
+                    .iter()
+                    .zip(&lora.a[k * inp..(k + 1) * inp])
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum();
                 dot_delta += f64::from(lora.b[o * r + k]) * wa;
             }
         }
@@ -352,22 +471,43 @@ pub fn analyze_adapter(base_path: &Path, adapter_dir: &Path, rank_max_dim: usize
         let mut half = vec![0f64; r * r];
         for k in 0..r {
             for l in 0..r {
-                half[k * r + l] = (0..r).map(|m| vecs[k * r + m] * vals[m].max(0.0).sqrt() * vecs[l * r + m]).sum();
+                half[k * r + l] = (0..r)
+                    .map(|m| vecs[k * r + m] * vals[m].max(0.0).sqrt() * vecs[l * r + m])
+                    .sum();
             }
         }
         let tmp = matmul(&half, &aat, r);
         let kmat = matmul(&tmp, &half, r);
-        let sig2: Vec<f64> = sym_eigenvalues(&kmat, r).into_iter().map(|v| v * s * s).collect();
-        modules.insert(module.clone(), ModuleAcc { sums, erank: Some(effective_rank(&sig2)), max_rank: Some(r) });
+        let sig2: Vec<f64> = sym_eigenvalues(&kmat, r)
+            .into_iter()
+            .map(|v| v * s * s)
+            .collect();
+        modules.insert(
+            module.clone(),
+            ModuleAcc {
+                sums,
+                erank: Some(effective_rank(&sig2)),
+                max_rank: Some(r),
+            },
+        );
     }
     for (module, rep) in &adapter.replacements {
         let i = find(module)?;
         let w = base.read(i)?;
-        let Some((shape, values)) = &rep.weight else { continue };
+        let Some((shape, values)) = &rep.weight else {
+            continue;
+        };
         if *shape != be[i].dims {
-            return Err(Error::field(adapter_dir, format!("modules_to_save `{module}`"), format!("is {shape:?} but the base weight is {:?}", be[i].dims)));
+            return Err(Error::field(
+                adapter_dir,
+                format!("modules_to_save `{module}`"),
+                format!("is {shape:?} but the base weight is {:?}", be[i].dims),
+            ));
         }
-        let mut s = Sums { params: w.len(), ..Sums::default() };
+        let mut s = Sums {
+            params: w.len(),
+            ..Sums::default()
+        };
         for (a, b) in w.iter().zip(values) {
             let (a, b) = (f64::from(*a), f64::from(*b));
             s.base_sq += a * a;
@@ -377,13 +517,31 @@ pub fn analyze_adapter(base_path: &Path, adapter_dir: &Path, rank_max_dim: usize
         }
         let (out, inp) = (shape[0], shape.get(1).copied().unwrap_or(1));
         let erank = (shape.len() == 2 && out.min(inp) <= rank_max_dim).then(|| {
-            let delta: Vec<f64> = w.iter().zip(values).map(|(a, b)| f64::from(*b) - f64::from(*a)).collect();
+            let delta: Vec<f64> = w
+                .iter()
+                .zip(values)
+                .map(|(a, b)| f64::from(*b) - f64::from(*a))
+                .collect();
             effective_rank(&gram_eigenvalues(&delta, out, inp))
         });
-        modules.insert(module.clone(), ModuleAcc { sums: s, erank, max_rank: (shape.len() == 2).then_some(out.min(inp)) });
+        modules.insert(
+            module.clone(),
+            ModuleAcc {
+                sums: s,
+                erank,
+                max_rank: (shape.len() == 2).then_some(out.min(inp)),
+            },
+        );
     }
     progress(total, total);
-    Ok(finish(base_path, adapter_dir, "adapter", modules, Vec::new(), rank_max_dim))
+    Ok(finish(
+        base_path,
+        adapter_dir,
+        "adapter",
+        modules,
+        Vec::new(),
+        rank_max_dim,
+    ))
 }
 
 fn matmul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
@@ -402,12 +560,20 @@ fn matmul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
 /// Eigenvalues of the Gram matrix of a row-major `[out, in]` matrix's
 /// smaller side: its squared singular values.
 pub fn gram_eigenvalues(m: &[f64], out: usize, inp: usize) -> Vec<f64> {
-    let (n, k, by_rows) = if out <= inp { (out, inp, true) } else { (inp, out, false) };
+    let (n, k, by_rows) = if out <= inp {
+        (out, inp, true)
+    } else {
+        (inp, out, false)
+    };
     let mut g = vec![0f64; n * n];
     for a in 0..n {
         for b in a..n {
             let v: f64 = if by_rows {
-                m[a * inp..(a + 1) * inp].iter().zip(&m[b * inp..(b + 1) * inp]).map(|(x, y)| x * y).sum()
+                m[a * inp..(a + 1) * inp]
+                    .iter()
+                    .zip(&m[b * inp..(b + 1) * inp])
+                    .map(|(x, y)| x * y)
+                    .sum()
             } else {
                 (0..k).map(|o| m[o * inp + a] * m[o * inp + b]).sum()
             };
@@ -432,7 +598,10 @@ pub fn sym_eigen(m: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
     (0..n).for_each(|i| v[i * n + i] = 1.0);
     let total: f64 = a.iter().map(|x| x * x).sum();
     for _ in 0..100 {
-        let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |j| *j != i).map(move |j| (i, j))).map(|(i, j)| a[i * n + j].powi(2)).sum();
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |j| *j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * n + j].powi(2))
+            .sum();
         if off <= 1e-30 * total || off == 0.0 {
             break;
         }
@@ -475,16 +644,25 @@ pub fn effective_rank(sigma_sq: &[f64]) -> f64 {
     if sum <= 0.0 {
         return 0.0;
     }
-    let h: f64 = sig.iter().filter(|s| **s > 0.0).map(|s| {
-        let p = s / sum;
-        -p * p.ln()
-    }).sum();
+    let h: f64 = sig
+        .iter()
+        .filter(|s| **s > 0.0)
+        .map(|s| {
+            let p = s / sum;
+            -p * p.ln()
+        })
+        .sum();
     h.exp()
 }
 
 /// The report as a text table: the modules, then per type and per layer.
 pub fn table(r: &AnalyzeReport, group_by_layer: bool) -> String {
-    let mut s = format!("base  {}\n{:<5} {}\n", r.base.display(), r.against, r.tuned.display());
+    let mut s = format!(
+        "base  {}\n{:<5} {}\n",
+        r.base.display(),
+        r.against,
+        r.tuned.display()
+    );
     let line = |s: &mut String, row: &Row| {
         s.push_str(&format!(
             "{:<44} {:>10} {:>11.4e} {:>7.2}% {:>10.6} {:>7}\n",
@@ -493,11 +671,16 @@ pub fn table(r: &AnalyzeReport, group_by_layer: bool) -> String {
             row.relative_change,
             100.0 * row.share,
             row.cosine,
-            row.effective_rank.map(|e| format!("{e:.2}")).unwrap_or_else(|| "-".into())
+            row.effective_rank
+                .map(|e| format!("{e:.2}"))
+                .unwrap_or_else(|| "-".into())
         ));
     };
     let head = |s: &mut String, first: &str| {
-        s.push_str(&format!("{:<44} {:>10} {:>11} {:>8} {:>10} {:>7}\n", first, "params", "|dW|/|W|", "share", "cos", "erank"));
+        s.push_str(&format!(
+            "{:<44} {:>10} {:>11} {:>8} {:>10} {:>7}\n",
+            first, "params", "|dW|/|W|", "share", "cos", "erank"
+        ));
     };
     head(&mut s, "module");
     r.modules.iter().for_each(|m| line(&mut s, m));
@@ -522,7 +705,10 @@ pub fn table(r: &AnalyzeReport, group_by_layer: bool) -> String {
 pub fn heat_map_svg(r: &AnalyzeReport) -> String {
     let mut cells: BTreeMap<(String, Option<usize>), Sums> = BTreeMap::new();
     for m in &r.modules {
-        cells.entry((module_type(&m.name).to_string(), layer_of(&m.name))).or_default().add(&m.sums);
+        cells
+            .entry((module_type(&m.name).to_string(), layer_of(&m.name)))
+            .or_default()
+            .add(&m.sums);
     }
     let types: Vec<String> = {
         let mut t: Vec<String> = cells.keys().map(|k| k.0.clone()).collect();
@@ -534,20 +720,47 @@ pub fn heat_map_svg(r: &AnalyzeReport) -> String {
     let mut cols: Vec<Option<usize>> = cells.keys().map(|k| k.1).collect();
     cols.sort();
     cols.dedup();
-    let value = |s: &Sums| if s.base_sq > 0.0 { (s.delta_sq / s.base_sq).sqrt() } else { 0.0 };
+    let value = |s: &Sums| {
+        if s.base_sq > 0.0 {
+            (s.delta_sq / s.base_sq).sqrt()
+        } else {
+            0.0
+        }
+    };
     let max = cells.values().map(value).fold(0.0, f64::max);
     let (cw, ch, left, top) = (44.0, 24.0, 150.0, 60.0);
     let width = left + cw * cols.len() as f64 + 140.0;
     let height = top + ch * types.len() as f64 + 50.0;
     let colour = |v: f64| {
         // White → orange → dark red.
-        let t = if max > 0.0 { (v / max).clamp(0.0, 1.0) } else { 0.0 };
-        let stops = [(255.0, 255.0, 255.0), (253.0, 141.0, 60.0), (128.0, 0.0, 38.0)];
-        let (a, b, u) = if t < 0.5 { (stops[0], stops[1], t * 2.0) } else { (stops[1], stops[2], (t - 0.5) * 2.0) };
+        let t = if max > 0.0 {
+            (v / max).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let stops = [
+            (255.0, 255.0, 255.0),
+            (253.0, 141.0, 60.0),
+            (128.0, 0.0, 38.0),
+        ];
+        let (a, b, u) = if t < 0.5 {
+            (stops[0], stops[1], t * 2.0)
+        } else {
+            (stops[1], stops[2], (t - 0.5) * 2.0)
+        };
         let mix = |x: f64, y: f64| (x + (y - x) * u).round() as u8;
-        format!("#{:02x}{:02x}{:02x}", mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+        format!(
+            "#{:02x}{:02x}{:02x}",
+            mix(a.0, b.0),
+            mix(a.1, b.1),
+            mix(a.2, b.2)
+        )
     };
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <text x=\"{left}\" y=\"20\" font-size=\"14\">‖ΔW‖/‖W‖ per module type and layer: {}</text>\n",
@@ -556,12 +769,24 @@ pub fn heat_map_svg(r: &AnalyzeReport) -> String {
     for (c, col) in cols.iter().enumerate() {
         let x = left + cw * c as f64 + cw / 2.0;
         let label = col.map(|l| l.to_string()).unwrap_or_else(|| "–".into());
-        svg.push_str(&format!("<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{label}</text>\n", top - 8.0));
+        svg.push_str(&format!(
+            "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{label}</text>\n",
+            top - 8.0
+        ));
     }
-    svg.push_str(&format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">layer</text>\n", left + cw * cols.len() as f64 / 2.0, top - 26.0));
+    svg.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">layer</text>\n",
+        left + cw * cols.len() as f64 / 2.0,
+        top - 26.0
+    ));
     for (rw, t) in types.iter().enumerate() {
         let y = top + ch * rw as f64;
-        svg.push_str(&format!("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n", left - 6.0, y + ch * 0.65, esc(t)));
+        svg.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n",
+            left - 6.0,
+            y + ch * 0.65,
+            esc(t)
+        ));
         for (c, col) in cols.iter().enumerate() {
             if let Some(s) = cells.get(&(t.clone(), *col)) {
                 let v = value(s);
@@ -588,8 +813,16 @@ pub fn heat_map_svg(r: &AnalyzeReport) -> String {
             colour(v)
         ));
     }
-    svg.push_str(&format!("<text x=\"{}\" y=\"{}\">{max:.3e}</text>\n", lx + 20.0, top + 10.0));
-    svg.push_str(&format!("<text x=\"{}\" y=\"{}\">0</text>\n", lx + 20.0, top + lh));
+    svg.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\">{max:.3e}</text>\n",
+        lx + 20.0,
+        top + 10.0
+    ));
+    svg.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\">0</text>\n",
+        lx + 20.0,
+        top + lh
+    ));
     svg.push_str("</svg>\n");
     svg
 }
@@ -602,10 +835,18 @@ mod tests {
     fn jacobi_and_effective_rank() {
         // diag(4, 1) rotated: eigenvalues 4 and 1.
         let (c, s) = (0.6f64, 0.8f64);
-        let m = [4.0 * c * c + s * s, (4.0 - 1.0) * c * s, (4.0 - 1.0) * c * s, 4.0 * s * s + c * c];
+        let m = [
+            4.0 * c * c + s * s,
+            (4.0 - 1.0) * c * s,
+            (4.0 - 1.0) * c * s,
+            4.0 * s * s + c * c,
+        ];
         let mut e = sym_eigenvalues(&m, 2);
         e.sort_by(f64::total_cmp);
-        assert!((e[0] - 1.0).abs() < 1e-12 && (e[1] - 4.0).abs() < 1e-12, "{e:?}");
+        assert!(
+            (e[0] - 1.0).abs() < 1e-12 && (e[1] - 4.0).abs() < 1e-12,
+            "{e:?}"
+        );
         // σ = 2, 1: p = 2/3, 1/3.
         let h: f64 = -(2.0f64 / 3.0) * (2.0f64 / 3.0).ln() - (1.0f64 / 3.0) * (1.0f64 / 3.0).ln();
         assert!((effective_rank(&[4.0, 1.0]) - h.exp()).abs() < 1e-12);

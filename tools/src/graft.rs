@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 
 use emogate_models::merge::{MergeOptions, ModuleReport, merge_to_file};
 use emogate_models::onnx::params::{Param, ParamIndex, Role, stored_to_torch, torch_to_stored};
-use emogate_models::onnx::{FloatType, OnnxModel, SaveOptions, SaveSummary, TensorBytes, TensorUpdate, save_model};
+use emogate_models::onnx::{
+    FloatType, OnnxModel, SaveOptions, SaveSummary, TensorBytes, TensorUpdate, save_model,
+};
 use emogate_models::peft::Adapter;
 use emogate_models::surgery::{self, CopyReport, ModuleFilter};
 use serde::Serialize;
@@ -98,9 +100,19 @@ fn copy_modules(
 ) -> Result<(Vec<CopyReport>, SaveSummary)> {
     let into_index = ParamIndex::build(into.graph());
     let donor_index = ParamIndex::build(donor.graph());
-    let what = |e| Error::model(format!("pairing the modules of {} with {}", into.path().display(), donor.path().display()), e);
+    let what = |e| {
+        Error::model(
+            format!(
+                "pairing the modules of {} with {}",
+                into.path().display(),
+                donor.path().display()
+            ),
+            e,
+        )
+    };
     let selected = filter.select(into.path(), &into_index).map_err(what)?;
-    let pairs = surgery::pair_params(into, &into_index, &selected, donor, &donor_index).map_err(what)?;
+    let pairs =
+        surgery::pair_params(into, &into_index, &selected, donor, &donor_index).map_err(what)?;
     let mut copies = Vec::with_capacity(pairs.len());
     let updates = pairs.iter().map(|pair| {
         surgery::tensor_update(&into_index, donor, &donor_index, *pair).map(|(u, r)| {
@@ -120,7 +132,13 @@ fn copy_modules(
 /// [`Error::Model`] naming the file for loading, pairing (a module the
 /// donor lacks, shapes that disagree, a pattern that matches nothing — the
 /// message lists the real module paths) and writing.
-pub fn transfer(from: &Path, into: &Path, modules: &str, out: &Path, sync: bool) -> Result<GraftReport> {
+pub fn transfer(
+    from: &Path,
+    into: &Path,
+    modules: &str,
+    out: &Path,
+    sync: bool,
+) -> Result<GraftReport> {
     let base = load_model("the base model", into)?;
     let filter = ModuleFilter::new(modules).map_err(|e| Error::model("--modules", e))?;
     let mut report = GraftReport {
@@ -137,19 +155,47 @@ pub fn transfer(from: &Path, into: &Path, modules: &str, out: &Path, sync: bool)
     if is_adapter_dir(from) {
         let mut adapter = Adapter::load(from)
             .map_err(|e| Error::model(format!("loading adapter {}", from.display()), e))?;
-        let all: Vec<String> = adapter.modules.keys().chain(adapter.replacements.keys()).cloned().collect();
+        let all: Vec<String> = adapter
+            .modules
+            .keys()
+            .chain(adapter.replacements.keys())
+            .cloned()
+            .collect();
         adapter.modules.retain(|m, _| filter.pattern.is_match(m));
-        adapter.replacements.retain(|m, _| filter.pattern.is_match(m));
+        adapter
+            .replacements
+            .retain(|m, _| filter.pattern.is_match(m));
         if adapter.modules.is_empty() && adapter.replacements.is_empty() {
             return Err(Error::field(
                 from,
                 "--modules",
-                format!("`{modules}` matches no module of the adapter; its modules are: {}", all.join(", ")),
+                format!(
+                    "`{modules}` matches no module of the adapter; its modules are: {}",
+                    all.join(", ")
+                ),
             ));
         }
         create_parent_dir(out)?;
-        let merged = merge_to_file(&base, &adapter, out, &MergeOptions { save: save_options(sync), threads: None }, &mut |_, _| {})
-            .map_err(|e| Error::model(format!("merging the matched modules of {} into {}", from.display(), into.display()), e))?;
+        let merged = merge_to_file(
+            &base,
+            &adapter,
+            out,
+            &MergeOptions {
+                save: save_options(sync),
+                threads: None,
+            },
+            &mut |_, _| {},
+        )
+        .map_err(|e| {
+            Error::model(
+                format!(
+                    "merging the matched modules of {} into {}",
+                    from.display(),
+                    into.display()
+                ),
+                e,
+            )
+        })?;
         report.merged = merged.modules;
         report.save = Some(merged.save);
     } else {
@@ -198,7 +244,11 @@ impl AblateMode {
         let num = |what: &str| -> Result<f64> {
             arg.and_then(|a| a.parse::<f64>().ok())
                 .filter(|v| v.is_finite())
-                .ok_or_else(|| Error::usage(format!("--mode `{text}`: expected {name}:{what} with a finite number")))
+                .ok_or_else(|| {
+                    Error::usage(format!(
+                        "--mode `{text}`: expected {name}:{what} with a finite number"
+                    ))
+                })
         };
         Ok(match (name, arg) {
             ("revert", Some(p)) if !p.is_empty() => AblateMode::Revert(PathBuf::from(p)),
@@ -211,10 +261,11 @@ impl AblateMode {
                 }
                 AblateMode::Noise(s)
             }
-            ("reinit", Some(s)) => AblateMode::Reinit(
-                s.parse()
-                    .map_err(|_| Error::usage(format!("--mode `{text}`: expected reinit:SEED with SEED a non-negative integer")))?,
-            ),
+            ("reinit", Some(s)) => AblateMode::Reinit(s.parse().map_err(|_| {
+                Error::usage(format!(
+                    "--mode `{text}`: expected reinit:SEED with SEED a non-negative integer"
+                ))
+            })?),
             ("scale", _) => AblateMode::Scale(num("F")?),
             _ => {
                 return Err(Error::usage(format!(
@@ -253,7 +304,9 @@ pub fn swiglu_zero_warning(types: &[&str]) -> String {
 /// 64-bit FNV-1a: mixes a tensor's module path into the seed, so a
 /// tensor's values do not depend on which other modules were selected.
 fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// `ablate --model M --modules REGEX [--layers A-B] --mode MODE --out OUT`.
@@ -320,8 +373,14 @@ pub fn ablate(
         Ok(update)
     });
     create_parent_dir(out)?;
-    let save = save_model(&model, model.proto.clone(), updates, out, &save_options(sync))
-        .map_err(|e| Error::model(format!("writing {}", out.display()), e));
+    let save = save_model(
+        &model,
+        model.proto.clone(),
+        updates,
+        out,
+        &save_options(sync),
+    )
+    .map_err(|e| Error::model(format!("writing {}", out.display()), e));
     let save = save?;
     report.changed = changed;
     report.save = Some(save);
@@ -329,7 +388,12 @@ pub fn ablate(
 }
 
 /// The new stored values of `p` under `mode` (not `revert`).
-fn ablated(model: &OnnxModel, index: &ParamIndex, p: &Param, mode: &AblateMode) -> emogate_models::Result<TensorUpdate> {
+fn ablated(
+    model: &OnnxModel,
+    index: &ParamIndex,
+    p: &Param,
+    mode: &AblateMode,
+) -> emogate_models::Result<TensorUpdate> {
     let tensor = model
         .graph()
         .initializer
@@ -349,7 +413,8 @@ fn ablated(model: &OnnxModel, index: &ParamIndex, p: &Param, mode: &AblateMode) 
         AblateMode::Scale(f) => v.iter_mut().for_each(|x| *x = (f64::from(*x) * f) as f32),
         AblateMode::Noise(sigma) => {
             let mut rng = Rng::new(seed_of(ABLATE_NOISE_SEED));
-            v.iter_mut().for_each(|x| *x = (f64::from(*x) + sigma * rng.normal()) as f32);
+            v.iter_mut()
+                .for_each(|x| *x = (f64::from(*x) + sigma * rng.normal()) as f32);
         }
         AblateMode::Reinit(seed) => {
             let dims = p.torch_dims();
@@ -419,7 +484,8 @@ const LORA_SUFFIXES: [&str; 5] = [
 /// when nothing matches (listing the modules) or the output exists.
 pub fn subset_adapter(dir: &Path, modules: &str, out: &Path) -> Result<SubsetReport> {
     // Loading checks the adapter as merge would before anything is written.
-    let adapter = Adapter::load(dir).map_err(|e| Error::model(format!("loading adapter {}", dir.display()), e))?;
+    let adapter = Adapter::load(dir)
+        .map_err(|e| Error::model(format!("loading adapter {}", dir.display()), e))?;
     let filter = ModuleFilter::new(modules).map_err(|e| Error::model("--modules", e))?;
     let weights_path = dir.join("adapter_model.safetensors");
     let bytes = std::fs::read(&weights_path).map_err(|e| Error::io("reading", &weights_path, e))?;
@@ -453,47 +519,75 @@ pub fn subset_adapter(dir: &Path, modules: &str, out: &Path) -> Result<SubsetRep
         }
     }
     if kept.is_empty() {
-        let all: Vec<&String> = adapter.modules.keys().chain(adapter.replacements.keys()).collect();
+        let all: Vec<&String> = adapter
+            .modules
+            .keys()
+            .chain(adapter.replacements.keys())
+            .collect();
         return Err(Error::field(
             dir,
             "--modules",
             format!(
                 "`{modules}` matches no module of the adapter; its modules are: {}",
-                all.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                all.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ));
     }
     if out.exists() {
-        return Err(Error::field(out, "--out-adapter", "exists; expected a new folder (nothing is overwritten)"));
+        return Err(Error::field(
+            out,
+            "--out-adapter",
+            "exists; expected a new folder (nothing is overwritten)",
+        ));
     }
     let config_path = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io("reading", &config_path, e))?;
-    let mut config: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::field(&config_path, "JSON", e.to_string()))?;
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| Error::io("reading", &config_path, e))?;
+    let mut config: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::field(&config_path, "JSON", e.to_string()))?;
     let obj = config
         .as_object_mut()
         .ok_or_else(|| Error::field(&config_path, "JSON", "expected an object"))?;
-    obj.insert("target_modules".into(), serde_json::json!(lora.iter().collect::<Vec<_>>()));
+    obj.insert(
+        "target_modules".into(),
+        serde_json::json!(lora.iter().collect::<Vec<_>>()),
+    );
     let saved_entries: Vec<String> = obj
         .get("modules_to_save")
         .and_then(|v| v.as_array())
         .map(|a| {
             a.iter()
                 .filter_map(|v| v.as_str())
-                .filter(|s| saved.iter().any(|m| m == s || m.ends_with(&format!(".{s}"))))
+                .filter(|s| {
+                    saved
+                        .iter()
+                        .any(|m| m == s || m.ends_with(&format!(".{s}")))
+                })
                 .map(str::to_string)
                 .collect()
         })
         .unwrap_or_default();
     obj.insert(
         "modules_to_save".into(),
-        if saved_entries.is_empty() { serde_json::Value::Null } else { serde_json::json!(saved_entries) },
+        if saved_entries.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::json!(saved_entries)
+        },
     );
     let metadata = tensors_metadata(&bytes);
-    let serialized = safetensors::tensor::serialize(kept.iter().map(|(k, v)| (k.clone(), v.clone())), metadata)
-        .map_err(|e| Error::field(&weights_path, "tensors", e.to_string()))?;
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| Error::io("creating the output folder", parent, e))?;
+    let serialized =
+        safetensors::tensor::serialize(kept.iter().map(|(k, v)| (k.clone(), v.clone())), metadata)
+            .map_err(|e| Error::field(&weights_path, "tensors", e.to_string()))?;
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .map_err(|e| Error::io("creating the output folder", parent, e))?;
     let tmp = tempfile::Builder::new()
         .prefix(".adapter-")
         .tempdir_in(parent)
@@ -503,7 +597,10 @@ pub fn subset_adapter(dir: &Path, modules: &str, out: &Path) -> Result<SubsetRep
         std::fs::write(&p, data).map_err(|e| Error::io("writing", &p, e))
     };
     write("adapter_model.safetensors", &serialized)?;
-    let json = serde_json::to_string_pretty(&config).map_err(|source| Error::Json { path: out.join("adapter_config.json"), source })?;
+    let json = serde_json::to_string_pretty(&config).map_err(|source| Error::Json {
+        path: out.join("adapter_config.json"),
+        source,
+    })?;
     write("adapter_config.json", json.as_bytes())?;
     let tmp_path = tmp.keep();
     std::fs::rename(&tmp_path, out).map_err(|e| {
@@ -521,7 +618,9 @@ pub fn subset_adapter(dir: &Path, modules: &str, out: &Path) -> Result<SubsetRep
 
 /// The `__metadata__` of a safetensors file, kept in the subset.
 fn tensors_metadata(bytes: &[u8]) -> Option<std::collections::HashMap<String, String>> {
-    safetensors::SafeTensors::read_metadata(bytes).ok().and_then(|(_, m)| m.metadata().clone())
+    safetensors::SafeTensors::read_metadata(bytes)
+        .ok()
+        .and_then(|(_, m)| m.metadata().clone())
 }
 
 #[cfg(test)]
@@ -531,11 +630,33 @@ mod tests {
     #[test]
     fn modes_and_layers_parse() {
         assert_eq!(AblateMode::parse("zero").unwrap(), AblateMode::Zero);
-        assert_eq!(AblateMode::parse("noise:0.5").unwrap(), AblateMode::Noise(0.5));
-        assert_eq!(AblateMode::parse("reinit:7").unwrap(), AblateMode::Reinit(7));
-        assert_eq!(AblateMode::parse("scale:-1").unwrap(), AblateMode::Scale(-1.0));
-        assert_eq!(AblateMode::parse("revert:b.onnx").unwrap(), AblateMode::Revert("b.onnx".into()));
-        for bad in ["revert", "revert:", "noise", "noise:x", "noise:-1", "reinit:-2", "scale:nan", "zap", "zero:1"] {
+        assert_eq!(
+            AblateMode::parse("noise:0.5").unwrap(),
+            AblateMode::Noise(0.5)
+        );
+        assert_eq!(
+            AblateMode::parse("reinit:7").unwrap(),
+            AblateMode::Reinit(7)
+        );
+        assert_eq!(
+            AblateMode::parse("scale:-1").unwrap(),
+            AblateMode::Scale(-1.0)
+        );
+        assert_eq!(
+            AblateMode::parse("revert:b.onnx").unwrap(),
+            AblateMode::Revert("b.onnx".into())
+        );
+        for bad in [
+            "revert",
+            "revert:",
+            "noise",
+            "noise:x",
+            "noise:-1",
+            "reinit:-2",
+            "scale:nan",
+            "zap",
+            "zero:1",
+        ] {
             assert!(AblateMode::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_layers("0-7").unwrap(), 0..=7);

@@ -187,7 +187,12 @@ pub fn read_npz(path: &Path) -> Result<Vec<NpyArray>> {
 pub fn write_npz(path: &Path, arrays: &[NpyArray]) -> Result<()> {
     let mut out: Vec<u8> = Vec::new();
     let mut central: Vec<u8> = Vec::new();
-    let too_big = || Error::usage(format!("{}: the arrays need 4 GiB or more; write fewer samples per file", path.display()));
+    let too_big = || {
+        Error::usage(format!(
+            "{}: the arrays need 4 GiB or more; write fewer samples per file",
+            path.display()
+        ))
+    };
     for a in arrays {
         let (descr, data): (&str, Vec<u8>) = match &a.data {
             NpyData::F32(v) => ("<f4", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
@@ -195,9 +200,17 @@ pub fn write_npz(path: &Path, arrays: &[NpyArray]) -> Result<()> {
         };
         let shape = match a.shape.len() {
             1 => format!("({},)", a.shape[0]),
-            _ => format!("({})", a.shape.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+            _ => format!(
+                "({})",
+                a.shape
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         };
-        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
         // Magic (6) + version (2) + length (2) + header, padded to 64 bytes, ending in \n.
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
@@ -836,8 +849,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.npz");
         let arrays = vec![
-            NpyArray { name: "face".into(), shape: vec![2, 3], data: NpyData::F32(vec![0.5, -1.0, 2.0, 3.0, 4.0, 5.0]) },
-            NpyArray { name: "labels".into(), shape: vec![2], data: NpyData::I64(vec![3, -7]) },
+            NpyArray {
+                name: "face".into(),
+                shape: vec![2, 3],
+                data: NpyData::F32(vec![0.5, -1.0, 2.0, 3.0, 4.0, 5.0]),
+            },
+            NpyArray {
+                name: "labels".into(),
+                shape: vec![2],
+                data: NpyData::I64(vec![3, -7]),
+            },
         ];
         write_npz(&p, &arrays).unwrap();
         assert_eq!(read_npz(&p).unwrap(), arrays);

@@ -280,6 +280,9 @@ mod tests {
         assert_eq!(layer_of("m.model.layers.3.mlp.gate_proj"), Some(3));
         assert_eq!(module_type("norm"), "norm");
         assert_eq!(layer_of("emotion_head"), None);
-        assert_eq!(transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3), [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+        assert_eq!(
+            transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3),
+            [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
+        );
     }
 }

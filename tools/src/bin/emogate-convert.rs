@@ -491,10 +491,19 @@ fn print_graft(r: &graft::GraftReport) {
         );
     }
     for m in &r.merged {
-        println!("{:<44} {:<6} merged ({}), |dW|/|W| {:.3e}", m.module, m.kind, m.weight, m.relative_change);
+        println!(
+            "{:<44} {:<6} merged ({}), |dW|/|W| {:.3e}",
+            m.module, m.kind, m.weight, m.relative_change
+        );
     }
     for c in &r.changed {
-        println!("{:<44} {:<6} {} {:?}", c.module, c.role.name(), c.initializer, c.shape);
+        println!(
+            "{:<44} {:<6} {} {:?}",
+            c.module,
+            c.role.name(),
+            c.initializer,
+            c.shape
+        );
     }
     for w in &r.warnings {
         eprintln!("warning: {w}");
@@ -526,13 +535,19 @@ fn transfer_cmd(a: TransferArgs) -> Result<()> {
                 r.output.display(),
                 r.tensors,
                 r.lora_modules.join(", "),
-                if r.saved_modules.is_empty() { "-".into() } else { r.saved_modules.join(", ") }
+                if r.saved_modules.is_empty() {
+                    "-".into()
+                } else {
+                    r.saved_modules.join(", ")
+                }
             );
             if let Some(p) = &a.report {
                 atomic::write_json(p, &r)?;
             }
         }
-        _ => anyhow::bail!("give --from DONOR --into BASE --out OUT, or --adapter DIR --out-adapter DIR2"),
+        _ => anyhow::bail!(
+            "give --from DONOR --into BASE --out OUT, or --adapter DIR --out-adapter DIR2"
+        ),
     }
     Ok(())
 }
@@ -578,42 +593,93 @@ fn eval_cmd(a: EvalArgs) -> Result<bool> {
     };
     let r = eval::eval(&options)?;
     for s in &r.skipped {
-        eprintln!("skipped line {}{}: {}", s.line, s.id.as_ref().map(|i| format!(" ({i})")).unwrap_or_default(), s.reason);
+        eprintln!(
+            "skipped line {}{}: {}",
+            s.line,
+            s.id.as_ref().map(|i| format!(" ({i})")).unwrap_or_default(),
+            s.reason
+        );
     }
     println!(
         "inputs {} ({} samples{}), backend {}; 95% intervals: bootstrap, {} resamples, seed {}",
         r.inputs,
         r.models[0].scores.samples,
-        r.zero_input.map(|z| format!(", {z:?} zeroed")).unwrap_or_default(),
+        r.zero_input
+            .map(|z| format!(", {z:?} zeroed"))
+            .unwrap_or_default(),
         r.backend.name(),
         r.bootstrap_resamples,
         r.bootstrap_seed
     );
     let ci = |s: &eval::metrics::Scored| format!("{:.4} [{:.4}, {:.4}]", s.value, s.lo, s.hi);
-    println!("{:<12} {}", "", r.models.iter().map(|m| format!("{:<34}", m.model.display())).collect::<String>());
+    println!(
+        "{:<12} {}",
+        "",
+        r.models
+            .iter()
+            .map(|m| format!("{:<34}", m.model.display()))
+            .collect::<String>()
+    );
     let rowp = |name: &str, f: &dyn Fn(&eval::Scores) -> String| {
-        println!("{:<12} {}", name, r.models.iter().map(|m| format!("{:<34}", f(&m.scores))).collect::<String>());
+        println!(
+            "{:<12} {}",
+            name,
+            r.models
+                .iter()
+                .map(|m| format!("{:<34}", f(&m.scores)))
+                .collect::<String>()
+        );
     };
     rowp("correct", &|s| format!("{}/{}", s.correct, s.samples));
     rowp("accuracy", &|s| ci(&s.accuracy));
     rowp("UAR", &|s| ci(&s.uar));
     rowp("macro-F1", &|s| ci(&s.macro_f1));
-    rowp("valence RMSE", &|s| s.valence.as_ref().map(|v| ci(&v.rmse)).unwrap_or_else(|| "-".into()));
-    rowp("valence CCC", &|s| s.valence.as_ref().map(|v| ci(&v.ccc)).unwrap_or_else(|| "-".into()));
-    rowp("arousal RMSE", &|s| s.arousal.as_ref().map(|v| ci(&v.rmse)).unwrap_or_else(|| "-".into()));
-    rowp("arousal CCC", &|s| s.arousal.as_ref().map(|v| ci(&v.ccc)).unwrap_or_else(|| "-".into()));
+    rowp("valence RMSE", &|s| {
+        s.valence
+            .as_ref()
+            .map(|v| ci(&v.rmse))
+            .unwrap_or_else(|| "-".into())
+    });
+    rowp("valence CCC", &|s| {
+        s.valence
+            .as_ref()
+            .map(|v| ci(&v.ccc))
+            .unwrap_or_else(|| "-".into())
+    });
+    rowp("arousal RMSE", &|s| {
+        s.arousal
+            .as_ref()
+            .map(|v| ci(&v.rmse))
+            .unwrap_or_else(|| "-".into())
+    });
+    rowp("arousal CCC", &|s| {
+        s.arousal
+            .as_ref()
+            .map(|v| ci(&v.ccc))
+            .unwrap_or_else(|| "-".into())
+    });
     for m in &r.models {
-        println!("confusion (rows: true, columns: predicted) of {}:", m.model.display());
+        println!(
+            "confusion (rows: true, columns: predicted) of {}:",
+            m.model.display()
+        );
         for (k, row) in m.scores.confusion.iter().enumerate() {
             let name = r.labels.get(k).cloned().unwrap_or_else(|| k.to_string());
-            println!("  {:<10} {}", name, row.iter().map(|c| format!("{c:>6}")).collect::<String>());
+            println!(
+                "  {:<10} {}",
+                name,
+                row.iter().map(|c| format!("{c:>6}")).collect::<String>()
+            );
         }
     }
     if let Some(p) = &a.report {
         atomic::write_json(p, &r)?;
     }
     if !r.passed {
-        println!("FAIL accuracy {:.4} is below --min-acc", r.models[0].scores.accuracy.value);
+        println!(
+            "FAIL accuracy {:.4} is below --min-acc",
+            r.models[0].scores.accuracy.value
+        );
     }
     Ok(r.passed)
 }

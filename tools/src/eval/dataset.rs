@@ -70,22 +70,44 @@ fn split_csv(line: &str) -> std::result::Result<Vec<String>, String> {
 /// # Errors
 /// [`Error::Io`] for an unreadable `labels.csv`; [`Error::Field`] naming the
 /// line and column for a malformed row or an unknown label.
-pub fn load(dir: &Path, manifest: &Manifest, zero: Option<Modality>) -> Result<(LabelledSet, Vec<SkippedRow>)> {
+pub fn load(
+    dir: &Path,
+    manifest: &Manifest,
+    zero: Option<Modality>,
+) -> Result<(LabelledSet, Vec<SkippedRow>)> {
     let csv = dir.join("labels.csv");
     let text = std::fs::read_to_string(&csv).map_err(|e| Error::io("reading", &csv, e))?;
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-    let (_, header) = lines
-        .next()
-        .ok_or_else(|| Error::field(&csv, "line 1", "empty; expected a header row: id,face,audio,label,valence,arousal"))?;
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    let (_, header) = lines.next().ok_or_else(|| {
+        Error::field(
+            &csv,
+            "line 1",
+            "empty; expected a header row: id,face,audio,label,valence,arousal",
+        )
+    })?;
     let header = split_csv(header).map_err(|m| Error::field(&csv, "line 1", m))?;
     let col = |name: &str| header.iter().position(|h| h == name);
-    let label_col = col("label")
-        .ok_or_else(|| Error::field(&csv, "header", format!("has no `label` column (columns: {})", header.join(","))))?;
+    let label_col = col("label").ok_or_else(|| {
+        Error::field(
+            &csv,
+            "header",
+            format!("has no `label` column (columns: {})", header.join(",")),
+        )
+    })?;
     let (face_col, audio_col, id_col) = (col("face"), col("audio"), col("id"));
     let va_cols = match (col("valence"), col("arousal")) {
         (Some(v), Some(a)) => Some((v, a)),
         (None, None) => None,
-        _ => return Err(Error::field(&csv, "header", "has one of `valence`/`arousal`; expected both or neither")),
+        _ => {
+            return Err(Error::field(
+                &csv,
+                "header",
+                "has one of `valence`/`arousal`; expected both or neither",
+            ));
+        }
     };
     let mut featurizer = Featurizer::new(manifest).map_err(|source| Error::Features {
         what: "preparing the manifest's preprocessing".into(),
@@ -93,10 +115,18 @@ pub fn load(dir: &Path, manifest: &Manifest, zero: Option<Modality>) -> Result<(
     })?;
     let audio_spec = featurizer.audio().cloned();
     if featurizer.wants_video() && face_col.is_none() {
-        return Err(Error::field(&csv, "header", "has no `face` column, but the model has a video input"));
+        return Err(Error::field(
+            &csv,
+            "header",
+            "has no `face` column, but the model has a video input",
+        ));
     }
     if audio_spec.is_some() && audio_col.is_none() {
-        return Err(Error::field(&csv, "header", "has no `audio` column, but the model has an audio input"));
+        return Err(Error::field(
+            &csv,
+            "header",
+            "has no `audio` column, but the model has an audio input",
+        ));
     }
     let mut set = LabelledSet::default();
     let mut va = Vec::new();
@@ -104,12 +134,17 @@ pub fn load(dir: &Path, manifest: &Manifest, zero: Option<Modality>) -> Result<(
     for (i, line) in lines {
         let line_no = i + 1;
         let at = |c: &str| format!("line {line_no}, column `{c}`");
-        let fields = split_csv(line).map_err(|m| Error::field(&csv, format!("line {line_no}"), m))?;
+        let fields =
+            split_csv(line).map_err(|m| Error::field(&csv, format!("line {line_no}"), m))?;
         if fields.len() != header.len() {
             return Err(Error::field(
                 &csv,
                 format!("line {line_no}"),
-                format!("has {} fields; the header has {}", fields.len(), header.len()),
+                format!(
+                    "has {} fields; the header has {}",
+                    fields.len(),
+                    header.len()
+                ),
             ));
         }
         let id = id_col.map(|c| fields[c].clone());
@@ -118,35 +153,63 @@ pub fn load(dir: &Path, manifest: &Manifest, zero: Option<Modality>) -> Result<(
             .labels
             .iter()
             .position(|l| l == label_text)
-            .or_else(|| label_text.parse::<usize>().ok().filter(|k| *k < manifest.labels.len()))
+            .or_else(|| {
+                label_text
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|k| *k < manifest.labels.len())
+            })
             .ok_or_else(|| {
                 Error::field(
                     &csv,
                     at("label"),
-                    format!("`{label_text}` is not a class of the model; expected one of {}", manifest.labels.join(", ")),
+                    format!(
+                        "`{label_text}` is not a class of the model; expected one of {}",
+                        manifest.labels.join(", ")
+                    ),
                 )
             })?;
         let targets = match va_cols {
             Some((v, a)) => {
                 let num = |c: usize, name: &str| {
-                    fields[c].parse::<f32>().ok().filter(|x| x.is_finite()).ok_or_else(|| {
-                        Error::field(&csv, at(name), format!("`{}` is not a finite number", fields[c]))
-                    })
+                    fields[c]
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|x| x.is_finite())
+                        .ok_or_else(|| {
+                            Error::field(
+                                &csv,
+                                at(name),
+                                format!("`{}` is not a finite number", fields[c]),
+                            )
+                        })
                 };
                 Some([num(v, "valence")?, num(a, "arousal")?])
             }
             None => None,
         };
-        let media = |c: Option<usize>| c.map(|c| &fields[c]).filter(|f| !f.is_empty()).map(|f| dir.join(f));
+        let media = |c: Option<usize>| {
+            c.map(|c| &fields[c])
+                .filter(|f| !f.is_empty())
+                .map(|f| dir.join(f))
+        };
         let face = if featurizer.wants_video() && zero != Some(Modality::Face) {
             match media(face_col).map(|p| read_last_frame(&p)) {
                 Some(Ok(f)) => Some(f),
                 Some(Err(reason)) => {
-                    skipped.push(SkippedRow { line: line_no, id, reason });
+                    skipped.push(SkippedRow {
+                        line: line_no,
+                        id,
+                        reason,
+                    });
                     continue;
                 }
                 None => {
-                    skipped.push(SkippedRow { line: line_no, id, reason: "the `face` field is empty".into() });
+                    skipped.push(SkippedRow {
+                        line: line_no,
+                        id,
+                        reason: "the `face` field is empty".into(),
+                    });
                     continue;
                 }
             }
@@ -154,22 +217,36 @@ pub fn load(dir: &Path, manifest: &Manifest, zero: Option<Modality>) -> Result<(
             None
         };
         let audio = match &audio_spec {
-            Some(spec) if zero != Some(Modality::Audio) => match media(audio_col).map(|p| read_window(&p, spec.sample_rate, spec.window_s)) {
-                Some(Ok(a)) => Some(a),
-                Some(Err(reason)) => {
-                    skipped.push(SkippedRow { line: line_no, id, reason });
-                    continue;
+            Some(spec) if zero != Some(Modality::Audio) => {
+                match media(audio_col).map(|p| read_window(&p, spec.sample_rate, spec.window_s)) {
+                    Some(Ok(a)) => Some(a),
+                    Some(Err(reason)) => {
+                        skipped.push(SkippedRow {
+                            line: line_no,
+                            id,
+                            reason,
+                        });
+                        continue;
+                    }
+                    None => {
+                        skipped.push(SkippedRow {
+                            line: line_no,
+                            id,
+                            reason: "the `audio` field is empty".into(),
+                        });
+                        continue;
+                    }
                 }
-                None => {
-                    skipped.push(SkippedRow { line: line_no, id, reason: "the `audio` field is empty".into() });
-                    continue;
-                }
-            },
+            }
             _ => None,
         };
-        let tensors: Vec<Tensor> = featurizer
-            .build(face.as_ref(), audio.as_deref())
-            .map_err(|source| Error::Features { what: format!("{}: line {line_no}", csv.display()), source })?;
+        let tensors: Vec<Tensor> =
+            featurizer
+                .build(face.as_ref(), audio.as_deref())
+                .map_err(|source| Error::Features {
+                    what: format!("{}: line {line_no}", csv.display()),
+                    source,
+                })?;
         set.sets.push(tensors);
         set.labels.push(label);
         if let Some(t) = targets {
@@ -179,7 +256,11 @@ pub fn load(dir: &Path, manifest: &Manifest, zero: Option<Modality>) -> Result<(
     if va_cols.is_some() {
         set.valence_arousal = Some(va);
     }
-    set.names = manifest.inputs.iter().map(|i| input_name(i).to_string()).collect();
+    set.names = manifest
+        .inputs
+        .iter()
+        .map(|i| input_name(i).to_string())
+        .collect();
     Ok((set, skipped))
 }
 
@@ -214,7 +295,8 @@ fn read_window(path: &PathBuf, rate: u32, window_s: f64) -> std::result::Result<
     let samples = if wav.sample_rate == rate {
         mono
     } else {
-        emogate_infer::pre::resample::resample(&mono, wav.sample_rate, rate).map_err(|e| format!("{}: {e}", path.display()))?
+        emogate_infer::pre::resample::resample(&mono, wav.sample_rate, rate)
+            .map_err(|e| format!("{}: {e}", path.display()))?
     };
     let window = (window_s * f64::from(rate)).round() as usize;
     let mut out = vec![0f32; window];
@@ -230,7 +312,10 @@ mod tests {
     #[test]
     fn csv_fields_split_with_quotes() {
         assert_eq!(split_csv("a, b ,c").unwrap(), ["a", "b", "c"]);
-        assert_eq!(split_csv("\"x,y\",\"say \"\"hi\"\"\",").unwrap(), ["x,y", "say \"hi\"", ""]);
+        assert_eq!(
+            split_csv("\"x,y\",\"say \"\"hi\"\"\",").unwrap(),
+            ["x,y", "say \"hi\"", ""]
+        );
         assert!(split_csv("\"open").is_err());
     }
 }

@@ -55,7 +55,12 @@ pub struct Scores {
     pub arousal: Option<Regression>,
 }
 
-fn confusion(labels: &[usize], predicted: &[usize], classes: usize, idx: &[usize]) -> Vec<Vec<usize>> {
+fn confusion(
+    labels: &[usize],
+    predicted: &[usize],
+    classes: usize,
+    idx: &[usize],
+) -> Vec<Vec<usize>> {
     let mut m = vec![vec![0usize; classes]; classes];
     for &i in idx {
         m[labels[i]][predicted[i]] += 1;
@@ -83,7 +88,11 @@ fn class_scores(m: &[Vec<usize>]) -> (f64, f64, f64) {
         }
     }
     let ratio = |a: f64, n: usize| if n == 0 { 0.0 } else { a / n as f64 };
-    (ratio(correct as f64, total), ratio(recall_sum, recall_n), ratio(f1_sum, f1_n))
+    (
+        ratio(correct as f64, total),
+        ratio(recall_sum, recall_n),
+        ratio(f1_sum, f1_n),
+    )
 }
 
 /// (RMSE, CCC) of predictions against targets over `idx`.
@@ -144,13 +153,16 @@ pub fn score(
     let (acc, uar, f1) = class_scores(&m);
     let split = |v: &[[f32; 2]], d: usize| v.iter().map(|x| x[d]).collect::<Vec<f32>>();
     let va_cols = va.map(|(t, p)| [(split(t, 0), split(p, 0)), (split(t, 1), split(p, 1))]);
-    let point_va = va_cols.as_ref().map(|cols| cols.each_ref().map(|(t, p)| regression(t, p, &all)));
+    let point_va = va_cols
+        .as_ref()
+        .map(|cols| cols.each_ref().map(|(t, p)| regression(t, p, &all)));
     let mut rng = Rng::new(BOOTSTRAP_SEED);
     let mut boot = vec![Vec::with_capacity(BOOTSTRAP_RESAMPLES); 7];
     let mut idx = vec![0usize; n];
     if n > 0 {
         for _ in 0..BOOTSTRAP_RESAMPLES {
-            idx.iter_mut().for_each(|i| *i = (rng.next_u64() % n as u64) as usize);
+            idx.iter_mut()
+                .for_each(|i| *i = (rng.next_u64() % n as u64) as usize);
             let (a, u, f) = class_scores(&confusion(labels, predicted, classes, &idx));
             boot[0].push(a);
             boot[1].push(u);
@@ -170,8 +182,14 @@ pub fn score(
     let (b_vr, b_vc, b_ar, b_ac) = (next(), next(), next(), next());
     let (valence, arousal) = match point_va {
         Some([(vr, vc), (ar, ac)]) => (
-            Some(Regression { rmse: interval(vr, b_vr), ccc: interval(vc, b_vc) }),
-            Some(Regression { rmse: interval(ar, b_ar), ccc: interval(ac, b_ac) }),
+            Some(Regression {
+                rmse: interval(vr, b_vr),
+                ccc: interval(vc, b_vc),
+            }),
+            Some(Regression {
+                rmse: interval(ar, b_ar),
+                ccc: interval(ac, b_ac),
+            }),
         ),
         None => (None, None),
     };

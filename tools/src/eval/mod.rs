@@ -28,8 +28,8 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::npz::{NpyArray, NpyData, read_npz, write_npz};
 use crate::verify::inputs::{InputDesc, model_inputs, npz_sets};
-use crate::verify::running::{BackendKind, load_backend, run_all};
 use crate::verify::output_names;
+use crate::verify::running::{BackendKind, load_backend, run_all};
 pub use dataset::SkippedRow;
 pub use metrics::{BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Scores};
 
@@ -110,16 +110,29 @@ pub fn load_npz(path: &Path, descs: &[InputDesc], classes: Option<usize>) -> Res
     let sets = npz_sets(path, &arrays, descs)?;
     let find = |name: &str| arrays.iter().find(|a| a.name == name);
     let labels = find(LABELS_ARRAY).ok_or_else(|| {
-        Error::field(path, "arrays", format!("no array named `{LABELS_ARRAY}`; expected int64 class indices [N]"))
+        Error::field(
+            path,
+            "arrays",
+            format!("no array named `{LABELS_ARRAY}`; expected int64 class indices [N]"),
+        )
     })?;
     let NpyData::I64(values) = &labels.data else {
-        return Err(Error::field(path, format!("array `{LABELS_ARRAY}`"), "is float; expected integer class indices"));
+        return Err(Error::field(
+            path,
+            format!("array `{LABELS_ARRAY}`"),
+            "is float; expected integer class indices",
+        ));
     };
     if labels.shape.len() != 1 || values.len() != sets.len() {
         return Err(Error::field(
             path,
             format!("array `{LABELS_ARRAY}`"),
-            format!("has shape {:?}; the inputs hold {} samples, expected [{}]", labels.shape, sets.len(), sets.len()),
+            format!(
+                "has shape {:?}; the inputs hold {} samples, expected [{}]",
+                labels.shape,
+                sets.len(),
+                sets.len()
+            ),
         ));
     }
     let mut out = Vec::with_capacity(values.len());
@@ -141,12 +154,18 @@ pub fn load_npz(path: &Path, descs: &[InputDesc], classes: Option<usize>) -> Res
     let valence_arousal = match find(VA_ARRAY) {
         None => None,
         Some(a) => match &a.data {
-            NpyData::F32(v) if a.shape == [sets.len(), 2] => Some(v.chunks_exact(2).map(|c| [c[0], c[1]]).collect()),
+            NpyData::F32(v) if a.shape == [sets.len(), 2] => {
+                Some(v.chunks_exact(2).map(|c| [c[0], c[1]]).collect())
+            }
             _ => {
                 return Err(Error::field(
                     path,
                     format!("array `{VA_ARRAY}`"),
-                    format!("has shape {:?}; expected float32 [{}, 2]", a.shape, sets.len()),
+                    format!(
+                        "has shape {:?}; expected float32 [{}, 2]",
+                        a.shape,
+                        sets.len()
+                    ),
                 ));
             }
         },
@@ -166,19 +185,35 @@ pub fn load_npz(path: &Path, descs: &[InputDesc], classes: Option<usize>) -> Res
 pub fn save_npz(path: &Path, set: &LabelledSet) -> Result<()> {
     let mut arrays = Vec::new();
     for (k, name) in set.names.iter().enumerate() {
-        let first = set.sets.first().map(|s| s[k].shape.clone()).unwrap_or_default();
+        let first = set
+            .sets
+            .first()
+            .map(|s| s[k].shape.clone())
+            .unwrap_or_default();
         let mut shape = vec![set.sets.len()];
         shape.extend(&first);
         let data = match set.sets.first().map(|s| &s[k].data) {
             Some(TensorData::I64(_)) => NpyData::I64(
-                set.sets.iter().flat_map(|s| match &s[k].data {
-                    TensorData::I64(v) => v.clone(),
-                    TensorData::F32(v) => v.iter().map(|x| *x as i64).collect(),
-                }).collect(),
+                set.sets
+                    .iter()
+                    .flat_map(|s| match &s[k].data {
+                        TensorData::I64(v) => v.clone(),
+                        TensorData::F32(v) => v.iter().map(|x| *x as i64).collect(),
+                    })
+                    .collect(),
             ),
-            _ => NpyData::F32(set.sets.iter().flat_map(|s| s[k].as_f32().map(<[f32]>::to_vec).unwrap_or_default()).collect()),
+            _ => NpyData::F32(
+                set.sets
+                    .iter()
+                    .flat_map(|s| s[k].as_f32().map(<[f32]>::to_vec).unwrap_or_default())
+                    .collect(),
+            ),
         };
-        arrays.push(NpyArray { name: name.clone(), shape, data });
+        arrays.push(NpyArray {
+            name: name.clone(),
+            shape,
+            data,
+        });
     }
     arrays.push(NpyArray {
         name: LABELS_ARRAY.into(),
@@ -217,12 +252,14 @@ fn output_slots(model: &OnnxModel, manifest: Option<&Manifest>) -> (usize, Optio
         })
     };
     let class = by_kind(&[OutputKind::Probabilities, OutputKind::Logits]).unwrap_or(0);
-    let va = by_kind(&[OutputKind::ValenceArousal]).or_else(|| names.iter().position(|n| n == VA_ARRAY));
+    let va =
+        by_kind(&[OutputKind::ValenceArousal]).or_else(|| names.iter().position(|n| n == VA_ARRAY));
     (class, va)
 }
 
 fn load_model(path: &Path) -> Result<(OnnxModel, Option<Manifest>)> {
-    let model = OnnxModel::load(path).map_err(|e| Error::model(format!("loading {}", path.display()), e))?;
+    let model = OnnxModel::load(path)
+        .map_err(|e| Error::model(format!("loading {}", path.display()), e))?;
     let manifest = Manifest::from_model(&model)
         .map_err(|e| Error::model(format!("reading the manifest of {}", path.display()), e))?;
     Ok((model, manifest))
@@ -247,18 +284,28 @@ fn evaluate(path: &Path, set: &LabelledSet, classes: usize, o: &EvalOptions) -> 
     let mut va_pred = Vec::new();
     for (i, out) in outputs.iter().enumerate() {
         let scores = out.get(class_out).and_then(Tensor::as_f32).ok_or_else(|| {
-            Error::output(format!("#{class_out}"), format!("{}: missing or not float32 for sample {i}", path.display()))
+            Error::output(
+                format!("#{class_out}"),
+                format!("{}: missing or not float32 for sample {i}", path.display()),
+            )
         })?;
         if scores.len() != classes {
             return Err(Error::output(
                 format!("#{class_out}"),
-                format!("{}: holds {} class scores; the labels name {classes} classes", path.display(), scores.len()),
+                format!(
+                    "{}: holds {} class scores; the labels name {classes} classes",
+                    path.display(),
+                    scores.len()
+                ),
             ));
         }
         let best = scores
             .iter()
             .enumerate()
-            .fold((0, f32::NEG_INFINITY), |b, (k, v)| if *v > b.1 { (k, *v) } else { b })
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (k, v)| if *v > b.1 { (k, *v) } else { b },
+            )
             .0;
         predicted.push(best);
         if let Some(v) = va_out.and_then(|k| out.get(k)).and_then(Tensor::as_f32)
@@ -283,13 +330,23 @@ fn evaluate(path: &Path, set: &LabelledSet, classes: usize, o: &EvalOptions) -> 
 pub fn eval(o: &EvalOptions) -> Result<EvalReport> {
     let (model, manifest) = load_model(&o.model)?;
     let descs = model_inputs(&model, &HashMap::new())?;
-    let labels: Vec<String> = manifest.as_ref().map(|m| m.labels.clone()).unwrap_or_default();
+    let labels: Vec<String> = manifest
+        .as_ref()
+        .map(|m| m.labels.clone())
+        .unwrap_or_default();
     let classes = (!labels.is_empty()).then_some(labels.len());
     let (mut set, skipped, inputs) = match &o.source {
-        EvalSource::Npz(p) => (load_npz(p, &descs, classes)?, Vec::new(), p.display().to_string()),
+        EvalSource::Npz(p) => (
+            load_npz(p, &descs, classes)?,
+            Vec::new(),
+            p.display().to_string(),
+        ),
         EvalSource::Dataset(dir) => {
             let m = manifest.as_ref().ok_or_else(|| {
-                Error::usage(format!("--dataset needs a model with an embedded manifest; {} has none", o.model.display()))
+                Error::usage(format!(
+                    "--dataset needs a model with an embedded manifest; {} has none",
+                    o.model.display()
+                ))
             })?;
             let (set, skipped) = dataset::load(dir, m, o.zero_input)?;
             (set, skipped, dir.display().to_string())
@@ -297,12 +354,19 @@ pub fn eval(o: &EvalOptions) -> Result<EvalReport> {
     };
     if let (Some(z), EvalSource::Npz(_)) = (o.zero_input, &o.source) {
         let m = manifest.as_ref().ok_or_else(|| {
-            Error::usage(format!("--zero-input needs a model with an embedded manifest; {} has none", o.model.display()))
+            Error::usage(format!(
+                "--zero-input needs a model with an embedded manifest; {} has none",
+                o.model.display()
+            ))
         })?;
         let name = modality_input(m, z).ok_or_else(|| {
             Error::usage(format!("--zero-input {z:?}: the model has no such input"))
         })?;
-        let k = set.names.iter().position(|n| n == name).ok_or_else(|| Error::input(name, "not among the model's inputs"))?;
+        let k = set
+            .names
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| Error::input(name, "not among the model's inputs"))?;
         for s in &mut set.sets {
             if let TensorData::F32(v) = &mut s[k].data {
                 v.iter_mut().for_each(|x| *x = 0.0);
@@ -322,7 +386,10 @@ pub fn eval(o: &EvalOptions) -> Result<EvalReport> {
             let (class_out, _) = output_slots(&model, None);
             let mut b = load_backend(o.backend, &o.model, &descs, o.threads)?;
             let (out, _) = run_all(b.as_mut(), &set.sets[..1], &o.model.display().to_string())?;
-            let width = out[0].get(class_out).map(|t| t.shape.last().copied().unwrap_or(1)).unwrap_or(1);
+            let width = out[0]
+                .get(class_out)
+                .map(|t| t.shape.last().copied().unwrap_or(1))
+                .unwrap_or(1);
             if let Some((i, l)) = set.labels.iter().enumerate().find(|(_, l)| **l >= width) {
                 return Err(Error::field(
                     &inputs,
@@ -333,11 +400,19 @@ pub fn eval(o: &EvalOptions) -> Result<EvalReport> {
             width
         }
     };
-    let mut models = vec![ModelScores { model: o.model.clone(), scores: evaluate(&o.model, &set, classes, o)? }];
+    let mut models = vec![ModelScores {
+        model: o.model.clone(),
+        scores: evaluate(&o.model, &set, classes, o)?,
+    }];
     if let Some(other) = &o.compare {
-        models.push(ModelScores { model: other.clone(), scores: evaluate(other, &set, classes, o)? });
+        models.push(ModelScores {
+            model: other.clone(),
+            scores: evaluate(other, &set, classes, o)?,
+        });
     }
-    let passed = o.min_acc.is_none_or(|min| models[0].scores.accuracy.value >= min);
+    let passed = o
+        .min_acc
+        .is_none_or(|min| models[0].scores.accuracy.value >= min);
     Ok(EvalReport {
         inputs,
         backend: o.backend,
