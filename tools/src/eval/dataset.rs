@@ -19,7 +19,7 @@
 //! own preprocessing; a missing modality (`--zero-input`) is fed as zeros,
 //! as the engine's `--missing zero` feeds it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use emogate_device::audio::read_wav;
@@ -272,7 +272,7 @@ fn input_name(spec: &emogate_models::manifest::InputSpec) -> &str {
 }
 
 /// The last frame of a still or clip.
-fn read_last_frame(path: &PathBuf) -> std::result::Result<emogate_media::Frame, String> {
+fn read_last_frame(path: &Path) -> std::result::Result<emogate_media::Frame, String> {
     if !path.exists() {
         return Err(format!("{}: no such file", path.display()));
     }
@@ -286,7 +286,7 @@ fn read_last_frame(path: &PathBuf) -> std::result::Result<emogate_media::Frame, 
 }
 
 /// The last `window_s` seconds of a WAV file at `rate`, mono.
-fn read_window(path: &PathBuf, rate: u32, window_s: f64) -> std::result::Result<Vec<f32>, String> {
+fn read_window(path: &Path, rate: u32, window_s: f64) -> std::result::Result<Vec<f32>, String> {
     if !path.exists() {
         return Err(format!("{}: no such file", path.display()));
     }

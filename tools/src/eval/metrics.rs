@@ -69,6 +69,7 @@ fn confusion(
 }
 
 /// (accuracy, UAR, macro-F1) of a confusion matrix.
+#[allow(clippy::needless_range_loop)] // rows and columns of one matrix
 fn class_scores(m: &[Vec<usize>]) -> (f64, f64, f64) {
     let k = m.len();
     let total: usize = m.iter().flatten().sum();
@@ -138,6 +139,9 @@ fn interval(value: f64, mut samples: Vec<f64>) -> Scored {
     }
 }
 
+/// Valence/arousal targets and predictions, `[N]` pairs each.
+pub type VaPairs<'a> = (&'a [[f32; 2]], &'a [[f32; 2]]);
+
 /// Scores predictions: `labels` and `predicted` are class indices below
 /// `classes`; `va` holds (targets, predictions) of valence and arousal as
 /// `[N]` each, when both exist.
@@ -145,7 +149,7 @@ pub fn score(
     labels: &[usize],
     predicted: &[usize],
     classes: usize,
-    va: Option<(&[[f32; 2]], &[[f32; 2]])>,
+    va: Option<VaPairs<'_>>,
 ) -> Scores {
     let n = labels.len();
     let all: Vec<usize> = (0..n).collect();
@@ -157,7 +161,9 @@ pub fn score(
         .as_ref()
         .map(|cols| cols.each_ref().map(|(t, p)| regression(t, p, &all)));
     let mut rng = Rng::new(BOOTSTRAP_SEED);
-    let mut boot = vec![Vec::with_capacity(BOOTSTRAP_RESAMPLES); 7];
+    let mut boot: Vec<Vec<f64>> = (0..7)
+        .map(|_| Vec::with_capacity(BOOTSTRAP_RESAMPLES))
+        .collect();
     let mut idx = vec![0usize; n];
     if n > 0 {
         for _ in 0..BOOTSTRAP_RESAMPLES {
