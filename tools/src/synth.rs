@@ -604,3 +604,114 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)])
     written.map_err(|e| Error::io("writing", path, e))?;
     out.commit(false)
 }
+
+/// The tensors of a Hugging Face checkpoint of `spec`'s shape, in file
+/// order: name, shape, the uniform bound of its values.
+pub fn checkpoint_tensors(spec: &DecoderSpec) -> Vec<(String, Vec<usize>, f32)> {
+    let h = spec.hidden;
+    let kv = h / spec.heads * spec.kv_heads;
+    let lin = |n: usize| 1.0 / (n as f32).sqrt();
+    let mut t = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![spec.vocab, h],
+        EMBED_BOUND,
+    )];
+    for l in 0..spec.layers {
+        let p = format!("model.layers.{l}");
+        t.push((
+            format!("{p}.input_layernorm.weight"),
+            vec![h],
+            NORM_SCALE_BOUND,
+        ));
+        for (m, out) in [("q_proj", h), ("k_proj", kv), ("v_proj", kv)] {
+            t.push((format!("{p}.self_attn.{m}.weight"), vec![out, h], lin(h)));
+            t.push((format!("{p}.self_attn.{m}.bias"), vec![out], BIAS_BOUND));
+        }
+        t.push((format!("{p}.self_attn.o_proj.weight"), vec![h, h], lin(h)));
+        t.push((
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![h],
+            NORM_SCALE_BOUND,
+        ));
+        t.push((
+            format!("{p}.mlp.gate_proj.weight"),
+            vec![spec.intermediate, h],
+            lin(h),
+        ));
+        t.push((
+            format!("{p}.mlp.up_proj.weight"),
+            vec![spec.intermediate, h],
+            lin(h),
+        ));
+        t.push((
+            format!("{p}.mlp.down_proj.weight"),
+            vec![h, spec.intermediate],
+            lin(spec.intermediate),
+        ));
+    }
+    t.push(("model.norm.weight".to_string(), vec![h], NORM_SCALE_BOUND));
+    t.push(("score.weight".to_string(), vec![spec.labels, h], lin(h)));
+    t
+}
+
+/// Writes a safetensors checkpoint of `spec`'s shape (f32), streamed: the
+/// values are seeded by `seed`; with `shift = Some((seed2, scale))` each
+/// value also gets `scale ×` a second seeded uniform draw in ±bound, and
+/// gate_proj 10× that (a "tuned" checkpoint whose change concentrates in
+/// gate_proj). Calls `progress(done, total)` per tensor.
+///
+/// # Errors
+/// [`Error::Io`] naming the file.
+pub fn write_checkpoint(
+    path: &Path,
+    spec: &DecoderSpec,
+    seed: u64,
+    shift: Option<(u64, f32)>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    let tensors = checkpoint_tensors(spec);
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0usize;
+    for (name, shape, _) in &tensors {
+        let len = shape.iter().product::<usize>() * F32_BYTES;
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len]}),
+        );
+        offset += len;
+    }
+    let mut text = serde_json::Value::Object(header).to_string().into_bytes();
+    while !text.len().is_multiple_of(SAFETENSORS_ALIGN) {
+        text.push(b' ');
+    }
+    let mut out = AtomicFile::create(path)?;
+    let io = |e| Error::io("writing", path, e);
+    out.write_all(&(text.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    out.write_all(&text).map_err(io)?;
+    let mut base = Rng::new(seed);
+    let mut delta = shift.map(|(s, _)| Rng::new(s));
+    let mut buf = Vec::with_capacity(WRITE_CHUNK);
+    for (k, (name, shape, bound)) in tensors.iter().enumerate() {
+        let scale = match shift {
+            Some((_, s)) if name.contains("gate_proj") => 10.0 * s,
+            Some((_, s)) => s,
+            None => 0.0,
+        };
+        for _ in 0..shape.iter().product::<usize>() {
+            let mut v = base.symmetric_f32(*bound);
+            if let Some(d) = delta.as_mut() {
+                v += scale * d.symmetric_f32(*bound);
+            }
+            buf.extend_from_slice(&v.to_le_bytes());
+            if buf.len() >= WRITE_CHUNK {
+                out.write_all(&buf).map_err(io)?;
+                buf.clear();
+            }
+        }
+        progress(k + 1, tensors.len());
+    }
+    out.write_all(&buf).map_err(io)?;
+    out.commit(false)
+}
