@@ -234,3 +234,30 @@ fn release(map: &Mmap, offset: usize, len: usize) {
             unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_indexes_name_the_file_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = dir.path().join(INDEX_FILE);
+        let err = |text: &str| {
+            std::fs::write(&index, text).unwrap();
+            Checkpoint::open(&index)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(err("{}").contains("weight_map: missing"), "{}", err("{}"));
+        let e = err(r#"{"weight_map": {"a.weight": "../x.safetensors"}}"#);
+        assert!(
+            e.contains("weight_map.a.weight") && e.contains("leaves"),
+            "{e}"
+        );
+        let e = err(r#"{"weight_map": {"a.weight": "gone.safetensors"}}"#);
+        assert!(e.contains("gone.safetensors"), "{e}");
+        assert!(is_checkpoint(&index) && is_checkpoint(dir.path()));
+    }
+}

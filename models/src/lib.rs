@@ -14,6 +14,13 @@
 //!   [`onnx::NameAllocator`] (the one rule for fresh names) and
 //!   [`onnx::linear`] ([`onnx::linear::LinearIndex`]: every `MatMul`/`Gemm`
 //!   weight, its layout, and the module paths exporters give it).
+//! * [`onnx::params`] ([`onnx::params::ParamIndex`]) — every trained tensor
+//!   (linear weights and biases, norms, embeddings, heads) by the module that
+//!   owns it, paired across models by the resolver merge uses;
+//!   [`surgery`] copies chosen modules' tensors from a donor bit for bit
+//!   (`transfer`, `ablate --mode revert`).
+//! * [`checkpoint::Checkpoint`] — a Hugging Face safetensors checkpoint
+//!   (single or sharded), memory-mapped and read one tensor at a time.
 //! * [`manifest::Manifest`] — how a model describes its inputs (video,
 //!   audio features) and outputs, embedded in the ONNX file or as a sidecar.
 //! * [`peft::Adapter`] — a Hugging Face PEFT LoRA adapter folder

@@ -468,3 +468,41 @@ fn eval_of_known_predictions_is_exact_and_refuses_bad_labels() {
         .to_string();
     assert!(e.contains("labels`[0]"), "{e}");
 }
+
+#[test]
+fn adapters_cut_down_and_grafted_from_adapters_behave_like_merge() {
+    let e = expected("llama-save_score");
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sub");
+    let r = emogate_tools::graft::subset_adapter(&e.adapter(), r"layers\.0\.|score", &sub).unwrap();
+    assert_eq!(r.saved_modules, ["model.score"]);
+    let a = Adapter::load(&sub).unwrap();
+    assert_eq!(
+        a.modules.keys().collect::<Vec<_>>(),
+        ["model.layers.0.mlp.gate_proj"]
+    );
+    assert_eq!(a.replacements.len(), 1);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sub.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        config["target_modules"],
+        serde_json::json!(["model.layers.0.mlp.gate_proj"])
+    );
+    assert_eq!(config["modules_to_save"], serde_json::json!(["score"]));
+    // An existing output is never overwritten; a pattern matching nothing lists the modules.
+    let err = emogate_tools::graft::subset_adapter(&e.adapter(), "score", &sub)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("exists"), "{err}");
+    let err = emogate_tools::graft::subset_adapter(&e.adapter(), "nothing", &dir.path().join("x"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model.layers.1.mlp.gate_proj"), "{err}");
+    // transfer from an adapter donor, every module: the merge itself.
+    let base = merge_dir().join("llama.legacy/model.onnx");
+    let (grafted, full) = (dir.path().join("g.onnx"), dir.path().join("m.onnx"));
+    transfer(&e.adapter(), &base, ".*", &grafted, false).unwrap();
+    merged(&base, &e.adapter(), &full);
+    assert_eq!(stored(&grafted), stored(&full));
+}

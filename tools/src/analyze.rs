@@ -357,6 +357,19 @@ pub fn analyze_models(
             }
         }
     }
+    if let (
+        Weights::Onnx {
+            model: bm,
+            index: bi,
+        },
+        Weights::Onnx {
+            model: tm,
+            index: ti,
+        },
+    ) = (&base, &tuned)
+    {
+        compare_unnamed(bm, bi, tm, ti, &mut modules)?;
+    }
     progress(be.len(), be.len());
     Ok(finish(
         base_path,
@@ -366,6 +379,75 @@ pub fn analyze_models(
         unpaired,
         rank_max_dim,
     ))
+}
+
+/// Trained tensors that are neither a linear layer nor named like a
+/// parameter (`pos_embed`, `audio_stem.in_scale`, a folded embedding row
+/// `select`) are still changed by full fine-tuning: two ONNX files of the
+/// same export are compared on every other float initializer of two or
+/// more values that both hold under the same name and shape, each its own
+/// module. Across exporters such names do not correspond and are skipped.
+fn compare_unnamed(
+    base: &OnnxModel,
+    base_index: &ParamIndex,
+    tuned: &OnnxModel,
+    tuned_index: &ParamIndex,
+    modules: &mut BTreeMap<String, ModuleAcc>,
+) -> Result<()> {
+    use emogate_models::onnx::FloatType;
+    let known = |i: &ParamIndex| -> std::collections::HashSet<String> {
+        i.params.iter().map(|p| p.initializer.clone()).collect()
+    };
+    let (bk, tk) = (known(base_index), known(tuned_index));
+    let tuned_by_name = emogate_models::onnx::initializers_by_name(tuned.graph());
+    for t in &base.graph().initializer {
+        let name = t.name();
+        let numel: i64 = t.dims.iter().product();
+        if bk.contains(name)
+            || tk.contains(name)
+            || numel < 2
+            || FloatType::from_onnx(t.data_type()).is_none()
+        {
+            continue;
+        }
+        let Some(u) = tuned_by_name.get(name) else {
+            continue;
+        };
+        if u.dims != t.dims || FloatType::from_onnx(u.data_type()).is_none() {
+            continue;
+        }
+        let read = |m: &OnnxModel, x| {
+            m.float_values(x)
+                .map(|(_, v)| v)
+                .map_err(|e| Error::model(format!("reading {}", m.path().display()), e))
+        };
+        let (w, v) = (read(base, t)?, read(tuned, u)?);
+        let mut s = Sums {
+            params: w.len(),
+            ..Sums::default()
+        };
+        for (a, b) in w.iter().zip(&v) {
+            let (a, b) = (f64::from(*a), f64::from(*b));
+            s.base_sq += a * a;
+            s.tuned_sq += b * b;
+            s.dot += a * b;
+            s.delta_sq += (b - a) * (b - a);
+        }
+        let module = name
+            .strip_suffix(".weight")
+            .or_else(|| name.strip_suffix(".bias"))
+            .unwrap_or(name);
+        modules
+            .entry(module.to_string())
+            .or_insert(ModuleAcc {
+                sums: Sums::default(),
+                erank: None,
+                max_rank: None,
+            })
+            .sums
+            .add(&s);
+    }
+    Ok(())
 }
 
 /// `analyze --base B --adapter DIR`: ΔW from the factors, never formed.

@@ -17,6 +17,12 @@
 //!   input sets (an `.npz` file read by [`npz`], or seeded from the
 //!   manifest or the input shapes), both models run on tract and/or ONNX
 //!   Runtime, per-output error metrics, and the thresholds' pass/fail.
+//! * The gate_proj experiment's commands: [`analyze`] (where tuning moved
+//!   the weights: ONNX or safetensors, or an adapter's factors), [`graft`]
+//!   (`transfer` modules from a donor, `ablate` them, cut an adapter down)
+//!   and [`eval`] (accuracy, UAR, F1, valence/arousal CCC with bootstrap
+//!   intervals, on a labelled `.npz` or a `labels.csv` dataset featurized
+//!   by the engine's featurizer). Modules resolve as merge resolves them.
 //! * [`synth`] — synthetic models and adapters of real shapes (a
 //!   Qwen2.5-0.5B-shaped decoder) for benchmarks and tests.
 //! * Shared: [`atomic`] (every output is written to a temp file and
@@ -24,7 +30,8 @@
 //!   bars, error chains for the binaries), [`Error`] (every error names the
 //!   file, the field and what was expected).
 //!
-//! The benchmark harnesses (`emogate-bench-merge`, `emogate-bench-quantize`)
+//! The benchmark harnesses (`emogate-bench-merge`, `emogate-bench-quantize`,
+//! `emogate-bench-analyze`)
 //! are binaries over the same library.
 
 pub mod analyze;
