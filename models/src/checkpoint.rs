@@ -205,6 +205,50 @@ impl Checkpoint {
         Ok(values)
     }
 
+    /// Tensor `i`'s stored little-endian bytes, borrowed from the map: a
+    /// caller that streams over them decodes a chunk at a time and then
+    /// calls [`Checkpoint::release`].
+    ///
+    /// # Errors
+    /// [`Error::Field`] when the shard no longer parses.
+    pub fn bytes(&self, i: usize) -> Result<&[u8]> {
+        let t = &self.tensors[i];
+        let map = &self.maps[t.shard];
+        let st = SafeTensors::deserialize(map).map_err(|e| {
+            Error::field(&self.shards[t.shard], "safetensors header", e.to_string())
+        })?;
+        let view = st.tensor(&t.name).map_err(|e| {
+            Error::field(
+                &self.shards[t.shard],
+                format!("tensor `{}`", t.name),
+                e.to_string(),
+            )
+        })?;
+        let data = view.data();
+        let offset = data.as_ptr() as usize - map.as_ptr() as usize;
+        Ok(&map[offset..offset + data.len()])
+    }
+
+    /// Hands tensor `i`'s pages back to the kernel (see the module docs).
+    pub fn release(&self, i: usize) {
+        if let Ok(data) = self.bytes(i) {
+            let map = &self.maps[self.tensors[i].shard];
+            let offset = data.as_ptr() as usize - map.as_ptr() as usize;
+            release(map, offset, data.len());
+        }
+    }
+
+    /// Hands the whole pages of `part`, a slice of tensor `i`'s
+    /// [`Checkpoint::bytes`], back to the kernel.
+    pub fn release_part(&self, i: usize, part: &[u8]) {
+        let map = &self.maps[self.tensors[i].shard];
+        let start = map.as_ptr() as usize;
+        let at = part.as_ptr() as usize;
+        if at >= start && at + part.len() <= start + map.len() {
+            release(map, at - start, part.len());
+        }
+    }
+
     /// Module paths by tensor index, for pairing.
     pub fn paths(&self) -> Vec<&BTreeSet<String>> {
         self.tensors.iter().map(|t| &t.paths).collect()

@@ -325,19 +325,33 @@ pub fn analyze_models(
             ));
             continue;
         }
+        let needs_rank =
+            e.role == Role::Weight && e.dims.len() == 2 && e.dims[0].min(e.dims[1]) <= rank_max_dim;
+        if let (Weights::Checkpoint(bc), Weights::Checkpoint(tc), false) =
+            (&base, &tuned, needs_rank)
+        {
+            // Both stored as PyTorch holds them: stream the sums over the
+            // mapped bytes, a chunk at a time, instead of decoding whole
+            // tensors (an embedding is hundreds of MB).
+            let s = streamed_sums(bc, i, tc, j)?;
+            let acc = modules.entry(e.module.clone()).or_insert(ModuleAcc {
+                sums: Sums::default(),
+                erank: None,
+                max_rank: None,
+            });
+            acc.sums.add(&s);
+            if e.role == Role::Weight && e.dims.len() == 2 {
+                acc.max_rank = Some(e.dims[0].min(e.dims[1]));
+            }
+            continue;
+        }
         let w = base.read(i)?;
         let t = tuned.read(j)?;
         let mut s = Sums {
             params: w.len(),
             ..Sums::default()
         };
-        for (a, b) in w.iter().zip(&t) {
-            let (a, b) = (f64::from(*a), f64::from(*b));
-            s.base_sq += a * a;
-            s.tuned_sq += b * b;
-            s.dot += a * b;
-            s.delta_sq += (b - a) * (b - a);
-        }
+        add_pairs(&mut s, &w, &t);
         let acc = modules.entry(e.module.clone()).or_insert(ModuleAcc {
             sums: Sums::default(),
             erank: None,
@@ -379,6 +393,45 @@ pub fn analyze_models(
         unpaired,
         rank_max_dim,
     ))
+}
+
+/// Adds `Σ` over value pairs to `s` (not `params`).
+fn add_pairs(s: &mut Sums, w: &[f32], t: &[f32]) {
+    for (a, b) in w.iter().zip(t) {
+        let (a, b) = (f64::from(*a), f64::from(*b));
+        s.base_sq += a * a;
+        s.tuned_sq += b * b;
+        s.dot += a * b;
+        s.delta_sq += (b - a) * (b - a);
+    }
+}
+
+/// Values decoded per step of [`streamed_sums`].
+const STREAM_CHUNK: usize = 1 << 16;
+
+/// The sums of two checkpoint tensors of one shape, decoded a chunk at a
+/// time from the mapped bytes; their pages are released afterwards.
+fn streamed_sums(base: &Checkpoint, i: usize, tuned: &Checkpoint, j: usize) -> Result<Sums> {
+    let what = |c: &Checkpoint| format!("reading {}", c.path.display());
+    let (bt, tt) = (base.tensors[i].dtype, tuned.tensors[j].dtype);
+    let bb = base.bytes(i).map_err(|e| Error::model(what(base), e))?;
+    let tb = tuned.bytes(j).map_err(|e| Error::model(what(tuned), e))?;
+    let mut s = Sums {
+        params: bb.len() / bt.size(),
+        ..Sums::default()
+    };
+    for (x, y) in bb
+        .chunks(STREAM_CHUNK * bt.size())
+        .zip(tb.chunks(STREAM_CHUNK * tt.size()))
+    {
+        add_pairs(&mut s, &bt.decode(x), &tt.decode(y));
+        // Resident memory stays at a chunk, not the tensor.
+        base.release_part(i, x);
+        tuned.release_part(j, y);
+    }
+    base.release(i);
+    tuned.release(j);
+    Ok(s)
 }
 
 /// Trained tensors that are neither a linear layer nor named like a
@@ -673,7 +726,8 @@ pub fn sym_eigenvalues(m: &[f64], n: usize) -> Vec<f64> {
 
 /// Eigenvalues and eigenvectors (columns of the row-major result) of a
 /// symmetric matrix, by cyclic Jacobi rotations until the off-diagonal mass
-/// is below 1e-30 of the total (or 100 sweeps).
+/// is below 1e-24 of the total (eigenvalues to about 1e-12 of the largest; or 100 sweeps),
+/// skipping rotations whose element is already negligible.
 pub fn sym_eigen(m: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
     let mut a = m.to_vec();
     let mut v = vec![0f64; n * n];
@@ -684,13 +738,15 @@ pub fn sym_eigen(m: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
             .flat_map(|i| (0..n).filter(move |j| *j != i).map(move |j| (i, j)))
             .map(|(i, j)| a[i * n + j].powi(2))
             .sum();
-        if off <= 1e-30 * total || off == 0.0 {
+        if off <= 1e-24 * total || off == 0.0 {
             break;
         }
         for p in 0..n {
             for q in p + 1..n {
                 let apq = a[p * n + q];
-                if apq == 0.0 {
+                if apq == 0.0
+                    || apq.abs() <= 1e-18 * (a[p * n + p].abs() * a[q * n + q].abs()).sqrt()
+                {
                     continue;
                 }
                 let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
