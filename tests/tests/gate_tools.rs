@@ -100,6 +100,20 @@ fn analyze_of_a_model_against_itself_reports_no_change() {
             assert_eq!(e, 0.0);
         }
     }
+    // A dynamo export against the legacy export of the same weights: every
+    // module pairs up by path, and nothing changed.
+    let dynamo = merge_dir().join("llama.dynamo/model.onnx");
+    let r = analyze_models(&dynamo, &base, 256, &mut |_, _| {}).unwrap();
+    assert!(r.unpaired.is_empty(), "{:?}", r.unpaired);
+    assert!(
+        r.modules
+            .iter()
+            .filter(|m| m.name.ends_with("gate_proj"))
+            .count()
+            == 2
+    );
+    assert_eq!(r.total.sums.delta_sq, 0.0);
+    assert_eq!(r.total.params, 80640);
 }
 
 #[test]
