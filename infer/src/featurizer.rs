@@ -7,7 +7,8 @@ use emogate_models::manifest::{AudioFeatures, AudioInput, AudioLayout, InputSpec
 
 use crate::Tensor;
 use crate::pre::PreError;
-use crate::pre::mel::{MelConfig, MelSpec};
+use crate::pre::mel::MelConfig;
+use crate::pre::mel_stream::{MelStream, MelStreamStats};
 use crate::pre::video::{VideoPre, VideoSpec};
 
 /// One model input's preprocessing.
@@ -15,7 +16,8 @@ enum InputPre {
     Video(VideoPre),
     Audio {
         spec: AudioInput,
-        mel: Option<MelSpec>,
+        /// Incremental: consecutive windows of a stream share most frames.
+        mel: Option<MelStream>,
     },
 }
 
@@ -40,7 +42,7 @@ impl Featurizer {
                 InputSpec::Audio(a) => InputPre::Audio {
                     mel: match &a.features {
                         AudioFeatures::LogMel(m) => {
-                            Some(MelSpec::new(MelConfig::from_manifest(m, a.sample_rate))?)
+                            Some(MelStream::new(MelConfig::from_manifest(m, a.sample_rate))?)
                         }
                         AudioFeatures::Waveform => None,
                     },
@@ -56,6 +58,15 @@ impl Featurizer {
         self.inputs.iter().find_map(|i| match i {
             InputPre::Audio { spec, .. } => Some(spec),
             InputPre::Video(_) => None,
+        })
+    }
+
+    /// The log-mel's work so far (frames computed and reused), if the
+    /// model takes log-mel features.
+    pub fn mel_stats(&self) -> Option<MelStreamStats> {
+        self.inputs.iter().find_map(|i| match i {
+            InputPre::Audio { mel: Some(mel), .. } => Some(mel.stats()),
+            _ => None,
         })
     }
 

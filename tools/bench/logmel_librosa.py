@@ -13,7 +13,7 @@ tests/fixtures/engine/logmel/signal.wav. Without that file, the window is seeded
 The mel filterbank is built inside each call, as librosa does by default (its cache is off unless
 LIBROSA_CACHE_DIR is set). The script does 10 warm-up calls and then times --runs calls with
 time.perf_counter. It prints one JSON line:
-{"median_ms": ..., "mean_ms": ..., "min_ms": ..., "runs": ..., "frames": ..., "librosa": ..., "numpy": ...}
+{"median_ms": ..., "mean_ms": ..., "min_ms": ..., "p10_ms": ..., "p90_ms": ..., "runs": ..., "frames": ..., "librosa": ..., "numpy": ...}
 
 Requirements: tools/fixtures/requirements-engine.txt (librosa 0.11.0, soundfile, numpy).
 """
@@ -73,6 +73,8 @@ def main():
         "median_ms": statistics.median(times),
         "mean_ms": statistics.fmean(times),
         "min_ms": min(times),
+        "p10_ms": float(np.percentile(times, 10)),
+        "p90_ms": float(np.percentile(times, 90)),
         "runs": args.runs,
         "frames": int(out.shape[1]),
         "n_mels": int(out.shape[0]),

@@ -93,6 +93,20 @@ fn main() -> Result<()> {
     bench(cli.model, cli.load, cli.windows, &cli.python)
 }
 
+/// The pipeline's default hop, by which the benchmark's audio slides.
+const HOP_S: f64 = 0.25;
+/// Untimed windows first.
+const WARMUP: usize = 5;
+/// numpy, librosa and numba start helper threads that spin and inflate
+/// the Python side's times on a loaded machine; pinned to one thread,
+/// the comparison is like with like (our side is single-threaded too).
+const PINNED_PYTHON: [(&str, &str); 4] = [
+    ("OMP_NUM_THREADS", "1"),
+    ("OPENBLAS_NUM_THREADS", "1"),
+    ("MKL_NUM_THREADS", "1"),
+    ("NUMBA_NUM_THREADS", "1"),
+];
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -109,23 +123,22 @@ fn bench(model: PathBuf, load: LoadArgs, windows: usize, python: &str) -> Result
     // Synthetic media of the manifest's sizes: a moving gradient, a chirp.
     let pixels: Vec<u8> = (0..320 * 240 * 3).map(|i| (i % 251) as u8).collect();
     let frame = Frame::new(320, 240, PixelLayout::Rgb8, pixels, 0)?;
-    let audio: Vec<f32> = featurizer
+    // The audio stream slides by one pipeline hop per window, as in a run,
+    // so the log-mel reuses the frames the previous window computed.
+    let window_samples = featurizer.audio().map_or(0, |a| a.window_samples());
+    let hop_samples = featurizer
         .audio()
-        .map(|a| {
-            (0..a.window_samples())
-                .map(|i| (i as f32 * 0.05 + (i as f32 * 1e-5).powi(2)).sin() * 0.3)
-                .collect()
-        })
-        .unwrap_or_default();
+        .map_or(0, |a| (f64::from(a.sample_rate) * HOP_S).round() as usize);
+    let stream: Vec<f32> = (0..window_samples + (windows + WARMUP) * hop_samples)
+        .map(|i| (i as f32 * 0.05 + (i as f32 * 1e-5).powi(2)).sin() * 0.3)
+        .collect();
+    let audio_at = |i: usize| &stream[i * hop_samples..i * hop_samples + window_samples];
     let (mut pre, mut inf, mut post) = (Vec::new(), Vec::new(), Vec::new());
-    let warmup = 5;
+    let warmup = WARMUP;
     let started = Instant::now();
     for i in 0..windows + warmup {
         let t0 = Instant::now();
-        let inputs = featurizer.build(
-            Some(&frame),
-            (!audio.is_empty()).then_some(audio.as_slice()),
-        )?;
+        let inputs = featurizer.build(Some(&frame), (window_samples > 0).then(|| audio_at(i)))?;
         let t1 = Instant::now();
         let outputs = affect.run(&inputs)?;
         let t2 = Instant::now();
@@ -160,7 +173,8 @@ fn bench(model: PathBuf, load: LoadArgs, windows: usize, python: &str) -> Result
     println!("windows/s: {:.1}", (windows + warmup) as f64 / total);
     println!("peak RSS: {:.1} MB", peak_rss_mb());
     if let Some(audio_spec) = featurizer.audio().cloned() {
-        bench_log_mel(&audio_spec, &audio, windows, python)?;
+        let windows_of_stream: Vec<&[f32]> = (0..windows + warmup).map(audio_at).collect();
+        bench_log_mel(&audio_spec, &windows_of_stream, warmup, python)?;
     }
     bench_switch(&mut affect)?;
     if python != "none" {
@@ -169,6 +183,7 @@ fn bench(model: PathBuf, load: LoadArgs, windows: usize, python: &str) -> Result
             "/../tools/bench/ort_python_bench.py"
         );
         let out = std::process::Command::new(python)
+            .envs(PINNED_PYTHON)
             .args([script, "--model"])
             .arg(&model)
             .args([
@@ -204,33 +219,72 @@ fn bench(model: PathBuf, load: LoadArgs, windows: usize, python: &str) -> Result
     Ok(())
 }
 
-/// Our log-mel on one window against librosa's (same parameters, same
-/// machine, same run): `tools/bench/logmel_librosa.py`.
+/// Our log-mel against librosa's (same parameters, same machine, same
+/// run: `tools/bench/logmel_librosa.py`), on a stream sliding by one hop
+/// per window: computed in full each window ([`MelSpec`]) and
+/// incrementally ([`MelStream`], the pipeline's). Medians with the 10th
+/// and 90th percentiles.
+///
+/// [`MelSpec`]: emogate_infer::pre::mel::MelSpec
+/// [`MelStream`]: emogate_infer::pre::mel_stream::MelStream
 fn bench_log_mel(
     spec: &emogate_models::manifest::AudioInput,
-    audio: &[f32],
-    runs: usize,
+    windows: &[&[f32]],
+    warmup: usize,
     python: &str,
 ) -> Result<()> {
     use emogate_infer::pre::mel::{MelConfig, MelSpec};
+    use emogate_infer::pre::mel_stream::MelStream;
     let emogate_models::manifest::AudioFeatures::LogMel(m) = &spec.features else {
         return Ok(());
     };
-    let mut mel = MelSpec::new(MelConfig::from_manifest(m, spec.sample_rate))?;
-    let mut out = vec![0f32; m.n_mels * m.frames(audio.len())];
-    let mut times = Vec::with_capacity(runs);
-    for i in 0..runs + 10 {
+    let Some(first) = windows.first() else {
+        return Ok(());
+    };
+    let config = MelConfig::from_manifest(m, spec.sample_rate);
+    let mut out = vec![0f32; m.n_mels * m.frames(first.len())];
+    let mut full = MelSpec::new(config.clone())?;
+    let mut full_ms = Vec::with_capacity(windows.len());
+    for (i, w) in windows.iter().enumerate() {
         let t = Instant::now();
-        mel.compute_into(audio, &mut out)?;
-        if i >= 10 {
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+        full.compute_into(w, &mut out)?;
+        if i >= warmup {
+            full_ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
-    times.sort_by(f64::total_cmp);
-    let ours = percentile(&times, 0.5);
-    print!("log-mel ({:.1} s window) p50: {ours:.3} ms", spec.window_s);
+    let mut stream = MelStream::new(config)?;
+    let mut inc_ms = Vec::with_capacity(windows.len());
+    for (i, w) in windows.iter().enumerate() {
+        let t = Instant::now();
+        stream.compute_into(w, &mut out)?;
+        if i >= warmup {
+            inc_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    full_ms.sort_by(f64::total_cmp);
+    inc_ms.sort_by(f64::total_cmp);
+    let spread = |v: &[f64]| {
+        format!(
+            "{:.4} ms [p10 {:.4}, p90 {:.4}]",
+            percentile(v, 0.5),
+            percentile(v, 0.1),
+            percentile(v, 0.9)
+        )
+    };
+    let stats = stream.stats();
+    println!(
+        "log-mel ({:.1} s window, {:.0} ms hop, {} windows): full {}; incremental {} \
+         ({} of {} frames computed); full / incremental = {:.1}x",
+        spec.window_s,
+        HOP_S * 1e3,
+        inc_ms.len(),
+        spread(&full_ms),
+        spread(&inc_ms),
+        stats.frames_computed,
+        stats.frames_computed + stats.frames_reused,
+        percentile(&full_ms, 0.5) / percentile(&inc_ms, 0.5)
+    );
     if python == "none" {
-        println!();
         return Ok(());
     }
     let script = concat!(
@@ -238,7 +292,8 @@ fn bench_log_mel(
         "/../tools/bench/logmel_librosa.py"
     );
     match std::process::Command::new(python)
-        .args([script, "--runs", &runs.to_string()])
+        .envs(PINNED_PYTHON)
+        .args([script, "--runs", &inc_ms.len().to_string()])
         .output()
     {
         Ok(o) if o.status.success() => {
@@ -246,13 +301,17 @@ fn bench_log_mel(
                 serde_json::from_slice(&o.stdout).context("reading librosa's timing")?;
             let theirs = v["median_ms"].as_f64().unwrap_or(f64::NAN);
             println!(
-                "; librosa {}: {theirs:.3} ms; librosa / emogate = {:.1}x",
+                "librosa {} (the window in full, helper threads pinned to 1): {theirs:.3} ms [p10 {:.3}, p90 {:.3}]; \
+                 librosa / emogate: {:.1}x full, {:.1}x incremental",
                 v["librosa"].as_str().unwrap_or("?"),
-                theirs / ours
+                v["p10_ms"].as_f64().unwrap_or(f64::NAN),
+                v["p90_ms"].as_f64().unwrap_or(f64::NAN),
+                theirs / percentile(&full_ms, 0.5),
+                theirs / percentile(&inc_ms, 0.5)
             );
         }
         _ => println!(
-            "; librosa comparison skipped (`{python}` lacks librosa: pip install -r tools/fixtures/requirements-engine.txt)"
+            "librosa comparison skipped (`{python}` lacks librosa: pip install -r tools/fixtures/requirements-engine.txt)"
         ),
     }
     Ok(())

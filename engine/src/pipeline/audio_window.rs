@@ -2,6 +2,16 @@
 //! model's rate, and keeps the last `window` samples with the capture
 //! time of the newest.
 //!
+//! The window ends on a multiple of `align` samples counted from the
+//! source's start (the log-mel's hop length; 1 for waveform models), as
+//! streaming feature extractors keep their frames on one grid: then every
+//! window's STFT frames are frames of the window before, shifted, and the
+//! featurizer transforms only the new ones (`emogate_infer::pre::mel_stream`).
+//! The price is that the newest `< align` samples wait for the next
+//! window: under 10 ms at a 160-sample hop and 16 kHz, and the window's
+//! capture time is that of its newest sample, so latency figures include
+//! it.
+//!
 //! All buffers are sized at construction (and when a source reopens at a
 //! new rate), so draining allocates nothing per hop.
 
@@ -16,6 +26,9 @@ use emogate_infer::pre::resample::Resampler;
 pub(crate) struct AudioWindow {
     model_rate: u32,
     window: usize,
+    align: usize,
+    /// Samples pushed since the source was attached.
+    pushed: u64,
     consumer: Option<AudioConsumer>,
     resampler: Option<Resampler>,
     samples: VecDeque<f32>,
@@ -27,13 +40,16 @@ pub(crate) struct AudioWindow {
 }
 
 impl AudioWindow {
-    pub(crate) fn new(model_rate: u32, window: usize) -> Self {
+    pub(crate) fn new(model_rate: u32, window: usize, align: usize) -> Self {
+        let align = align.max(1);
         AudioWindow {
             model_rate,
             window,
+            align,
+            pushed: 0,
             consumer: None,
             resampler: None,
-            samples: VecDeque::with_capacity(window),
+            samples: VecDeque::with_capacity(window + align - 1),
             scratch: Vec::new(),
             resampled: Vec::new(),
             newest_at: None,
@@ -65,6 +81,7 @@ impl AudioWindow {
         let ratio = f64::from(self.model_rate) / f64::from(sample_rate);
         self.resampled = Vec::with_capacity((piece as f64 * ratio).ceil() as usize + 64);
         self.samples.clear();
+        self.pushed = 0;
         self.newest_at = None;
         self.consumer = Some(consumer);
         Ok(())
@@ -92,32 +109,43 @@ impl AudioWindow {
                 }
                 None => input,
             };
+            let kept = self.window + self.align - 1;
             for &v in fresh {
-                if self.samples.len() == self.window {
+                if self.samples.len() == kept {
                     self.samples.pop_front();
                 }
                 self.samples.push_back(v);
             }
+            self.pushed += fresh.len() as u64;
             self.newest_at = Some(newest);
         }
     }
 
-    /// Capture time of the newest sample, if any arrived since attach.
+    /// The newest samples after the last multiple of `align`: they wait
+    /// for the next window.
+    fn waiting(&self) -> usize {
+        (self.pushed % self.align as u64) as usize
+    }
+
+    /// Capture time of the window's newest sample, if any arrived since
+    /// attach.
     pub(crate) fn newest_at(&self) -> Option<Nanos> {
-        self.newest_at
+        let wait = self.waiting() as u64 * 1_000_000_000 / u64::from(self.model_rate.max(1));
+        self.newest_at.map(|at| at.saturating_sub(wait))
     }
 
     /// Whether a whole window is available.
     pub(crate) fn is_full(&self) -> bool {
-        self.samples.len() == self.window
+        self.samples.len() >= self.window + self.waiting()
     }
 
-    /// Copies the window into `out` (cleared first).
+    /// Copies the window into `out` (cleared first): the `window` samples
+    /// that end on the last multiple of `align`.
     pub(crate) fn copy_into(&self, out: &mut Vec<f32>) {
         out.clear();
-        let (a, b) = self.samples.as_slices();
-        out.extend_from_slice(a);
-        out.extend_from_slice(b);
+        let end = self.samples.len() - self.waiting().min(self.samples.len());
+        let start = end.saturating_sub(self.window);
+        out.extend(self.samples.range(start..end));
     }
 
     /// Samples lost to full rings since start.
@@ -134,7 +162,7 @@ mod tests {
     #[test]
     fn keeps_the_newest_window_with_its_time() {
         let (mut tx, rx) = audio_ring(1000);
-        let mut w = AudioWindow::new(100, 50);
+        let mut w = AudioWindow::new(100, 50, 1);
         w.attach(rx, 100).unwrap();
         for k in 0..8 {
             let chunk: Vec<f32> = (0..10).map(|i| (k * 10 + i) as f32).collect();
@@ -151,7 +179,7 @@ mod tests {
     #[test]
     fn resamples_to_the_model_rate_and_restarts_on_reattach() {
         let (mut tx, rx) = audio_ring(48_000);
-        let mut w = AudioWindow::new(16_000, 1600);
+        let mut w = AudioWindow::new(16_000, 1600, 1);
         w.attach(rx, 48_000).unwrap();
         tx.push(&vec![0.25; 14_400], 300_000_000);
         w.drain();
@@ -164,5 +192,38 @@ mod tests {
         w.attach(rx2, 16_000).unwrap();
         assert!(!w.is_full());
         assert_eq!(w.newest_at(), None);
+    }
+
+    #[test]
+    fn aligned_windows_end_on_the_grid_and_say_when() {
+        // Rate 100 Hz, window 50, grid of 10: chunks of 7 samples, so the
+        // newest sample is rarely on the grid.
+        let (mut tx, rx) = audio_ring(1000);
+        let mut w = AudioWindow::new(100, 50, 10);
+        w.attach(rx, 100).unwrap();
+        let mut next = 0;
+        let mut seen = 0;
+        for k in 0..20u64 {
+            let chunk: Vec<f32> = (next..next + 7).map(|v| v as f32).collect();
+            next += 7;
+            // Each chunk's newest sample is captured at its index × 10 ms.
+            tx.push(&chunk, (next as u64 - 1) * 10_000_000);
+            w.drain();
+            if !w.is_full() {
+                assert!(
+                    next < 60,
+                    "full once 50 samples end on the grid (chunk {k})"
+                );
+                continue;
+            }
+            let mut out = Vec::new();
+            w.copy_into(&mut out);
+            let end = next - next % 10;
+            assert_eq!(out, (end - 50..end).map(|v| v as f32).collect::<Vec<_>>());
+            // The window's newest sample is end − 1, captured then.
+            assert_eq!(w.newest_at(), Some((end as u64 - 1) * 10_000_000));
+            seen += 1;
+        }
+        assert!(seen > 10);
     }
 }

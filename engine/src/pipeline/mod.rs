@@ -51,7 +51,7 @@ use emogate_device::clock::{RealClock, VirtualClock};
 use emogate_device::source::{AudioSource, ClockHandle, VideoSource};
 use emogate_device::supervise::{Backoff, Supervised, VideoFeed, spawn_audio, spawn_video};
 use emogate_media::{Frame, Nanos, StopFlag};
-use emogate_models::manifest::{InputSpec, Manifest};
+use emogate_models::manifest::{AudioFeatures, InputSpec, Manifest};
 
 use crate::event::{EventBuilder, Message, Window};
 use crate::post::{PostConfig, PostError};
@@ -256,6 +256,9 @@ struct AudioNeed {
     seconds: f64,
     /// The same as a [`Duration`].
     length: Duration,
+    /// Windows end on a multiple of this many samples (the log-mel hop,
+    /// so the featurizer can reuse frames; 1 for waveform models).
+    align: usize,
 }
 
 impl MediaNeeds {
@@ -275,11 +278,16 @@ impl MediaNeeds {
                         a.sample_rate
                     ))
                 })?;
+                let align = match &a.features {
+                    AudioFeatures::LogMel(m) => m.hop_length,
+                    AudioFeatures::Waveform => 1,
+                };
                 Ok::<_, PipelineError>(AudioNeed {
                     sample_rate: a.sample_rate,
                     samples,
                     seconds,
                     length,
+                    align,
                 })
             })
             .transpose()?;
@@ -544,7 +552,7 @@ impl Pipeline {
         let mut supervisors: Vec<Supervised> = Vec::new();
         let mut audio_window = needs
             .audio
-            .map(|a| AudioWindow::new(a.sample_rate, a.samples));
+            .map(|a| AudioWindow::new(a.sample_rate, a.samples, a.align));
         if let Some(source) = video {
             status.update_source("video", &source.name(), |_| {});
             supervisors.push(spawn_video(

@@ -19,12 +19,13 @@
 //! Why our own rather than a crate's log-mel: the property that matters is
 //! equality with librosa, which the models are trained with (filterbank to
 //! 1e-6, log-mel to 1e-3 against fixtures written by librosa, tested
-//! below); the FFT itself is rustfft's.
+//! below); the FFT itself is realfft's (rustfft's, for a real input: half
+//! the work of a complex FFT of the same length).
 
 use std::sync::Arc;
 
+use realfft::{RealFftPlanner, RealToComplex};
 use rustfft::num_complex::Complex;
-use rustfft::{Fft, FftPlanner};
 
 use emogate_models::manifest::LogMel;
 // The manifest's mel scale, filter norm, padding and log kinds, used as is.
@@ -152,14 +153,17 @@ impl MelConfig {
 /// A planned log-mel extractor.
 pub struct MelSpec {
     config: MelConfig,
-    fft: Arc<dyn Fft<f64>>,
+    fft: Arc<dyn RealToComplex<f64>>,
     /// Periodic Hann of `win_length`, zero-padded to `n_fft`.
     window: Vec<f64>,
     /// `[n_mels, n_fft/2 + 1]` row-major, as `librosa.filters.mel` returns.
     filters: Vec<f32>,
     /// Per mel band, the bins where its filter is non-zero.
     spans: Vec<std::ops::Range<usize>>,
-    frame: Vec<Complex<f64>>,
+    /// The windowed frame (the FFT's input, clobbered by it).
+    frame: Vec<f64>,
+    /// Its `n_fft/2 + 1` bins.
+    spectrum: Vec<Complex<f64>>,
     scratch: Vec<Complex<f64>>,
     power: Vec<f64>,
 }
@@ -180,7 +184,7 @@ impl MelSpec {
     pub fn new(config: MelConfig) -> Result<Self, PreError> {
         config.check()?;
         let n_fft = config.n_fft;
-        let fft = FftPlanner::new().plan_fft_forward(n_fft);
+        let fft = RealFftPlanner::new().plan_fft_forward(n_fft);
         let mut window = vec![0.0; n_fft];
         let lpad = (n_fft - config.win_length) / 2;
         let n = config.win_length as f64;
@@ -208,14 +212,15 @@ impl MelSpec {
                 start..end
             })
             .collect();
-        let scratch_len = fft.get_inplace_scratch_len();
+        let scratch_len = fft.get_scratch_len();
         Ok(MelSpec {
             config,
             fft,
             window,
             filters,
             spans,
-            frame: vec![Complex::default(); n_fft],
+            frame: vec![0.0; n_fft],
+            spectrum: vec![Complex::default(); n_bins],
             scratch: vec![Complex::default(); scratch_len],
             power: vec![0.0; n_bins],
         })
@@ -262,44 +267,64 @@ impl MelSpec {
     pub fn compute_into(&mut self, signal: &[f32], out: &mut [f32]) -> Result<usize, PreError> {
         let frames = self.frames(signal.len())?;
         PreError::check_len("mel output buffer", out.len(), self.config.n_mels * frames)?;
+        for t in 0..frames {
+            self.frame_into(signal, t, frames, out);
+        }
+        Ok(frames)
+    }
+
+    /// Where frame `t` starts in `signal`; negative, or reaching past its
+    /// end, where the frame covers padding.
+    pub(crate) fn frame_start(&self, t: usize) -> isize {
         let pad = if self.config.center {
             (self.config.n_fft / 2) as isize
         } else {
             0
         };
-        for t in 0..frames {
-            let start = (t * self.config.hop_length) as isize - pad;
-            for (i, (slot, w)) in self.frame.iter_mut().zip(&self.window).enumerate() {
-                let x = sample_at(signal, start + i as isize, self.config.pad_mode);
-                *slot = Complex::new(f64::from(x) * w, 0.0);
-            }
-            self.fft
-                .process_with_scratch(&mut self.frame, &mut self.scratch);
-            let power = f64::from(self.config.power);
-            for (p, x) in self.power.iter_mut().zip(&self.frame) {
-                *p = if power == 2.0 {
-                    x.norm_sqr()
-                } else {
-                    x.norm().powf(power)
-                };
-            }
-            let n_bins = self.power.len();
-            for (m, span) in self.spans.iter().enumerate() {
-                let row = &self.filters[m * n_bins + span.start..m * n_bins + span.end];
-                let energy: f64 = row
-                    .iter()
-                    .zip(&self.power[span.clone()])
-                    .map(|(w, p)| f64::from(*w) * p)
-                    .sum();
-                let offset = f64::from(self.config.log_offset);
-                out[m * frames + t] = match self.config.log {
-                    LogKind::Ln => (energy + offset).ln(),
-                    LogKind::Log10 => (energy + offset).log10(),
-                    LogKind::None => energy,
-                } as f32;
-            }
+        (t * self.config.hop_length) as isize - pad
+    }
+
+    /// Column `t` of the `[n_mels, frames]` output: one windowed FFT, the
+    /// power spectrum, the filterbank and the logarithm. Each frame
+    /// depends on its own samples only, which is what lets
+    /// [`MelStream`](super::mel_stream::MelStream) reuse the columns of the
+    /// previous window.
+    ///
+    /// The caller has checked `frames` against the signal and `out`.
+    pub(crate) fn frame_into(&mut self, signal: &[f32], t: usize, frames: usize, out: &mut [f32]) {
+        let start = self.frame_start(t);
+        for (i, (slot, w)) in self.frame.iter_mut().zip(&self.window).enumerate() {
+            let x = sample_at(signal, start + i as isize, self.config.pad_mode);
+            *slot = f64::from(x) * w;
         }
-        Ok(frames)
+        // The lengths are the plan's own, so this cannot fail.
+        let planned =
+            self.fft
+                .process_with_scratch(&mut self.frame, &mut self.spectrum, &mut self.scratch);
+        debug_assert!(planned.is_ok());
+        let power = f64::from(self.config.power);
+        for (p, x) in self.power.iter_mut().zip(&self.spectrum) {
+            *p = if power == 2.0 {
+                x.norm_sqr()
+            } else {
+                x.norm().powf(power)
+            };
+        }
+        let n_bins = self.power.len();
+        let offset = f64::from(self.config.log_offset);
+        for (m, span) in self.spans.iter().enumerate() {
+            let row = &self.filters[m * n_bins + span.start..m * n_bins + span.end];
+            let energy: f64 = row
+                .iter()
+                .zip(&self.power[span.clone()])
+                .map(|(w, p)| f64::from(*w) * p)
+                .sum();
+            out[m * frames + t] = match self.config.log {
+                LogKind::Ln => (energy + offset).ln(),
+                LogKind::Log10 => (energy + offset).log10(),
+                LogKind::None => energy,
+            } as f32;
+        }
     }
 
     /// Features of `signal` in a new buffer; see [`MelSpec::compute_into`].

@@ -3,12 +3,15 @@
 //!
 //! * [`resample`] — band-limited rate conversion to the model's rate.
 //! * [`mel`] — log-mel features bit-for-bit close to librosa.
+//! * [`mel_stream`] — the same features for a sliding window, computing
+//!   only the frames each hop adds.
 //! * [`video`] — pixel-format conversion, crop, resize, normalize, layout.
 //!
 //! Each stage owns its scratch memory, so the steady-state path of a
 //! pipeline allocates nothing per window or per frame.
 
 pub mod mel;
+pub mod mel_stream;
 pub mod resample;
 pub mod video;
 
