@@ -28,12 +28,12 @@ fn ort_choice() -> BackendChoice {
 
 fn reference(backend: BackendChoice, active: Option<&str>) -> AffectModel {
     AffectModel::load(&ModelSpec {
-        path: root().join("models/reference/emogate-ref.onnx"),
+        path: root().join("models/reference/base/emogate-base.onnx"),
         adapters: vec![
-            ("calm".into(), root().join("models/reference/adapters/calm")),
+            ("affect-gate".into(), root().join("models/reference/adapters/affect-gate")),
             (
-                "excited".into(),
-                root().join("models/reference/adapters/excited"),
+                "affect-all".into(),
+                root().join("models/reference/adapters/affect-all"),
             ),
         ],
         active: active.map(str::to_string),
@@ -47,7 +47,7 @@ fn reference(backend: BackendChoice, active: Option<&str>) -> AffectModel {
 fn tract_and_onnx_runtime_agree_on_every_model_and_adapter() {
     let e = reference_expected();
     let inputs = reference_inputs(&e);
-    for active in [None, Some("calm"), Some("excited")] {
+    for active in [None, Some("affect-gate"), Some("affect-all")] {
         let mut tract = reference(BackendChoice::default(), active);
         let mut ort = reference(ort_choice(), active);
         assert_eq!(ort.backend_name(), "ort");
@@ -243,9 +243,9 @@ fn merge_fixtures_prepared_in_memory_match_the_offline_merge() {
 #[test]
 fn reference_adapters_prepared_in_memory_match_the_offline_merge() {
     let inputs = reference_inputs(&reference_expected());
-    for name in ["calm", "excited"] {
+    for name in ["affect-gate", "affect-all"] {
         let m = merge_both_ways(
-            &root().join("models/reference/emogate-ref.onnx"),
+            &root().join("models/reference/base/emogate-base.onnx"),
             &root().join("models/reference/adapters").join(name),
             &inputs,
         );
@@ -270,7 +270,7 @@ fn fp16_model_gets_its_merged_weights_as_f16() {
     let dir = tempfile::tempdir().expect("tempdir");
     let model = fp16_reference(dir.path());
     let inputs = reference_inputs(&reference_expected());
-    for name in ["calm", "excited"] {
+    for name in ["affect-gate", "affect-all"] {
         let m = merge_both_ways(
             &model,
             &root().join("models/reference/adapters").join(name),

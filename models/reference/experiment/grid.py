@@ -346,6 +346,11 @@ def write_plan(eval_seed: int, per_class: int) -> None:
                      "base_data_seed": BASE_DATA_SEED, "tune_samples": TUNE_SAMPLES, "tune_data_seed": TUNE_DATA_SEED,
                      "lora_rank": RANK, "lora_alpha": 2 * RANK, "modules_to_save": HEADS,
                      "targets": {k: v["targets"] for k, v in RUNS.items()}},
+        "notes": [
+            "full and heads are stored as ONNX models (model), the LoRA runs as PEFT adapters of the base (adapter)",
+            "heads: PEFT 0.21 raises NoMatchingPeftModuleError for a LoRA config that targets no module, so heads-only cannot be a PEFT adapter",
+            "trainable_params counts what the run trained, the new emotion_head and va_head (873 parameters) included",
+        ],
         "runs": runs,
     }
     PLAN.write_text(json.dumps(plan, indent=1) + "\n")

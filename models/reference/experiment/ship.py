@@ -136,8 +136,10 @@ def adapter_record(name: str, face, audio, gate_map: list[dict], linears: list[d
     return rec
 
 
-def refresh_fixture() -> None:
-    exp = json.loads(FIXTURE.read_text())
+def refresh_fixture(exp: dict | None = None) -> None:
+    """Fills in everything but the recorded inputs (`face`, `audio` and their shapes, which `exp`
+    or the existing fixture holds) and writes the fixture."""
+    exp = exp if exp is not None else json.loads(FIXTURE.read_text())
     face = np.asarray(exp["face"], np.float32).reshape(exp["face_shape"])
     audio = np.asarray(exp["audio"], np.float32).reshape(exp["audio_shape"])
     model = load_base()
