@@ -39,7 +39,8 @@ def main() -> int:
             cells.append(f"{statistics.mean(acc):.1f} ± {sd:.1f}%" if len(acc) > 1 else f"{acc[0]:.1f}%")
         params = rs[0].get("trainable_params")
         per_seed = ", ".join(str(r["both"]["correct"]) for r in rs)
-        print(f"| {name} | {"–" if params is None else f"{params:,}"} | {' | '.join(cells)} | {per_seed} / {n} |")
+        shown = "–" if params is None else f"{params:,}"
+        print(f"| {name} | {shown} | {' | '.join(cells)} | {per_seed} / {n} |")
     shifts = e["weight_shift"]["by_seed"]
     if shifts:
         print()
