@@ -376,7 +376,11 @@ fn bench_reference(cli: &Cli, backend: &str) -> Result<Row> {
     )?;
     let preparer = model.preparer();
     let prepare = |target: Option<&str>| preparer.prepare(target);
-    let (targets, warmup) = schedule(&["affect-gate", "affect-all"], cli.switches, cli.warmup_rounds);
+    let (targets, warmup) = schedule(
+        &["affect-gate", "affect-all"],
+        cli.switches,
+        cli.warmup_rounds,
+    );
     let mut served = ReferenceServed { model, inputs };
     let timings = run_switches(&mut served, &prepare, &targets, warmup, hop(cli))?;
     Ok(Row {
@@ -407,7 +411,11 @@ fn bench_reference_pipeline(cli: &Cli, backend: &str) -> Result<Row> {
     )?;
     let switcher = pipeline.switcher();
     let stop = StopFlag::new();
-    let (targets, warmup) = schedule(&["affect-gate", "affect-all"], cli.switches, cli.warmup_rounds);
+    let (targets, warmup) = schedule(
+        &["affect-gate", "affect-all"],
+        cli.switches,
+        cli.warmup_rounds,
+    );
     let mut timings = Timings::default();
     std::thread::scope(|s| -> Result<()> {
         let run_stop = stop.clone();

@@ -345,7 +345,10 @@ source = "sample/voice.wav"
         .unwrap();
         let c = RunConfig::load(&path).unwrap();
         assert_eq!(c.model.unwrap(), dir.path().join("models/emogate-ref.onnx"));
-        assert_eq!(c.adapters["affect-gate"], dir.path().join("models/adapters/affect-gate"));
+        assert_eq!(
+            c.adapters["affect-gate"],
+            dir.path().join("models/adapters/affect-gate")
+        );
         assert_eq!(c.video.as_ref().unwrap().source, "v4l:0");
         assert_eq!(c.video.unwrap().width, Some(640));
         assert_eq!(

@@ -454,7 +454,10 @@ fn demo_clip_labels_follow_the_clip() {
         let (top, _) = probs
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_f64().unwrap()))
-            .fold(("?", f64::MIN), |best, kv| if kv.1 > best.1 { kv } else { best });
+            .fold(
+                ("?", f64::MIN),
+                |best, kv| if kv.1 > best.1 { kv } else { best },
+            );
         if top == SEGMENTS[segment] {
             hits += 1;
             seen[segment] = true;

@@ -15,7 +15,8 @@ use emogate_engine::control::Command;
 use emogate_engine::control::client::Endpoint;
 use serde_json::{Value, json};
 use support::proc::{
-    AFFECT_ALL, AFFECT_GATE, AUDIO, BASE_MODEL, Running, VIDEO, emogate, emotions, free_port, repo, wait_for_path,
+    AFFECT_ALL, AFFECT_GATE, AUDIO, BASE_MODEL, Running, VIDEO, emogate, emotions, free_port, repo,
+    wait_for_path,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -272,7 +273,10 @@ fn live_run(socket: &Path, extra: &[&str]) -> Running {
 fn latest_switch_wins_and_bad_requests_get_errors_without_blocking_others() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("c.sock");
-    let run = live_run(&socket, &["--adapter", AFFECT_GATE, "--adapter", AFFECT_ALL]);
+    let run = live_run(
+        &socket,
+        &["--adapter", AFFECT_GATE, "--adapter", AFFECT_ALL],
+    );
     run.wait_for("an event", TIMEOUT, |m| !emotions(m).is_empty());
 
     // A client that connects and says nothing holds nobody up.
@@ -405,7 +409,10 @@ fn reload_adds_and_drops_adapters_and_a_broken_file_changes_nothing() {
     let endpoint = Endpoint::Unix(socket.clone());
     let reply = send(&endpoint, Command::Adapter(Some("affect-all".into())));
     assert!(
-        reply["error"].as_str().unwrap().contains("loaded: affect-gate"),
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("loaded: affect-gate"),
         "{reply}"
     );
 

@@ -14,7 +14,10 @@ fn reference_spec() -> ModelSpec {
     ModelSpec {
         path: root().join("models/reference/base/emogate-base.onnx"),
         adapters: vec![
-            ("affect-gate".into(), root().join("models/reference/adapters/affect-gate")),
+            (
+                "affect-gate".into(),
+                root().join("models/reference/adapters/affect-gate"),
+            ),
             (
                 "affect-all".into(),
                 root().join("models/reference/adapters/affect-all"),
@@ -70,7 +73,7 @@ fn adapters_hot_swap_to_peft_merged_outputs_and_back() {
     assert_outputs(&model.run(&inputs).unwrap(), &e["base"], "base again");
     let err = model.switch(Some("grumpy")).unwrap_err().to_string();
     assert!(
-        err.contains("`grumpy`") && err.contains("gate, all_linear"),
+        err.contains("`grumpy`") && err.contains("affect-all, affect-gate"),
         "{err}"
     );
     // The failed switch left the running backend in place.

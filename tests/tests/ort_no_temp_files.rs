@@ -126,7 +126,10 @@ fn preparing_merged_adapters_writes_no_file() {
         let model = AffectModel::load(&ModelSpec {
             path: model_path.clone(),
             adapters: vec![
-                ("affect-gate".into(), root().join("models/reference/adapters/affect-gate")),
+                (
+                    "affect-gate".into(),
+                    root().join("models/reference/adapters/affect-gate"),
+                ),
                 (
                     "affect-all".into(),
                     root().join("models/reference/adapters/affect-all"),

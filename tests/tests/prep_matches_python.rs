@@ -69,9 +69,18 @@ fn engine_featurizer_matches_training_preprocessing() {
         let got = inputs[0].as_f32().expect("face is f32");
         let want = &faces[i * per_face..(i + 1) * per_face];
         let diff = max_abs_diff(got, want);
-        assert!(diff <= TOLERANCE, "face{i}: max |engine - prep.py| = {diff}");
+        assert!(
+            diff <= TOLERANCE,
+            "face{i}: max |engine - prep.py| = {diff}"
+        );
         // The audio input was not given: the engine zeroes it (`--missing zero`).
-        assert!(inputs[1].as_f32().expect("audio is f32").iter().all(|v| *v == 0.0));
+        assert!(
+            inputs[1]
+                .as_f32()
+                .expect("audio is f32")
+                .iter()
+                .all(|v| *v == 0.0)
+        );
     }
 
     let per_voice = 64 * 201;
@@ -84,6 +93,9 @@ fn engine_featurizer_matches_training_preprocessing() {
         let got = inputs[1].as_f32().expect("audio is f32");
         let want = &audio[i * per_voice..(i + 1) * per_voice];
         let diff = max_abs_diff(got, want);
-        assert!(diff <= TOLERANCE, "voice{i}: max |engine - prep.py| = {diff}");
+        assert!(
+            diff <= TOLERANCE,
+            "voice{i}: max |engine - prep.py| = {diff}"
+        );
     }
 }
