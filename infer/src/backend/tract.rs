@@ -322,7 +322,8 @@ mod tests {
     /// merged graph gives.
     #[test]
     fn swapped_weights_match_the_merged_graph() {
-        let model = OnnxModel::load(reference().join("base/emogate-base.onnx")).expect("base model");
+        let model =
+            OnnxModel::load(reference().join("base/emogate-base.onnx")).expect("base model");
         let manifest = Manifest::from_model(&model)
             .expect("manifest")
             .expect("embedded manifest");
