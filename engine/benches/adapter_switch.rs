@@ -59,14 +59,14 @@ use emogate_tools::synth::{DecoderSpec, write_decoder, write_gate_proj_adapter};
 #[derive(Parser)]
 #[command(name = "adapter_switch", version, about, long_about)]
 struct Cli {
-    /// Models to time: `reference` (the bundled model, adapters calm and
-    /// excited), `large` (a Qwen2.5-0.5B-shaped decoder, 2 GB of f32).
+    /// Models to time: `reference` (the bundled model, adapters affect-gate and
+    /// affect-all), `large` (a Qwen2.5-0.5B-shaped decoder, 2 GB of f32).
     #[arg(long, value_delimiter = ',', default_value = "reference,large")]
     models: Vec<String>,
     /// Backends, in order: tract, ort (build with --features ort).
     #[arg(long, value_delimiter = ',', default_value = "tract,ort")]
     backends: Vec<String>,
-    /// Timed switches per backend on the reference model (calm → excited →
+    /// Timed switches per backend on the reference model (affect-gate → affect-all →
     /// base → …).
     #[arg(long, default_value_t = 60)]
     switches: usize,
@@ -80,7 +80,7 @@ struct Cli {
     /// The reference model.
     #[arg(long, default_value = "models/reference/emogate-ref.onnx")]
     reference: PathBuf,
-    /// Folder holding the reference model's adapters `calm` and `excited`.
+    /// Folder holding the reference model's adapters `affect-gate` and `affect-all`.
     #[arg(long, default_value = "models/reference/adapters")]
     reference_adapters: PathBuf,
     /// Where the large model and its two adapters are written (about 2 GB;
@@ -346,7 +346,7 @@ fn reference_spec(cli: &Cli, backend: &str) -> Result<ModelSpec> {
         path: cli.reference.clone(),
         manifest: None,
         backend: cli.settings(backend).choice()?,
-        adapters: ["calm", "excited"]
+        adapters: ["affect-gate", "affect-all"]
             .iter()
             .map(|a| (a.to_string(), cli.reference_adapters.join(a)))
             .collect(),
@@ -376,7 +376,11 @@ fn bench_reference(cli: &Cli, backend: &str) -> Result<Row> {
     )?;
     let preparer = model.preparer();
     let prepare = |target: Option<&str>| preparer.prepare(target);
-    let (targets, warmup) = schedule(&["calm", "excited"], cli.switches, cli.warmup_rounds);
+    let (targets, warmup) = schedule(
+        &["affect-gate", "affect-all"],
+        cli.switches,
+        cli.warmup_rounds,
+    );
     let mut served = ReferenceServed { model, inputs };
     let timings = run_switches(&mut served, &prepare, &targets, warmup, hop(cli))?;
     Ok(Row {
@@ -407,7 +411,11 @@ fn bench_reference_pipeline(cli: &Cli, backend: &str) -> Result<Row> {
     )?;
     let switcher = pipeline.switcher();
     let stop = StopFlag::new();
-    let (targets, warmup) = schedule(&["calm", "excited"], cli.switches, cli.warmup_rounds);
+    let (targets, warmup) = schedule(
+        &["affect-gate", "affect-all"],
+        cli.switches,
+        cli.warmup_rounds,
+    );
     let mut timings = Timings::default();
     std::thread::scope(|s| -> Result<()> {
         let run_stop = stop.clone();

@@ -8,10 +8,10 @@
 //! hop_ms = 250
 //! stale_ms = 1000
 //! missing = "zero"
-//! active = "calm"
+//! active = "affect-gate"
 //! outputs = ["jsonl:/var/lib/emogate/events.jsonl", "http:127.0.0.1:8080"]
 //! [adapters]
-//! calm = "models/adapters/calm"
+//! affect-gate = "models/adapters/affect-gate"
 //! [video]
 //! source = "v4l:0"
 //! [audio]
@@ -270,7 +270,7 @@ mod tests {
     fn changed_keys_names_what_needs_a_restart_and_skips_adapters() {
         let a = RunConfig {
             hop_ms: Some(250.0),
-            active: Some("calm".into()),
+            active: Some("affect-gate".into()),
             ..RunConfig::default()
         };
         let mut b = a.clone();
@@ -334,7 +334,7 @@ hop_ms = 250
 missing = "skip"
 outputs = ["jsonl:events.jsonl", "jsonl:-", "http:127.0.0.1:8080"]
 [adapters]
-calm = "models/adapters/calm"
+affect-gate = "models/adapters/affect-gate"
 [video]
 source = "v4l:0"
 width = 640
@@ -345,7 +345,10 @@ source = "sample/voice.wav"
         .unwrap();
         let c = RunConfig::load(&path).unwrap();
         assert_eq!(c.model.unwrap(), dir.path().join("models/emogate-ref.onnx"));
-        assert_eq!(c.adapters["calm"], dir.path().join("models/adapters/calm"));
+        assert_eq!(
+            c.adapters["affect-gate"],
+            dir.path().join("models/adapters/affect-gate")
+        );
         assert_eq!(c.video.as_ref().unwrap().source, "v4l:0");
         assert_eq!(c.video.unwrap().width, Some(640));
         assert_eq!(

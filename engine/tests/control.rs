@@ -15,7 +15,8 @@ use emogate_engine::control::Command;
 use emogate_engine::control::client::Endpoint;
 use serde_json::{Value, json};
 use support::proc::{
-    AUDIO, CALM, EXCITED, MODEL, Running, VIDEO, emogate, emotions, free_port, repo, wait_for_path,
+    AFFECT_ALL, AFFECT_GATE, AUDIO, BASE_MODEL, Running, VIDEO, emogate, emotions, free_port, repo,
+    wait_for_path,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -27,7 +28,7 @@ fn replay_args(windows: u32) -> Vec<String> {
     [
         "run",
         "--model",
-        MODEL,
+        BASE_MODEL,
         "--video",
         VIDEO,
         "--audio",
@@ -40,9 +41,9 @@ fn replay_args(windows: u32) -> Vec<String> {
         "--max-windows",
         &windows.to_string(),
         "--adapter",
-        CALM,
+        AFFECT_GATE,
         "--adapter",
-        EXCITED,
+        AFFECT_ALL,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -80,7 +81,7 @@ fn max_prob_diff(a: &Value, b: &Value) -> f64 {
 }
 
 /// The switch landed at `seq`: events before it match the base run, from
-/// it on the `excited` run (to 1e-5), `seq` runs 0..n without a gap, and
+/// it on the `affect-all` run (to 1e-5), `seq` runs 0..n without a gap, and
 /// each event names its adapter.
 fn check_switched_run(messages: &[Value], seq: u64, windows: u32) {
     let events = emotions(messages);
@@ -95,14 +96,14 @@ fn check_switched_run(messages: &[Value], seq: u64, windows: u32) {
         "not mid-run: seq {seq}"
     );
     let base = reference_run(windows, None);
-    let excited = reference_run(windows, Some("excited"));
-    let (base, excited) = (emotions(&base), emotions(&excited));
+    let all_linear = reference_run(windows, Some("affect-all"));
+    let (base, all_linear) = (emotions(&base), emotions(&all_linear));
     let mut differs = 0.0f64;
     for (i, e) in events.iter().enumerate() {
         let (want, adapter) = if (i as u64) < seq {
             (base[i], Value::Null)
         } else {
-            (excited[i], json!("excited"))
+            (all_linear[i], json!("affect-all"))
         };
         assert_eq!(e["adapter"], adapter, "event {i}");
         let d = max_prob_diff(e, want);
@@ -110,16 +111,16 @@ fn check_switched_run(messages: &[Value], seq: u64, windows: u32) {
             d <= 1e-5,
             "event {i}: probs differ by {d} from the reference run"
         );
-        differs = differs.max(max_prob_diff(base[i], excited[i]));
+        differs = differs.max(max_prob_diff(base[i], all_linear[i]));
     }
     // Otherwise the comparison above could not tell the adapters apart.
-    assert!(differs > 1e-4, "base and excited agree to {differs}");
+    assert!(differs > 1e-4, "base and all_linear agree to {differs}");
     let changes: Vec<&Value> = messages
         .iter()
         .filter(|m| m["type"] == "adapter_changed")
         .collect();
     assert_eq!(changes.len(), 1, "{changes:?}");
-    assert_eq!(changes[0]["to"], "excited");
+    assert_eq!(changes[0]["to"], "affect-all");
     assert_eq!(changes[0]["from"], Value::Null);
     assert_eq!(changes[0]["seq"], seq);
 }
@@ -144,16 +145,16 @@ fn switch_through_the_socket_mid_run_matches_runs_started_with_each_adapter() {
     wait_for_path(&socket, TIMEOUT);
     run.wait_for("10 events", TIMEOUT, |m| emotions(m).len() >= 10);
     let endpoint = Endpoint::Unix(socket.clone());
-    let reply = send(&endpoint, Command::Adapter(Some("excited".into())));
+    let reply = send(&endpoint, Command::Adapter(Some("affect-all".into())));
     assert_eq!(reply["ok"], true, "{reply}");
-    assert_eq!(reply["active"], "excited");
+    assert_eq!(reply["active"], "affect-all");
     assert_eq!(reply["from"], Value::Null);
     assert!(reply["prepare_ms"].as_f64().unwrap() > 0.0);
     assert!(reply["switch_ms"].as_f64().unwrap() >= reply["prepare_ms"].as_f64().unwrap());
     let seq = reply["seq"].as_u64().unwrap();
     let status = send(&endpoint, Command::Status);
-    assert_eq!(status["adapter"], "excited", "{status}");
-    assert_eq!(status["adapters"], json!(["calm", "excited"]));
+    assert_eq!(status["adapter"], "affect-all", "{status}");
+    assert_eq!(status["adapters"], json!(["affect-all", "affect-gate"]));
     assert!(run.wait_exit(TIMEOUT).success(), "{}", run.stderr());
     assert!(!socket.exists(), "the socket file is removed at exit");
     check_switched_run(&run.messages(), seq, windows);
@@ -230,7 +231,7 @@ fn switch_through_http_mid_run_and_the_route_refuses_what_it_should() {
     assert!(status.contains("413"), "{status} {body}");
     // The switch itself, through the client `emogate ctl` uses.
     let endpoint = Endpoint::http(&format!("http://127.0.0.1:{port}")).unwrap();
-    let reply = send(&endpoint, Command::Adapter(Some("excited".into())));
+    let reply = send(&endpoint, Command::Adapter(Some("affect-all".into())));
     assert_eq!(reply["ok"], true, "{reply}");
     let seq = reply["seq"].as_u64().unwrap();
     let (_, body) = http(
@@ -238,7 +239,7 @@ fn switch_through_http_mid_run_and_the_route_refuses_what_it_should() {
         &format!("GET /status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"),
     );
     let status: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(status["adapter"], "excited", "{status}");
+    assert_eq!(status["adapter"], "affect-all", "{status}");
     assert!(run.wait_exit(TIMEOUT).success(), "{}", run.stderr());
     check_switched_run(&run.messages(), seq, windows);
 }
@@ -249,7 +250,7 @@ fn live_run(socket: &Path, extra: &[&str]) -> Running {
     c.args([
         "run",
         "--model",
-        MODEL,
+        BASE_MODEL,
         "--video",
         VIDEO,
         "--audio",
@@ -272,7 +273,10 @@ fn live_run(socket: &Path, extra: &[&str]) -> Running {
 fn latest_switch_wins_and_bad_requests_get_errors_without_blocking_others() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("c.sock");
-    let run = live_run(&socket, &["--adapter", CALM, "--adapter", EXCITED]);
+    let run = live_run(
+        &socket,
+        &["--adapter", AFFECT_GATE, "--adapter", AFFECT_ALL],
+    );
     run.wait_for("an event", TIMEOUT, |m| !emotions(m).is_empty());
 
     // A client that connects and says nothing holds nobody up.
@@ -287,18 +291,18 @@ fn latest_switch_wins_and_bad_requests_get_errors_without_blocking_others() {
     // (sent while the first is still pending, as /status shows).
     let first = {
         let endpoint = endpoint.clone();
-        std::thread::spawn(move || send(&endpoint, Command::Adapter(Some("calm".into()))))
+        std::thread::spawn(move || send(&endpoint, Command::Adapter(Some("affect-gate".into()))))
     };
-    wait_status(&endpoint, "calm pending", |s| {
-        s["switch_pending"]["to"] == "calm"
+    wait_status(&endpoint, "gate pending", |s| {
+        s["switch_pending"]["to"] == "affect-gate"
     });
-    let second = send(&endpoint, Command::Adapter(Some("excited".into())));
+    let second = send(&endpoint, Command::Adapter(Some("affect-all".into())));
     let first = first.join().unwrap();
     assert_eq!(first["ok"], false, "{first}");
-    assert_eq!(first["superseded_by"], "excited", "{first}");
+    assert_eq!(first["superseded_by"], "affect-all", "{first}");
     assert_eq!(second["ok"], true, "{second}");
-    assert_eq!(second["replaced"], "calm", "{second}");
-    assert_eq!(second["active"], "excited");
+    assert_eq!(second["replaced"], "affect-gate", "{second}");
+    assert_eq!(second["active"], "affect-all");
     run.wait_for("adapter_changed", TIMEOUT, |m| {
         m.iter().any(|m| m["type"] == "adapter_changed")
     });
@@ -307,21 +311,21 @@ fn latest_switch_wins_and_bad_requests_get_errors_without_blocking_others() {
         .into_iter()
         .filter(|m| m["type"] == "adapter_changed")
         .collect();
-    assert_eq!(changes.len(), 1, "calm was never installed: {changes:?}");
-    assert_eq!(changes[0]["to"], "excited");
+    assert_eq!(changes.len(), 1, "gate was never installed: {changes:?}");
+    assert_eq!(changes[0]["to"], "affect-all");
 
     // The same adapter again changes nothing; then back to the base model.
-    let again = send(&endpoint, Command::Adapter(Some("excited".into())));
+    let again = send(&endpoint, Command::Adapter(Some("affect-all".into())));
     assert_eq!(again["unchanged"], true, "{again}");
     let base = send(&endpoint, Command::Adapter(None));
     assert_eq!((&base["ok"], &base["active"]), (&json!(true), &Value::Null));
 
     // An unknown name, by path or not, lists the loaded ones.
-    for name in ["nope", "models/reference/adapters/calm"] {
+    for name in ["nope", "models/reference/adapters/affect-gate"] {
         let reply = send(&endpoint, Command::Adapter(Some(name.into())));
         assert_eq!(reply["ok"], false);
         let error = reply["error"].as_str().unwrap();
-        assert!(error.contains("loaded: calm, excited"), "{error}");
+        assert!(error.contains("loaded: affect-all, affect-gate"), "{error}");
     }
 
     // Malformed lines get an error; the connection stays usable.
@@ -330,7 +334,7 @@ fn latest_switch_wins_and_bad_requests_get_errors_without_blocking_others() {
     let mut replies = BufReader::new(conn.try_clone().unwrap()).lines();
     for bad in [
         "not json",
-        r#"{"cmd":"adapter","active":"calm","dir":"/tmp"}"#,
+        r#"{"cmd":"adapter","active":"affect-gate","dir":"/tmp"}"#,
         "[]",
     ] {
         writeln!(conn, "{bad}").unwrap();
@@ -358,7 +362,7 @@ fn latest_switch_wins_and_bad_requests_get_errors_without_blocking_others() {
     let out = emogate()
         .args(["ctl", "--socket"])
         .arg(&socket)
-        .args(["adapter", "calm"])
+        .args(["adapter", "affect-gate"])
         .output()
         .unwrap();
     assert!(
@@ -367,7 +371,7 @@ fn latest_switch_wins_and_bad_requests_get_errors_without_blocking_others() {
         String::from_utf8_lossy(&out.stderr)
     );
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(reply["active"], "calm");
+    assert_eq!(reply["active"], "affect-gate");
     let out = emogate()
         .args(["ctl", "--socket"])
         .arg(&socket)
@@ -382,7 +386,7 @@ fn write_config(path: &Path, adapters: &[(&str, &str)], extra: &str) {
     let root = repo();
     let mut text = format!(
         "model = \"{}\"\n{extra}\n[adapters]\n",
-        root.join(MODEL).display()
+        root.join(BASE_MODEL).display()
     );
     for (name, dir) in adapters {
         text.push_str(&format!("{name} = \"{}\"\n", root.join(dir).display()));
@@ -398,47 +402,50 @@ fn reload_adds_and_drops_adapters_and_a_broken_file_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("c.sock");
     let config = dir.path().join("config.toml");
-    let calm = ("calm", "models/reference/adapters/calm");
-    let excited = ("excited", "models/reference/adapters/excited");
-    write_config(&config, &[calm], "");
+    let gate = ("affect-gate", "models/reference/adapters/affect-gate");
+    let all_linear = ("affect-all", "models/reference/adapters/affect-all");
+    write_config(&config, &[gate], "");
     let run = live_run(&socket, &["--config", config.to_str().unwrap()]);
     let endpoint = Endpoint::Unix(socket.clone());
-    let reply = send(&endpoint, Command::Adapter(Some("excited".into())));
+    let reply = send(&endpoint, Command::Adapter(Some("affect-all".into())));
     assert!(
-        reply["error"].as_str().unwrap().contains("loaded: calm"),
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("loaded: affect-gate"),
         "{reply}"
     );
 
     // The file gains an adapter (and a setting that needs a restart).
-    write_config(&config, &[calm, excited], "hop_ms = 50");
+    write_config(&config, &[gate, all_linear], "hop_ms = 50");
     let reply = send(&endpoint, Command::Reload);
     assert_eq!(reply["ok"], true, "{reply}");
-    assert_eq!(reply["added"], json!(["excited"]));
+    assert_eq!(reply["added"], json!(["affect-all"]));
     assert_eq!(reply["restart_needed"], json!(["hop_ms"]));
-    let reply = send(&endpoint, Command::Adapter(Some("excited".into())));
+    let reply = send(&endpoint, Command::Adapter(Some("affect-all".into())));
     assert_eq!(reply["ok"], true, "{reply}");
 
     // Removing the active adapter is refused, and nothing changes.
-    write_config(&config, &[calm], "");
+    write_config(&config, &[gate], "");
     let reply = send(&endpoint, Command::Reload);
     assert_eq!(reply["ok"], false, "{reply}");
     assert!(
         reply["error"]
             .as_str()
             .unwrap()
-            .contains("`excited` is active"),
+            .contains("`affect-all` is active"),
         "{reply}"
     );
     assert_eq!(
         send(&endpoint, Command::Status)["adapters"],
-        json!(["calm", "excited"])
+        json!(["affect-all", "affect-gate"])
     );
 
-    // SIGHUP: back to the base model, then drop `excited`.
+    // SIGHUP: back to the base model, then drop `affect-all`.
     assert_eq!(send(&endpoint, Command::Adapter(None))["ok"], true);
     run.signal(libc::SIGHUP);
     wait_status(&endpoint, "the SIGHUP reload", |s| {
-        s["adapters"] == json!(["calm"]) && s["last_reload"]["ok"] == true
+        s["adapters"] == json!(["affect-gate"]) && s["last_reload"]["ok"] == true
     });
 
     // A file that no longer parses: reported, the settings in force stay.
@@ -454,7 +461,7 @@ fn reload_adds_and_drops_adapters_and_a_broken_file_changes_nothing() {
         s["last_reload"]["ok"] == false
     });
     let status = send(&endpoint, Command::Status);
-    assert_eq!(status["adapters"], json!(["calm"]));
+    assert_eq!(status["adapters"], json!(["affect-gate"]));
     assert!(
         status["last_reload"]["error"]
             .as_str()

@@ -251,12 +251,12 @@ fn config_file_sets_the_run_and_flags_override_it() {
         &config,
         format!(
             r#"
-model = "{root}/models/reference/emogate-ref.onnx"
+model = "{root}/models/reference/base/emogate-base.onnx"
 hop_ms = 500
-active = "calm"
+active = "affect-gate"
 outputs = ["jsonl:events.jsonl"]
 [adapters]
-calm = "{root}/models/reference/adapters/calm"
+affect-gate = "{root}/models/reference/adapters/affect-gate"
 [video]
 source = "{root}/{VIDEO}"
 [audio]
@@ -281,7 +281,7 @@ source = "{root}/{AUDIO}"
         .collect();
     // hop 500 ms: windows end at 2.0, 2.5, 3.0 s; the adapter from the file.
     assert_eq!(ev.len(), 3);
-    assert_eq!(ev[0]["adapter"], "calm");
+    assert_eq!(ev[0]["adapter"], "affect-gate");
     let msgs = run_ok(&[
         "run", "--config", cfg, "--hop-ms", "250", "--output", "jsonl:-",
     ]);

@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Export emogate-ref's trained weights (train.py) to ONNX with its manifest.
+"""Export the reference architecture to ONNX with its manifest (the base and every ONNX run).
 
-    /work/venv-fixtures/bin/python models/reference/export.py
+    /work/venv-gatetrain/bin/python models/reference/export.py     # re-exports base/emogate-base.onnx
 
-Writes models/reference/emogate-ref.onnx + emogate-ref.onnx.data. It deletes both first.
+Writes models/reference/base/emogate-base.onnx + .data from base/emogate-base.safetensors (the
+base of the reference experiment, experiment/grid.py). It deletes both first. experiment/grid.py
+exports the base and the full-fine-tuning and heads-only runs with `export_onnx`; the shipped
+models/reference/emogate-ref.onnx is the base with the affect-gate adapter merged by
+`emogate-convert merge` (see README.md).
 - `torch.onnx.export(..., dynamo=True, opset_version=18)`, with the default optimizer and
   external data.
 - The manifest is stored as JSON in `metadata_props["emogate.manifest"]`.
@@ -12,8 +16,7 @@ Writes models/reference/emogate-ref.onnx + emogate-ref.onnx.data. It deletes bot
 - onnxruntime must reproduce torch to within 1e-5 on seeded random inputs; otherwise the script
   fails.
 
-tools/fixtures/make_engine_fixtures.py calls `export_reference()` and then makes the adapters and
-expected outputs. The pinned environment is in tools/fixtures/requirements-engine.txt.
+The pinned environment is in models/reference/experiment/requirements.txt.
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.dont_write_bytecode = True  # no __pycache__ next to the model
 sys.path.insert(0, str(HERE))
-from model import EmogateRef, RefConfig, count_macs, trained  # noqa: E402
+from model import EmogateRef, RefConfig, base, count_macs  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
 SEED = 7001
 OPSET = 18
-ONNX_PATH = HERE / "emogate-ref.onnx"
+ONNX_PATH = HERE / "base" / "emogate-base.onnx"
 MANIFEST_KEY = "emogate.manifest"
 INPUT_NAMES = ["face", "audio"]
 OUTPUT_NAMES = ["probabilities", "valence_arousal"]
@@ -243,7 +246,7 @@ def describe(path: Path, model: EmogateRef) -> dict:
 
 def export_reference(path: Path = ONNX_PATH, seed: int = SEED) -> tuple[EmogateRef, dict]:
     torch.manual_seed(seed)
-    model = trained()
+    model = base()
     export_onnx(model, path)
     info = describe(path, model)
     # onnxruntime vs torch on three seeded inputs

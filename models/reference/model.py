@@ -251,19 +251,20 @@ def init_random(model: EmogateRef, seed: int) -> EmogateRef:
 
 
 def build(seed: int, cfg: RefConfig | None = None) -> EmogateRef:
-    """Seeded random weights: the starting point of train.py."""
+    """Seeded random weights: the starting point of the base (experiment/grid.py, seed 7001)."""
     return init_random(EmogateRef(cfg), seed).eval()
 
 
-TRAINED_WEIGHTS = Path(__file__).resolve().parent / "emogate-ref.safetensors"
+BASE_WEIGHTS = Path(__file__).resolve().parent / "base" / "emogate-base.safetensors"
 
 
-def trained(weights: Path = TRAINED_WEIGHTS) -> EmogateRef:
-    """The trained model: train.py's committed weights."""
+def base(weights: Path = BASE_WEIGHTS) -> EmogateRef:
+    """The base model: experiment/grid.py's committed weights (pretrained on non-affective
+    SynthAffect targets; its emotion/VA heads are the random init)."""
     from safetensors.torch import load_file
 
     if not weights.exists():
-        raise FileNotFoundError(f"{weights} is missing: run models/reference/train.py")
+        raise FileNotFoundError(f"{weights} is missing: run models/reference/experiment/grid.py base")
     model = EmogateRef(RefConfig())
     model.load_state_dict(load_file(str(weights)))
     return model.eval()

@@ -133,6 +133,13 @@ def draw_face(
 
 def random_face(label: str, rng: np.random.Generator) -> np.ndarray:
     """A 96x96 uint8 face showing `label`, with random cue strength, pose, lighting and noise."""
+    return random_face_factors(label, rng)[0]
+
+
+def random_face_factors(label: str, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, float]]:
+    """`random_face` (the same draws from `rng`), plus its non-affective latent factors: head
+    position and size, background and skin tone, exposure gain and offset, sensor noise. They do
+    not depend on the label; the base model is pretrained to predict them."""
     cues = dict(FACE_CUES[label])
     strength = rng.uniform(0.6, 1.2)  # how pronounced the expression is
     for k in ("smile", "mouth_open", "brow_raise", "brow_slant", "wrinkle"):
@@ -143,17 +150,19 @@ def random_face(label: str, rng: np.random.Generator) -> np.ndarray:
     cues["mouth_open"] = max(cues["mouth_open"], 0.0)
     cues["wrinkle"] = float(np.clip(cues["wrinkle"], 0.0, 1.0))
     cues["eye_open"] = float(np.clip(cues["eye_open"], 0.05, 1.7))
-    img = draw_face(
-        **cues,
+    factors = dict(
         cx=48.0 + rng.normal(0.0, 4.0),
         cy=50.0 + rng.normal(0.0, 4.0),
         scale=rng.uniform(0.8, 1.15),
         background=rng.uniform(20.0, 120.0),
         skin=rng.uniform(140.0, 215.0),
     )
+    img = draw_face(**cues, **factors)
     gain, bias = rng.uniform(0.7, 1.3), rng.uniform(-30.0, 30.0)  # exposure
-    img = (img - 128.0) * gain + 128.0 + bias + rng.normal(0.0, rng.uniform(0.0, 6.0), img.shape)
-    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+    noise = rng.uniform(0.0, 6.0)
+    img = (img - 128.0) * gain + 128.0 + bias + rng.normal(0.0, noise, img.shape)
+    factors.update(gain=gain, bias=bias, noise=noise)
+    return np.clip(np.round(img), 0, 255).astype(np.uint8), {k: float(v) for k, v in factors.items()}
 
 
 def synth_voice(
@@ -168,8 +177,10 @@ def synth_voice(
     rng: np.random.Generator,
     seconds: float = 2.0,
     sr: int = VOICE_SR,
+    factors: dict | None = None,
 ) -> np.ndarray:
-    """A voiced utterance, float64 in about [-1, 1]."""
+    """A voiced utterance, float64 in about [-1, 1]. If `factors` is given, the share of each
+    of the five vowels among the formant targets is stored in it (`vowel0`..`vowel4`)."""
     n = int(sr * seconds)
     t = np.arange(n) / sr
     # pitch in semitones around f0: a linear contour, smooth random excursions, tremolo
@@ -191,7 +202,11 @@ def synth_voice(
         pos += length + rng.uniform(0.1, 0.5) / rate
     # a random vowel per syllable run: formants drift between random vowel targets
     vowels = np.array([[750, 1200, 2600], [300, 2250, 3000], [320, 900, 2300], [480, 1800, 2500], [550, 1000, 2450]])
-    picks = vowels[rng.integers(0, len(vowels), knots.size)]
+    which = rng.integers(0, len(vowels), knots.size)
+    picks = vowels[which]
+    if factors is not None:
+        for v in range(len(vowels)):
+            factors[f"vowel{v}"] = float(np.mean(which == v))
     F = [np.interp(t, knots, picks[:, i] * rng.uniform(0.9, 1.1)) for i in range(3)]
     B, G = [90.0, 120.0, 180.0], [1.0, 0.6, 0.3]
     # harmonic amplitudes at a 5 ms control rate, interpolated to audio rate
@@ -211,15 +226,26 @@ def synth_voice(
 
 def random_voice(label: str, rng: np.random.Generator, seconds: float = 2.0) -> np.ndarray:
     """2 s of float32 audio in [-1, 1] speaking with `label`'s prosody, a random speaker and room."""
+    return random_voice_factors(label, rng, seconds)[0]
+
+
+def random_voice_factors(label: str, rng: np.random.Generator, seconds: float = 2.0) -> tuple[np.ndarray, dict[str, float]]:
+    """`random_voice` (the same draws from `rng`), plus its non-affective latent factors: the
+    speaker's pitch offset (semitones), recording gain (dB), room noise level (log10) and the
+    vowel shares. They do not depend on the label; the base model is pretrained to predict them."""
     cues = dict(VOICE_CUES[label])
     speaker = rng.normal(0.0, 2.0)  # semitones: speakers differ in pitch
     cues["f0"] *= 2.0 ** (speaker / 12.0)
     cues["spread"] *= rng.uniform(0.7, 1.3)
     cues["slope"] += rng.normal(0.0, 1.0)
     cues["rate"] *= rng.uniform(0.8, 1.2)
-    cues["loud"] *= 10.0 ** (rng.normal(0.0, 3.0) / 20.0)  # +-3 dB recording gain
+    gain_db = rng.normal(0.0, 3.0)
+    cues["loud"] *= 10.0 ** (gain_db / 20.0)  # +-3 dB recording gain
     cues["breath"] = float(np.clip(cues["breath"] + rng.normal(0.0, 0.02), 0.0, 0.5))
     cues["tilt"] += rng.normal(0.0, 0.1)
-    y = synth_voice(**cues, rng=rng, seconds=seconds)
-    y = y + rng.normal(0.0, 10.0 ** rng.uniform(-4.0, -2.3), y.size)  # room and mic noise
-    return np.clip(y, -1.0, 1.0).astype(np.float32)
+    factors: dict[str, float] = {}
+    y = synth_voice(**cues, rng=rng, seconds=seconds, factors=factors)
+    noise_log = rng.uniform(-4.0, -2.3)
+    y = y + rng.normal(0.0, 10.0 ** noise_log, y.size)  # room and mic noise
+    factors.update(speaker=float(speaker), gain_db=float(gain_db), noise_log=float(noise_log))
+    return np.clip(y, -1.0, 1.0).astype(np.float32), factors

@@ -135,13 +135,14 @@ pub fn reference_inputs(e: &serde_json::Value) -> Vec<Tensor> {
     ]
 }
 
-/// The reference model converted to fp16 (f32 inputs and outputs, Casts
-/// inside), written to `dir/emogate-ref-fp16.onnx` with its side file: its
+/// The reference experiment's base model (the model the bundled adapters
+/// belong to) converted to fp16 (f32 inputs and outputs, Casts inside),
+/// written to `dir/emogate-base-fp16.onnx` with its side file: its
 /// gate_proj weights, which the bundled adapters change, are f16.
 pub fn fp16_reference(dir: &Path) -> PathBuf {
-    let base = OnnxModel::load(repo_root().join("models/reference/emogate-ref.onnx"))
-        .expect("reference model loads");
-    let out = dir.join("emogate-ref-fp16.onnx");
+    let base = OnnxModel::load(repo_root().join("models/reference/base/emogate-base.onnx"))
+        .expect("base model loads");
+    let out = dir.join("emogate-base-fp16.onnx");
     quantize_to_file(
         &base,
         &Mode::Fp16(Fp16Options::default()),

@@ -12,12 +12,15 @@ use serde_json::Value;
 
 fn reference_spec() -> ModelSpec {
     ModelSpec {
-        path: root().join("models/reference/emogate-ref.onnx"),
+        path: root().join("models/reference/base/emogate-base.onnx"),
         adapters: vec![
-            ("calm".into(), root().join("models/reference/adapters/calm")),
             (
-                "excited".into(),
-                root().join("models/reference/adapters/excited"),
+                "affect-gate".into(),
+                root().join("models/reference/adapters/affect-gate"),
+            ),
+            (
+                "affect-all".into(),
+                root().join("models/reference/adapters/affect-all"),
             ),
         ],
         ..ModelSpec::default()
@@ -50,27 +53,27 @@ fn adapters_hot_swap_to_peft_merged_outputs_and_back() {
     let e = reference_expected();
     let inputs = reference_inputs(&e);
     let mut model = AffectModel::load(&ModelSpec {
-        active: Some("calm".into()),
+        active: Some("affect-gate".into()),
         ..reference_spec()
     })
     .unwrap();
-    assert_eq!(model.active(), Some("calm"));
+    assert_eq!(model.active(), Some("affect-gate"));
     assert_outputs(
         &model.run(&inputs).unwrap(),
-        &e["adapters"]["calm"]["merged"],
-        "calm",
+        &e["adapters"]["affect-gate"]["merged"],
+        "affect-gate",
     );
-    model.switch(Some("excited")).unwrap();
+    model.switch(Some("affect-all")).unwrap();
     assert_outputs(
         &model.run(&inputs).unwrap(),
-        &e["adapters"]["excited"]["merged"],
-        "excited",
+        &e["adapters"]["affect-all"]["merged"],
+        "affect-all",
     );
     model.switch(None).unwrap();
     assert_outputs(&model.run(&inputs).unwrap(), &e["base"], "base again");
     let err = model.switch(Some("grumpy")).unwrap_err().to_string();
     assert!(
-        err.contains("`grumpy`") && err.contains("calm, excited"),
+        err.contains("`grumpy`") && err.contains("affect-all, affect-gate"),
         "{err}"
     );
     // The failed switch left the running backend in place.
@@ -154,16 +157,16 @@ fn switching_while_running_loses_and_repeats_no_window() {
     let e = reference_expected();
     let inputs = reference_inputs(&e);
     let mut model = AffectModel::load(&ModelSpec {
-        active: Some("calm".into()),
+        active: Some("affect-gate".into()),
         ..reference_spec()
     })
     .unwrap();
-    let calm = floats(&e["adapters"]["calm"]["merged"]["probabilities"]);
-    let excited = floats(&e["adapters"]["excited"]["merged"]["probabilities"]);
+    let gate = floats(&e["adapters"]["affect-gate"]["merged"]["probabilities"]);
+    let all_linear = floats(&e["adapters"]["affect-all"]["merged"]["probabilities"]);
     let mut served = Vec::new();
     let preparer = model.preparer();
     let prepared = std::thread::scope(|scope| {
-        let builder = scope.spawn(move || preparer.prepare(Some("excited")).unwrap());
+        let builder = scope.spawn(move || preparer.prepare(Some("affect-all")).unwrap());
         // Serve windows on this thread until the new backend is ready.
         while !builder.is_finished() {
             served.push(model.run(&inputs).unwrap()[0].as_f32().unwrap().to_vec());
@@ -172,13 +175,13 @@ fn switching_while_running_loses_and_repeats_no_window() {
     });
     for out in &served {
         assert!(
-            max_abs_diff(out, &calm) <= 1e-4,
+            max_abs_diff(out, &gate) <= 1e-4,
             "a window before the swap ran on the wrong weights"
         );
     }
     let before = served.len();
     served.push(model.run(&inputs).unwrap()[0].as_f32().unwrap().to_vec());
-    model.install(Some("excited".into()), prepared);
+    model.install(Some("affect-all".into()), prepared);
     for _ in 0..3 {
         served.push(model.run(&inputs).unwrap()[0].as_f32().unwrap().to_vec());
     }
@@ -188,14 +191,14 @@ fn switching_while_running_loses_and_repeats_no_window() {
         "every window produced exactly one output"
     );
     assert!(
-        max_abs_diff(&served[before], &calm) <= 1e-4,
-        "the last window before the swap used calm"
+        max_abs_diff(&served[before], &gate) <= 1e-4,
+        "the last window before the swap used gate"
     );
     for out in &served[before + 1..] {
         assert!(
-            max_abs_diff(out, &excited) <= 1e-4,
-            "windows after the swap use excited"
+            max_abs_diff(out, &all_linear) <= 1e-4,
+            "windows after the swap use all_linear"
         );
     }
-    assert_eq!(model.active(), Some("excited"));
+    assert_eq!(model.active(), Some("affect-all"));
 }

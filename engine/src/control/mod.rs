@@ -220,7 +220,7 @@ impl Controller {
     }
 }
 
-/// `adapter \`calm\`` or `the base model`, for messages.
+/// `adapter \`affect-gate\`` or `the base model`, for messages.
 fn name_of(target: &Option<String>) -> String {
     match target {
         Some(name) => format!("adapter `{name}`"),
@@ -237,8 +237,8 @@ mod tests {
         let ok = |s: &str| Command::parse(s.as_bytes()).unwrap();
         let err = |s: &str| Command::parse(s.as_bytes()).unwrap_err();
         assert_eq!(
-            ok(r#"{"cmd":"adapter","active":"calm"}"#),
-            Command::Adapter(Some("calm".into()))
+            ok(r#"{"cmd":"adapter","active":"affect-gate"}"#),
+            Command::Adapter(Some("affect-gate".into()))
         );
         assert_eq!(
             ok(r#"{"cmd":"adapter","active":null}"#),

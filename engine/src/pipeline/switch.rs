@@ -393,10 +393,10 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let models = root.join("models/reference");
         AffectModel::load(&ModelSpec {
-            path: models.join("emogate-ref.onnx"),
+            path: models.join("base/emogate-base.onnx"),
             adapters: vec![
-                ("calm".into(), models.join("adapters/calm")),
-                ("excited".into(), models.join("adapters/excited")),
+                ("affect-gate".into(), models.join("adapters/affect-gate")),
+                ("affect-all".into(), models.join("adapters/affect-all")),
             ],
             ..ModelSpec::default()
         })
@@ -421,34 +421,34 @@ mod tests {
         let model = reference();
         let switcher = Switcher::new(model.preparer(), None);
         // Both queued before the preparer runs: the first never prepares.
-        let calm = switcher.request(Some("calm".into())).unwrap();
-        let excited = switcher.request(Some("excited".into())).unwrap();
-        assert_eq!(calm.replaced, None);
-        assert_eq!(excited.replaced, Some(Some("calm".into())));
+        let gate = switcher.request(Some("affect-gate".into())).unwrap();
+        let all_linear = switcher.request(Some("affect-all".into())).unwrap();
+        assert_eq!(gate.replaced, None);
+        assert_eq!(all_linear.replaced, Some(Some("affect-gate".into())));
         assert_eq!(
-            switcher.wait(&calm, Duration::ZERO),
+            switcher.wait(&gate, Duration::ZERO),
             Some(SwitchOutcome::Superseded {
-                by: Some("excited".into())
+                by: Some("affect-all".into())
             })
         );
-        assert_eq!(switcher.pending_json()["to"], "excited");
+        assert_eq!(switcher.pending_json()["to"], "affect-all");
         let preparer = switcher.spawn_preparer().unwrap();
         let installed = serve_until(&switcher, 7, || switcher.active().is_some());
         assert_eq!(installed.len(), 1);
-        assert_eq!(installed[0].to.as_deref(), Some("excited"));
+        assert_eq!(installed[0].to.as_deref(), Some("affect-all"));
         assert_eq!(installed[0].seq, 7);
-        match switcher.wait(&excited, Duration::from_secs(1)) {
+        match switcher.wait(&all_linear, Duration::from_secs(1)) {
             Some(SwitchOutcome::Installed(i)) => assert_eq!(i, installed[0]),
             other => panic!("{other:?}"),
         }
         assert!(switcher.pending_json().is_null());
         // The active one again: nothing to do.
-        let again = switcher.request(Some("excited".into())).unwrap();
+        let again = switcher.request(Some("affect-all".into())).unwrap();
         assert!(matches!(
             switcher.wait(&again, Duration::ZERO),
             Some(SwitchOutcome::Unchanged { .. })
         ));
-        assert!(switcher.in_use("excited") && !switcher.in_use("calm"));
+        assert!(switcher.in_use("affect-all") && !switcher.in_use("affect-gate"));
         switcher.close("test over");
         preparer.join().unwrap();
     }
@@ -456,12 +456,12 @@ mod tests {
     #[test]
     fn unknown_names_are_refused_and_closing_fails_what_is_pending() {
         let model = reference();
-        let switcher = Switcher::new(model.preparer(), Some("calm".into()));
+        let switcher = Switcher::new(model.preparer(), Some("affect-gate".into()));
         let e = switcher
             .request(Some("nope".into()))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("loaded: calm, excited"), "{e}");
+        assert!(e.contains("loaded: affect-all, affect-gate"), "{e}");
         let pending = switcher.request(None).unwrap();
         switcher.close("stopped");
         match switcher.wait(&pending, Duration::ZERO) {
@@ -472,7 +472,7 @@ mod tests {
             switcher.request(None),
             Err(SwitchError::Closed(_))
         ));
-        // Never installed: still calm.
-        assert_eq!(switcher.active().as_deref(), Some("calm"));
+        // Never installed: still gate.
+        assert_eq!(switcher.active().as_deref(), Some("affect-gate"));
     }
 }

@@ -98,7 +98,7 @@ pub fn emotion_with(
             nonfinite: 0,
             model_errors: 0,
         },
-        adapter: Some("calm".into()),
+        adapter: Some("affect-gate".into()),
         backend: "tract".into(),
     })
 }

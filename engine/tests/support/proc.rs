@@ -18,10 +18,12 @@ pub fn repo() -> PathBuf {
 }
 
 pub const MODEL: &str = "models/reference/emogate-ref.onnx";
+/// The reference experiment's base: the model the bundled adapters belong to.
+pub const BASE_MODEL: &str = "models/reference/base/emogate-base.onnx";
 pub const VIDEO: &str = "tests/fixtures/sample/face.y4m";
 pub const AUDIO: &str = "tests/fixtures/sample/voice.wav";
-pub const CALM: &str = "calm=models/reference/adapters/calm";
-pub const EXCITED: &str = "excited=models/reference/adapters/excited";
+pub const AFFECT_GATE: &str = "affect-gate=models/reference/adapters/affect-gate";
+pub const AFFECT_ALL: &str = "affect-all=models/reference/adapters/affect-all";
 
 /// `emogate` from this build, run in the repository root, without the
 /// environment's ONNX Runtime.

@@ -322,7 +322,8 @@ mod tests {
     /// merged graph gives.
     #[test]
     fn swapped_weights_match_the_merged_graph() {
-        let model = OnnxModel::load(reference().join("emogate-ref.onnx")).expect("reference model");
+        let model =
+            OnnxModel::load(reference().join("base/emogate-base.onnx")).expect("base model");
         let manifest = Manifest::from_model(&model)
             .expect("manifest")
             .expect("embedded manifest");
@@ -331,7 +332,7 @@ mod tests {
             inputs: Some(facts),
             threads: 1,
         };
-        for name in ["calm", "excited"] {
+        for name in ["affect-gate", "affect-all"] {
             let adapter = Adapter::load(reference().join("adapters").join(name)).expect("adapter");
             let plan = MergePlan::new(&model, &adapter).expect("plan");
             assert!(!plan.changes_graph());
