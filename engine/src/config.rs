@@ -92,6 +92,48 @@ pub struct SourceConfig {
     pub fps: Option<f64>,
 }
 
+/// `[mqtt]`: settings of `mqtt://` and `mqtts://` outputs that do not
+/// belong on a command line (the password above all).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// The broker password. Prefer `password_env` where the config file is
+    /// readable by others.
+    pub password: Option<String>,
+    /// The environment variable holding the password.
+    pub password_env: Option<String>,
+    /// PEM file of the CA(s) that signed the broker's certificate
+    /// (`mqtts://`); without it, the system's roots are not consulted and
+    /// `mqtts://` is refused.
+    pub ca_file: Option<PathBuf>,
+    /// QoS of event messages: 0 (at most once) or 1 (at least once,
+    /// the default).
+    pub qos: Option<u8>,
+    /// This device's name in topics; the hostname by default.
+    pub device_id: Option<String>,
+    /// Messages kept while the broker is unreachable; the oldest are
+    /// dropped (and counted) beyond it. Default 10000.
+    pub buffer: Option<usize>,
+    /// Seconds between keep-alive pings (default 30): how soon the broker
+    /// notices a dead link and publishes the last will.
+    pub keep_alive_s: Option<u64>,
+}
+
+/// `[ros2]`: settings of `ros2:` outputs.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Ros2Config {
+    /// IP addresses of the interfaces DDS uses (discovery, multicast,
+    /// advertised locators), e.g. `["127.0.0.1"]` to stay on the host or
+    /// the robot's internal network; all interfaces when absent.
+    pub interfaces: Option<Vec<std::net::IpAddr>>,
+    /// The ROS 2 node name (default `emogate`).
+    pub node_name: Option<String>,
+    /// Accept control requests on `/emogate/control` (default false: DDS
+    /// without its security plugins lets anyone on the domain publish).
+    pub control: Option<bool>,
+}
+
 /// Everything `emogate run` can take from a file. Every field is
 /// optional: flags fill or override.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -124,6 +166,8 @@ pub struct RunConfig {
     pub control: Option<String>,
     pub stall_ms: Option<f64>,
     pub max_consecutive_errors: Option<u32>,
+    pub mqtt: Option<MqttConfig>,
+    pub ros2: Option<Ros2Config>,
 }
 
 impl RunConfig {
@@ -156,6 +200,7 @@ impl RunConfig {
             self.manifest.as_mut(),
             self.ort_lib.as_mut(),
             self.trt_cache.as_mut(),
+            self.mqtt.as_mut().and_then(|m| m.ca_file.as_mut()),
         ]
         .into_iter()
         .flatten()
@@ -223,6 +268,8 @@ impl RunConfig {
             control,
             stall_ms,
             max_consecutive_errors,
+            mqtt,
+            ros2,
         } = self;
         let mut keys = Vec::new();
         let mut check = |key: &'static str, same: bool| {
@@ -258,6 +305,8 @@ impl RunConfig {
             "max_consecutive_errors",
             *max_consecutive_errors == other.max_consecutive_errors,
         );
+        check("mqtt", *mqtt == other.mqtt);
+        check("ros2", *ros2 == other.ros2);
         keys
     }
 }
