@@ -380,7 +380,8 @@ fn malformed_specs_are_refused_before_anything_starts() {
         ("ros2:999", "domain id"),
     ] {
         let out = emogate()
-            .args(["run", "--model", MODEL, "--video", VIDEO, "--output", spec])
+            .args(["run", "--model", MODEL, "--video", VIDEO, "--audio", AUDIO])
+            .args(["--output", spec])
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -160,7 +160,14 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn start(port: u16, topic: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new("mosquitto_sub")
+        assert!(
+            super::fleet::tools_present("mqtt", &["stdbuf"], "coreutils"),
+            "stdbuf (coreutils) is missing"
+        );
+        // Line-buffered: its stdout is a pipe, which stdio would otherwise
+        // fill block by block.
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub"])
             .args(["-h", "127.0.0.1", "-p", &port.to_string()])
             .args(["-u", "watcher", "-P", "watcher-pw", "-q", "1", "-d"])
             .args(["-t", topic, "-F", "MSG\t%t\t%r\t%p"])
