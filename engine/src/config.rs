@@ -94,7 +94,7 @@ pub struct SourceConfig {
 
 /// `[mqtt]`: settings of `mqtt://` and `mqtts://` outputs that do not
 /// belong on a command line (the password above all).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     /// The broker password. Prefer `password_env` where the config file is
@@ -117,6 +117,21 @@ pub struct MqttConfig {
     /// Seconds between keep-alive pings (default 30): how soon the broker
     /// notices a dead link and publishes the last will.
     pub keep_alive_s: Option<u64>,
+}
+
+/// Shows whether a password is set, never the password.
+impl std::fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttConfig")
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_env", &self.password_env)
+            .field("ca_file", &self.ca_file)
+            .field("qos", &self.qos)
+            .field("device_id", &self.device_id)
+            .field("buffer", &self.buffer)
+            .field("keep_alive_s", &self.keep_alive_s)
+            .finish()
+    }
 }
 
 /// `[ros2]`: settings of `ros2:` outputs.
@@ -408,6 +423,32 @@ source = "sample/voice.wav"
         );
         assert_eq!(outputs[1], "jsonl:-");
         assert_eq!(c.missing.as_deref(), Some("skip"));
+    }
+
+    #[test]
+    fn reads_mqtt_and_ros2_tables_and_never_shows_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.toml");
+        std::fs::write(
+            &path,
+            "[mqtt]\npassword = \"hunter2\"\nca_file = \"ca.pem\"\nqos = 0\n\
+             [ros2]\ninterfaces = [\"127.0.0.1\"]\ncontrol = true\n",
+        )
+        .unwrap();
+        let c = RunConfig::load(&path).unwrap();
+        let mqtt = c.mqtt.as_ref().unwrap();
+        assert_eq!(mqtt.ca_file.as_ref().unwrap(), &dir.path().join("ca.pem"));
+        assert_eq!(mqtt.qos, Some(0));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let ros2 = c.ros2.unwrap();
+        assert_eq!(
+            ros2.interfaces.unwrap(),
+            ["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(ros2.control, Some(true));
+        std::fs::write(&path, "[mqtt]\npasword = \"x\"\n").unwrap();
+        let e = RunConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("fleet.toml") && e.contains("pasword"), "{e}");
     }
 
     #[test]

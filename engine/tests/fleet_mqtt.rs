@@ -149,7 +149,10 @@ fn an_outage_costs_counted_messages_and_nothing_else() {
     let dropped_then = online.payload["counters"]["dropped"].as_u64().unwrap();
     // The outbox kept the newest 8; everything older from the outage
     // (which lasts until the reconnect, after the 3 s measured) dropped.
-    assert!(dropped_then + 8 + 2 >= during as u64, "{online:?}, {during} during");
+    assert!(
+        dropped_then + 8 + 2 >= during as u64,
+        "{online:?}, {during} during"
+    );
     let after = emotions(&run.messages()).len();
     run.wait_for("10 more events", T, |m| emotions(m).len() >= after + 10);
 

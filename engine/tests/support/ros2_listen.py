@@ -8,6 +8,8 @@ documents (reliable, volatile, keep-last 10):
   rt/emogate/expression  hri_msgs::msg::dds_::Expression_
   rt/diagnostics         diagnostic_msgs::msg::dds_::DiagnosticArray_
   rt/emogate/events      std_msgs::msg::dds_::String_
+and asks for the status on rt/emogate/control (std_msgs/String JSON) about
+once a second until a reply arrives on rt/emogate/control/reply.
 Cyclone decodes the CDR samples into the IDL structs below (field order of
 the .msg files). Discovery stays on the loopback interface: the caller sets
 CYCLONEDDS_URI. Prints "READY" once the readers exist, then collects for
@@ -25,6 +27,7 @@ from cyclonedds.core import Policy, Qos
 from cyclonedds.domain import DomainParticipant
 from cyclonedds.idl import IdlStruct
 from cyclonedds.idl.types import float32, int32, sequence, uint8, uint32
+from cyclonedds.pub import DataWriter
 from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
 from cyclonedds.util import duration
@@ -94,11 +97,17 @@ def main():
         "expression": DataReader(dp, Topic(dp, "rt/emogate/expression", Expression), qos=qos),
         "diagnostics": DataReader(dp, Topic(dp, "rt/diagnostics", DiagnosticArray), qos=qos),
         "events": DataReader(dp, Topic(dp, "rt/emogate/events", String), qos=qos),
+        "replies": DataReader(dp, Topic(dp, "rt/emogate/control/reply", String), qos=qos),
     }
+    control = DataWriter(dp, Topic(dp, "rt/emogate/control", String), qos=qos)
+    next_request = time.monotonic() + 1.0
     print("READY", flush=True)
     got = {k: [] for k in readers}
     end = time.monotonic() + seconds
     while time.monotonic() < end:
+        if not got["replies"] and time.monotonic() >= next_request:
+            control.write(String(data='{"cmd": "status"}'))
+            next_request = time.monotonic() + 1.0
         idle = True
         for name, reader in readers.items():
             for s in reader.take(N=100):

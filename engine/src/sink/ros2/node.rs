@@ -17,10 +17,9 @@
 //! that calls it, while `ros2 topic pub /emogate/control std_msgs/msg/String
 //! '{data: "{\"cmd\":\"status\"}"}'` works anywhere.
 
-use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ros2_client::dds::rustdds::DomainParticipantBuilder;
@@ -83,8 +82,7 @@ impl Ros2Sink {
         };
         let mut builder = DomainParticipantBuilder::new(domain_id);
         if let Some(interfaces) = &context.ros2.interfaces {
-            builder =
-                builder.with_only_networks(interfaces.iter().copied().collect::<Vec<IpAddr>>());
+            builder = builder.with_only_networks(interfaces.clone());
         }
         let participant = builder
             .build()
