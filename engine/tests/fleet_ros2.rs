@@ -20,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::fleet::skipped;
 use support::proc::{AUDIO, MODEL, Running, VIDEO, emogate, emotions, repo};
 
 fn python_path() -> PathBuf {
@@ -52,7 +53,7 @@ fn cyclone_present() -> bool {
     if std::env::var_os("EMOGATE_REQUIRE_FLEET").is_some() {
         panic!("{why}; EMOGATE_REQUIRE_FLEET is set, so this is a failure");
     }
-    eprintln!("SKIPPED {why}; set EMOGATE_REQUIRE_FLEET=1 to make this a failure");
+    skipped(&why);
     false
 }
 

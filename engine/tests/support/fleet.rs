@@ -35,8 +35,18 @@ pub fn tools_present(test: &str, tools: &[&str], install: &str) -> bool {
     if std::env::var_os("EMOGATE_REQUIRE_FLEET").is_some() {
         panic!("{why}; EMOGATE_REQUIRE_FLEET is set, so this is a failure");
     }
-    eprintln!("SKIPPED {why}; set EMOGATE_REQUIRE_FLEET=1 to make this a failure");
+    skipped(&why);
     false
+}
+
+/// Prints why a test skipped, past libtest's capture (which swallows
+/// `eprintln!` of passing tests), so the skip shows in every log.
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {why}; set EMOGATE_REQUIRE_FLEET=1 to make this a failure"
+    );
 }
 
 /// Mosquitto on `127.0.0.1:port`, with a password file (users `kit` and
