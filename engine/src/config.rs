@@ -92,6 +92,63 @@ pub struct SourceConfig {
     pub fps: Option<f64>,
 }
 
+/// `[mqtt]`: settings of `mqtt://` and `mqtts://` outputs that do not
+/// belong on a command line (the password above all).
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// The broker password. Prefer `password_env` where the config file is
+    /// readable by others.
+    pub password: Option<String>,
+    /// The environment variable holding the password.
+    pub password_env: Option<String>,
+    /// PEM file of the CA(s) that signed the broker's certificate
+    /// (`mqtts://`); without it, the system's roots are not consulted and
+    /// `mqtts://` is refused.
+    pub ca_file: Option<PathBuf>,
+    /// QoS of event messages: 0 (at most once) or 1 (at least once,
+    /// the default).
+    pub qos: Option<u8>,
+    /// This device's name in topics; the hostname by default.
+    pub device_id: Option<String>,
+    /// Messages kept while the broker is unreachable; the oldest are
+    /// dropped (and counted) beyond it. Default 10000.
+    pub buffer: Option<usize>,
+    /// Seconds between keep-alive pings (default 30): how soon the broker
+    /// notices a dead link and publishes the last will.
+    pub keep_alive_s: Option<u64>,
+}
+
+/// Shows whether a password is set, never the password.
+impl std::fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttConfig")
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_env", &self.password_env)
+            .field("ca_file", &self.ca_file)
+            .field("qos", &self.qos)
+            .field("device_id", &self.device_id)
+            .field("buffer", &self.buffer)
+            .field("keep_alive_s", &self.keep_alive_s)
+            .finish()
+    }
+}
+
+/// `[ros2]`: settings of `ros2:` outputs.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Ros2Config {
+    /// IP addresses of the interfaces DDS uses (discovery, multicast,
+    /// advertised locators), e.g. `["127.0.0.1"]` to stay on the host or
+    /// the robot's internal network; all interfaces when absent.
+    pub interfaces: Option<Vec<std::net::IpAddr>>,
+    /// The ROS 2 node name (default `emogate`).
+    pub node_name: Option<String>,
+    /// Accept control requests on `/emogate/control` (default false: DDS
+    /// without its security plugins lets anyone on the domain publish).
+    pub control: Option<bool>,
+}
+
 /// Everything `emogate run` can take from a file. Every field is
 /// optional: flags fill or override.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -124,6 +181,8 @@ pub struct RunConfig {
     pub control: Option<String>,
     pub stall_ms: Option<f64>,
     pub max_consecutive_errors: Option<u32>,
+    pub mqtt: Option<MqttConfig>,
+    pub ros2: Option<Ros2Config>,
 }
 
 impl RunConfig {
@@ -156,6 +215,7 @@ impl RunConfig {
             self.manifest.as_mut(),
             self.ort_lib.as_mut(),
             self.trt_cache.as_mut(),
+            self.mqtt.as_mut().and_then(|m| m.ca_file.as_mut()),
         ]
         .into_iter()
         .flatten()
@@ -223,6 +283,8 @@ impl RunConfig {
             control,
             stall_ms,
             max_consecutive_errors,
+            mqtt,
+            ros2,
         } = self;
         let mut keys = Vec::new();
         let mut check = |key: &'static str, same: bool| {
@@ -258,6 +320,8 @@ impl RunConfig {
             "max_consecutive_errors",
             *max_consecutive_errors == other.max_consecutive_errors,
         );
+        check("mqtt", *mqtt == other.mqtt);
+        check("ros2", *ros2 == other.ros2);
         keys
     }
 }
@@ -362,6 +426,32 @@ source = "sample/voice.wav"
         );
         assert_eq!(outputs[1], "jsonl:-");
         assert_eq!(c.missing.as_deref(), Some("skip"));
+    }
+
+    #[test]
+    fn reads_mqtt_and_ros2_tables_and_never_shows_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.toml");
+        std::fs::write(
+            &path,
+            "[mqtt]\npassword = \"hunter2\"\nca_file = \"ca.pem\"\nqos = 0\n\
+             [ros2]\ninterfaces = [\"127.0.0.1\"]\ncontrol = true\n",
+        )
+        .unwrap();
+        let c = RunConfig::load(&path).unwrap();
+        let mqtt = c.mqtt.as_ref().unwrap();
+        assert_eq!(mqtt.ca_file.as_ref().unwrap(), &dir.path().join("ca.pem"));
+        assert_eq!(mqtt.qos, Some(0));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let ros2 = c.ros2.unwrap();
+        assert_eq!(
+            ros2.interfaces.unwrap(),
+            ["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(ros2.control, Some(true));
+        std::fs::write(&path, "[mqtt]\npasword = \"x\"\n").unwrap();
+        let e = RunConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("fleet.toml") && e.contains("pasword"), "{e}");
     }
 
     #[test]

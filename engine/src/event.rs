@@ -5,7 +5,8 @@
 //! `expression` → `expression`, `valence`, `arousal`, `confidence`, and
 //! `header.stamp` is the capture time of the newest sample in the window
 //! (the existing ROS emotion node leaves it out, so consumers cannot align
-//! emotions with speech or gaze). A ROS 2 bridge copies fields and is done.
+//! emotions with speech or gaze). The `ros2:` output (`sink::ros2`) copies
+//! these fields into `hri_msgs/Expression`.
 
 use std::collections::BTreeMap;
 

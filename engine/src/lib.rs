@@ -27,7 +27,8 @@
 //! * [`event::Message`] — what is published: emotion events (fields of
 //!   `hri_msgs/Expression` plus a capture `header.stamp`) and source notices.
 //! * **Sink** — [`sink::Sink`]: where messages go: JSON lines, UDP
-//!   datagrams, HTTP (Server-Sent Events, `/status`, a live dashboard).
+//!   datagrams, HTTP (Server-Sent Events, `/status`, a live dashboard),
+//!   MQTT brokers and ROS 2 over DDS (cargo features `mqtt`, `ros2`).
 //!   Sinks only receive; they never steer the pipeline.
 //! * [`config`] — the TOML file `emogate run --config` reads.
 //! * [`control`] — steering a run from outside (switch the adapter, read

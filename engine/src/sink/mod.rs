@@ -13,10 +13,16 @@
 //! * `udp:HOST:PORT` — one JSON datagram per message;
 //! * `http:ADDR` — Server-Sent Events at `/events`, JSON at `/status` and a
 //!   live dashboard at `/` (`ADDR` is `PORT` or `HOST:PORT`; the host
-//!   defaults to 127.0.0.1).
+//!   defaults to 127.0.0.1);
+//! * `mqtt://[USER@]HOST[:PORT]/PREFIX`, `mqtts://…` — JSON to an MQTT
+//!   broker ([`mqtt`]; cargo feature `mqtt`);
+//! * `ros2:[DOMAIN_ID]` — ROS 4 HRI messages over DDS ([`ros2`]; cargo
+//!   feature `ros2`).
 
 pub mod http;
 pub mod jsonl;
+pub mod mqtt;
+pub mod ros2;
 pub mod udp;
 
 use std::sync::Arc;
@@ -36,6 +42,10 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    /// A network output could not be set up: a broker refused the
+    /// credentials, TLS failed, DDS could not start.
+    #[error("{target}: {message}")]
+    Connect { target: String, message: String },
 }
 
 impl SinkError {
@@ -113,6 +123,39 @@ pub enum OutputSpec {
     Http {
         addr: std::net::SocketAddr,
     },
+    Mqtt(mqtt::MqttSpec),
+    Ros2 {
+        domain_id: u16,
+    },
+}
+
+/// What opening a sink may need besides its spec.
+#[derive(Clone)]
+pub struct OpenContext {
+    /// Live pipeline state (`http:`'s `/status`, `ros2:`'s diagnostics).
+    pub status: StatusHandle,
+    /// Served by `http:` at `POST /control` and by `ros2:` on
+    /// `/emogate/control` when given.
+    pub control: Option<ControlHandle>,
+    /// `[mqtt]` of the config file.
+    pub mqtt: crate::config::MqttConfig,
+    /// `[ros2]` of the config file.
+    pub ros2: crate::config::Ros2Config,
+    /// `frame_id` of the config file (`ros2:` diagnostics headers).
+    pub frame_id: String,
+}
+
+impl OpenContext {
+    /// A context with default settings and no control channel.
+    pub fn new(status: StatusHandle) -> Self {
+        OpenContext {
+            status,
+            control: None,
+            mqtt: Default::default(),
+            ros2: Default::default(),
+            frame_id: "emogate".into(),
+        }
+    }
 }
 
 impl OutputSpec {
@@ -124,10 +167,22 @@ impl OutputSpec {
         let (kind, rest) = spec.split_once(':').ok_or_else(|| {
             SinkError::spec(
                 spec,
-                "expected jsonl:-, jsonl:PATH, udp:HOST:PORT or http:ADDR",
+                "expected jsonl:-, jsonl:PATH, udp:HOST:PORT, http:ADDR, \
+                 mqtt://[USER@]HOST[:PORT]/PREFIX, mqtts://… or ros2:[DOMAIN_ID]",
             )
         })?;
         match kind {
+            "mqtt" | "mqtts" => {
+                let rest = rest.strip_prefix("//").ok_or_else(|| {
+                    SinkError::spec(spec, format!("expected {kind}://[USER@]HOST[:PORT]/PREFIX"))
+                })?;
+                Ok(OutputSpec::Mqtt(mqtt::MqttSpec::parse(
+                    spec,
+                    kind == "mqtts",
+                    rest,
+                )?))
+            }
+            "ros2" => ros2::parse_spec(spec, rest),
             "jsonl" if rest == "-" => Ok(OutputSpec::Stdout),
             "jsonl" => jsonl::parse_file_spec(spec, rest),
             "udp" => {
@@ -156,7 +211,9 @@ impl OutputSpec {
             }
             other => Err(SinkError::spec(
                 spec,
-                format!("unknown output kind `{other}`; expected jsonl, udp or http"),
+                format!(
+                    "unknown output kind `{other}`; expected jsonl, udp, http, mqtt, mqtts or ros2"
+                ),
             )),
         }
     }
@@ -180,7 +237,23 @@ impl OutputSpec {
         status: StatusHandle,
         control: Option<ControlHandle>,
     ) -> Result<Box<dyn Sink>, SinkError> {
+        let mut context = OpenContext::new(status);
+        context.control = control;
+        self.open_with(spec, &context)
+    }
+
+    /// Opens the sink with everything it may need.
+    ///
+    /// # Errors
+    /// As [`OutputSpec::open`]; [`SinkError::Connect`] when a broker
+    /// refused the connection or DDS could not start; [`SinkError::Spec`]
+    /// for `mqtt`/`ros2` outputs in a build without their cargo feature.
+    pub fn open_with(&self, spec: &str, context: &OpenContext) -> Result<Box<dyn Sink>, SinkError> {
+        let status = context.status.clone();
+        let control = context.control.clone();
         Ok(match self {
+            OutputSpec::Mqtt(m) => open_mqtt(spec, m, context)?,
+            OutputSpec::Ros2 { domain_id } => ros2::open(spec, *domain_id, context)?,
             OutputSpec::Stdout => Box::new(jsonl::JsonlSink::stdout()),
             OutputSpec::File {
                 path,
@@ -197,6 +270,23 @@ impl OutputSpec {
             }
         })
     }
+}
+
+#[cfg(feature = "mqtt")]
+fn open_mqtt(
+    spec: &str,
+    m: &mqtt::MqttSpec,
+    context: &OpenContext,
+) -> Result<Box<dyn Sink>, SinkError> {
+    Ok(Box::new(mqtt::MqttSink::connect(spec, m, &context.mqtt)?))
+}
+
+#[cfg(not(feature = "mqtt"))]
+fn open_mqtt(spec: &str, _: &mqtt::MqttSpec, _: &OpenContext) -> Result<Box<dyn Sink>, SinkError> {
+    Err(SinkError::spec(
+        spec,
+        "this emogate was built without MQTT support (cargo feature `mqtt` of emogate-engine)",
+    ))
 }
 
 #[cfg(test)]
@@ -236,7 +326,9 @@ mod tests {
     fn bad_specs_name_the_value() {
         for (spec, needle) in [
             ("stdout", "expected jsonl:-"),
-            ("mqtt:x", "unknown output kind `mqtt`"),
+            ("mqtt:x", "expected mqtt://"),
+            ("mqtt://h/a/#", "wildcard"),
+            ("ftp:x", "unknown output kind `ftp`"),
             ("udp:nohost", "HOST:PORT"),
             ("http:localhost:x", "PORT or IP:PORT"),
             ("jsonl:/tmp/x,rotate=lots", "rotate"),

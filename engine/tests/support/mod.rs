@@ -4,5 +4,6 @@
 
 pub mod browser;
 pub mod events;
+pub mod fleet;
 pub mod http;
 pub mod proc;

@@ -14,7 +14,7 @@ use emogate_engine::control::{Controller, ReloadHandle};
 use emogate_engine::notify::{Notifier, Watchdog};
 use emogate_engine::pipeline::{MissingPolicy, Pacing, Pipeline, PipelineConfig};
 use emogate_engine::post::PostConfig;
-use emogate_engine::sink::{ControlHandle, OutputSpec, Sink};
+use emogate_engine::sink::{ControlHandle, OpenContext, OutputSpec, Sink};
 use emogate_infer::affect::{AffectModel, ModelSpec};
 use emogate_media::StopFlag;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -102,7 +102,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub confidence_floor: Option<f32>,
     /// Where messages go; repeatable: jsonl:- (stdout), jsonl:PATH[,rotate=SIZE][,keep=N],
-    /// udp:HOST:PORT, http:[HOST:]PORT [default: jsonl:-].
+    /// udp:HOST:PORT, http:[HOST:]PORT, mqtt://[USER@]HOST[:PORT]/PREFIX, mqtts://…
+    /// (password and CA file: [mqtt] in --config), ros2:[DOMAIN_ID] [default: jsonl:-].
     #[arg(long = "output")]
     pub outputs: Vec<String>,
     /// Control while running: unix:PATH (a socket, one JSON request per
@@ -424,10 +425,21 @@ pub fn run(args: RunArgs) -> Result<()> {
     {
         bail!("--control http: add an http: output (e.g. --output http:8080) to serve it on");
     }
+    let mut open_context = OpenContext::new(status.clone());
+    open_context.control = http_control.clone();
+    open_context.mqtt = file.mqtt.clone().unwrap_or_default();
+    open_context.ros2 = file.ros2.clone().unwrap_or_default();
+    open_context.frame_id = file.frame_id.clone().unwrap_or_else(|| "emogate".into());
+    let ros2_control = open_context.ros2.control.unwrap_or(false);
     let sinks = specs
         .iter()
         .map(|(o, spec)| {
-            let sink = spec.open_with_control(o, status.clone(), http_control.clone())?;
+            let mut context = open_context.clone();
+            if ros2_control && matches!(spec, OutputSpec::Ros2 { .. }) {
+                let c = Arc::clone(&controller);
+                context.control = Some(Arc::new(move |request: &[u8]| c.handle(request)));
+            }
+            let sink = spec.open_with(o, &context)?;
             tracing::info!(output = sink.name(), "output open");
             Ok(sink)
         })
