@@ -273,9 +273,19 @@ fn live_run(socket: &Path, extra: &[&str]) -> Running {
 fn latest_switch_wins_and_bad_requests_get_errors_without_blocking_others() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("c.sock");
+    // A prepared switch is installed between two windows: a 400 ms forward
+    // pass keeps the first switch pending long enough for the second to
+    // replace it, however fast the merge is on this machine.
     let run = live_run(
         &socket,
-        &["--adapter", AFFECT_GATE, "--adapter", AFFECT_ALL],
+        &[
+            "--adapter",
+            AFFECT_GATE,
+            "--adapter",
+            AFFECT_ALL,
+            "--debug-inference-delay-ms",
+            "400",
+        ],
     );
     run.wait_for("an event", TIMEOUT, |m| !emotions(m).is_empty());
 

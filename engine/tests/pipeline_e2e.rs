@@ -318,7 +318,7 @@ fn bad_configuration_fails_at_start_with_the_setting_named() {
             "--loop with --pace fast",
         ),
         (
-            vec!["--video", VIDEO, "--audio", AUDIO, "--output", "mqtt:x"],
+            vec!["--video", VIDEO, "--audio", AUDIO, "--output", "pigeon:x"],
             "unknown output kind",
         ),
         (vec!["--video", "nope.mp4", "--audio", AUDIO], "nope.mp4"),
