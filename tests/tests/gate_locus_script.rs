@@ -26,10 +26,10 @@ fn gate_locus_regenerates_and_checks_a_tiny_plan() {
     );
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let base = root.join("models/reference/emogate-ref.onnx");
+    let base = root.join("models/reference/base/emogate-base.onnx");
     let adapters = root.join("models/reference/adapters");
     // "full" runs: the base with each adapter merged, as model files.
-    for (seed, name) in [(1, "calm"), (2, "excited")] {
+    for (seed, name) in [(1, "affect-gate"), (2, "affect-all")] {
         let out = d.join(format!("runs/full/s{seed}/model.onnx"));
         let ok = Command::new(&convert)
             .args(["merge", "--model"])
@@ -48,9 +48,9 @@ fn gate_locus_regenerates_and_checks_a_tiny_plan() {
         "runs": [
             {"name": "full", "seed": 1, "trainable_params": 279801, "model": "runs/full/s1/model.onnx"},
             {"name": "full", "seed": 2, "trainable_params": 279801, "model": "runs/full/s2/model.onnx"},
-            {"name": "lora-all", "seed": 1, "trainable_params": 1792, "adapter": adapters.join("calm")},
-            {"name": "lora-all", "seed": 2, "trainable_params": 1792, "adapter": adapters.join("excited")},
-            {"name": "lora-gate", "seed": 1, "trainable_params": 1792, "adapter": adapters.join("calm")}
+            {"name": "lora-all", "seed": 1, "trainable_params": 1792, "adapter": adapters.join("affect-gate")},
+            {"name": "lora-all", "seed": 2, "trainable_params": 1792, "adapter": adapters.join("affect-all")},
+            {"name": "lora-gate", "seed": 1, "trainable_params": 1792, "adapter": adapters.join("affect-gate")}
         ]
     });
     std::fs::write(d.join("plan.json"), plan.to_string()).unwrap();
