@@ -13,6 +13,8 @@
 //!   gate_proj adapters it can switch between: adapters are merged in
 //!   memory with the converter's own merge code and the next backend is
 //!   built ([`Preparer`], any thread) while the current one keeps serving.
+//! * [`face::FaceDetector`] — faces in a frame (BlazeFace, on the same
+//!   runtimes), for models trained on face crops.
 //! * [`backend::Runtime`] → [`backend::Backend`] — a runtime loads a model
 //!   (the base, or the base with merged weights) into a backend that runs
 //!   [`Tensor`]s: [`backend::tract`] (pure Rust, the embedded default) and,
@@ -26,6 +28,7 @@
 
 pub mod affect;
 pub mod backend;
+pub mod face;
 pub mod featurizer;
 pub mod pre;
 mod tensor;

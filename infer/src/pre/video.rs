@@ -252,6 +252,32 @@ impl VideoPre {
         roi: Option<Rect>,
         out: &mut [f32],
     ) -> Result<(), PreError> {
+        self.process_inner(frame, roi.map(Region::Clamped), out)
+    }
+
+    /// As [`VideoPre::process`], but `roi` is not clamped to the frame: the
+    /// parts of it outside the frame are black, so the crop keeps its
+    /// aspect ratio and position (letterboxing a frame for a detector, a
+    /// face box at the edge of the frame).
+    ///
+    /// # Errors
+    /// As [`VideoPre::process`]; [`PreError::Invalid`] for an empty `roi`
+    /// or one larger than [`MAX_PADDED_SIDE`] on a side.
+    pub fn process_padded(
+        &mut self,
+        frame: &Frame,
+        roi: Rect,
+        out: &mut [f32],
+    ) -> Result<(), PreError> {
+        self.process_inner(frame, Some(Region::Padded(roi)), out)
+    }
+
+    fn process_inner(
+        &mut self,
+        frame: &Frame,
+        roi: Option<Region>,
+        out: &mut [f32],
+    ) -> Result<(), PreError> {
         PreError::check_len("video output buffer", out.len(), self.output_len())?;
         let t = self.spec.frames;
         if t == 1 {
@@ -304,7 +330,7 @@ impl VideoPre {
         }
         let n = self.frame_len();
         for (frame, block) in clip[clip.len() - t..].iter().zip(out.chunks_exact_mut(n)) {
-            self.render(frame, roi, block)?;
+            self.render(frame, roi.map(Region::Clamped), block)?;
         }
         Ok(())
     }
@@ -313,18 +339,49 @@ impl VideoPre {
     fn render(
         &mut self,
         frame: &Frame,
-        roi: Option<Rect>,
+        roi: Option<Region>,
         out: &mut [f32],
     ) -> Result<(), PreError> {
         frame.check()?;
-        let (x0, y0, x1, y1) = clamp_roi(frame, roi)?;
+        // The source rectangle `rx0..rx0 + rw` × `ry0..ry0 + rh` (frame
+        // pixels, possibly outside the frame), and the part of it inside the
+        // frame, `x0..x1` × `y0..y1`.
+        let (rx0, ry0, rw, rh, (x0, y0, x1, y1)) = match roi {
+            None => (
+                0,
+                0,
+                frame.width,
+                frame.height,
+                (0, 0, frame.width, frame.height),
+            ),
+            Some(Region::Clamped(r)) => {
+                let (x0, y0, x1, y1) = clamp_roi(frame, Some(r))?;
+                (x0 as i64, y0 as i64, x1 - x0, y1 - y0, (x0, y0, x1, y1))
+            }
+            Some(Region::Padded(r)) => padded_roi(frame, r)?,
+        };
         let (w, h) = (self.spec.width, self.spec.height);
-        self.cols.plan(x1 - x0, w);
-        self.rows.plan(y1 - y0, h);
-        self.row.resize((x1 - x0) * 3, 0.0);
-        self.tmp.resize((y1 - y0) * w * 3, 0.0);
-        for (y, tmp_row) in (y0..y1).zip(self.tmp.chunks_exact_mut(w * 3)) {
-            row_rgb(frame, y, x0, x1, &mut self.row);
+        self.cols.plan(rw, w);
+        self.rows.plan(rh, h);
+        self.row.resize(rw * 3, 0.0);
+        self.tmp.resize(rh * w * 3, 0.0);
+        // Where the frame's columns x0..x1 sit in the row buffer (x0 ≥ rx0
+        // whenever the region meets the frame).
+        let inside = x0 < x1 && y0 < y1;
+        let left = if inside {
+            (x0 as i64 - rx0) as usize * 3
+        } else {
+            0
+        };
+        let right = left + (x1 - x0) * 3;
+        for (ry, tmp_row) in (ry0..ry0 + rh as i64).zip(self.tmp.chunks_exact_mut(w * 3)) {
+            if !inside || ry < y0 as i64 || ry >= y1 as i64 {
+                self.row.fill(0.0);
+            } else {
+                self.row[..left].fill(0.0);
+                self.row[right..].fill(0.0);
+                row_rgb(frame, ry as usize, x0, x1, &mut self.row[left..right]);
+            }
             for (ox, o) in tmp_row.chunks_exact_mut(3).enumerate() {
                 let mut acc = [0f32; 3];
                 for (sx, wt) in self.cols.taps(ox) {
@@ -364,6 +421,48 @@ impl VideoPre {
         }
         Ok(())
     }
+}
+
+/// How a region of interest meets the frame's edges.
+#[derive(Debug, Clone, Copy)]
+enum Region {
+    /// Cut to the frame.
+    Clamped(Rect),
+    /// Kept whole, black outside the frame.
+    Padded(Rect),
+}
+
+/// The largest side of a padded region: the row buffers it needs grow with
+/// it (a 16384-pixel side is 192 KiB per row and 24 MiB of intermediate
+/// rows at a 128-pixel output width).
+pub const MAX_PADDED_SIDE: u32 = 16384;
+
+/// A padded ROI as `(x, y, width, height)` of the region and the half-open
+/// bounds of its part inside the frame (empty bounds when it misses).
+#[allow(clippy::type_complexity)]
+fn padded_roi(
+    frame: &Frame,
+    r: Rect,
+) -> Result<(i64, i64, usize, usize, (usize, usize, usize, usize)), PreError> {
+    if r.width == 0 || r.height == 0 || r.width > MAX_PADDED_SIDE || r.height > MAX_PADDED_SIDE {
+        return Err(PreError::invalid(
+            "padded region of interest",
+            format!("{}x{} at ({}, {})", r.width, r.height, r.x, r.y),
+            format!("a non-empty rectangle of at most {MAX_PADDED_SIDE} pixels a side"),
+        ));
+    }
+    let span = |start: i32, len: u32, max: usize| {
+        let lo = i64::from(start).clamp(0, max as i64) as usize;
+        let hi = (i64::from(start) + i64::from(len)).clamp(0, max as i64) as usize;
+        (lo, hi.max(lo))
+    };
+    let (mut x0, mut x1) = span(r.x, r.width, frame.width);
+    let (mut y0, mut y1) = span(r.y, r.height, frame.height);
+    if x0 == x1 || y0 == y1 {
+        (x0, x1, y0, y1) = (0, 0, 0, 0);
+    }
+    let (rw, rh) = (r.width as usize, r.height as usize);
+    Ok((i64::from(r.x), i64::from(r.y), rw, rh, (x0, y0, x1, y1)))
 }
 
 /// The ROI clamped to the frame, as half-open pixel bounds `(x0, y0, x1, y1)`.
@@ -477,6 +576,50 @@ mod tests {
 
     fn gray(width: usize, height: usize, data: Vec<u8>) -> Frame {
         Frame::new(width, height, PixelLayout::Gray8, data, 0).expect("valid gray frame")
+    }
+
+    #[test]
+    fn padded_regions_are_black_outside_the_frame() {
+        let mut pre = VideoPre::new(spec(4, 4, ColorOrder::Gray, VideoLayout::Nchw)).unwrap();
+        let frame = gray(4, 2, vec![255; 8]);
+        let mut out = vec![9.0; 16];
+        let square = Rect {
+            x: 0,
+            y: -1,
+            width: 4,
+            height: 4,
+        };
+        pre.process_padded(&frame, square, &mut out).unwrap();
+        let rows: Vec<&[f32]> = out.chunks(4).collect();
+        assert_eq!(rows, [[0.0; 4], [1.0; 4], [1.0; 4], [0.0; 4]]);
+        // Clamped, the same region is the frame itself, stretched.
+        pre.process(&frame, Some(square), &mut out).unwrap();
+        assert!(out.iter().all(|v| *v == 1.0), "{out:?}");
+        // Wholly outside: all black. Empty or huge: refused.
+        let away = Rect {
+            x: 10,
+            y: 10,
+            width: 4,
+            height: 4,
+        };
+        pre.process_padded(&frame, away, &mut out).unwrap();
+        assert!(out.iter().all(|v| *v == 0.0));
+        for bad in [
+            Rect {
+                x: 0,
+                y: 0,
+                width: 0,
+                height: 4,
+            },
+            Rect {
+                x: 0,
+                y: 0,
+                width: MAX_PADDED_SIDE + 1,
+                height: 4,
+            },
+        ] {
+            assert!(pre.process_padded(&frame, bad, &mut out).is_err());
+        }
     }
 
     #[test]
