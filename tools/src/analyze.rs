@@ -44,6 +44,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use emogate_models::checkpoint::{Checkpoint, is_checkpoint};
+use emogate_models::onnx::FloatType;
 use emogate_models::onnx::OnnxModel;
 use emogate_models::onnx::linear::{Resolution, resolve_among};
 use emogate_models::onnx::params::{ParamIndex, Role, layer_of, module_type, stored_to_torch};
@@ -547,37 +548,92 @@ fn pair_outcome(
     })
 }
 
-/// Adds `Σ` over value pairs to `s` (not `params`), in f64.
-///
-/// Eight independent partial sums per quantity, so that the compiler can
-/// vectorize the loop (a single running sum is one long dependency chain).
-fn add_pairs(s: &mut Sums, w: &[f32], t: &[f32]) {
-    const LANES: usize = 8;
-    let (mut bb, mut tt, mut dd, mut dl) =
-        ([0f64; LANES], [0f64; LANES], [0f64; LANES], [0f64; LANES]);
-    let n = w.len().min(t.len());
-    let (wc, tc) = (w[..n].chunks_exact(LANES), t[..n].chunks_exact(LANES));
-    let (wr, tr) = (wc.remainder(), tc.remainder());
-    for (x, y) in wc.zip(tc) {
-        for k in 0..LANES {
+/// Independent partial sums per quantity in [`add_pairs`]: a single running
+/// sum is one long dependency chain; lanes let the compiler vectorize, and
+/// four of each (16 f64) still fit the SSE2 registers.
+const PAIR_LANES: usize = 4;
+
+/// The partial sums of [`add_pairs`]: ‖W‖², ‖W'‖², ⟨W,W'⟩, ‖ΔW‖² per lane.
+#[derive(Default)]
+struct PairLanes {
+    base: [f64; PAIR_LANES],
+    tuned: [f64; PAIR_LANES],
+    dot: [f64; PAIR_LANES],
+    delta: [f64; PAIR_LANES],
+}
+
+impl PairLanes {
+    #[inline(always)]
+    fn add(&mut self, x: &[f32; PAIR_LANES], y: &[f32; PAIR_LANES]) {
+        for k in 0..PAIR_LANES {
             let (a, b) = (f64::from(x[k]), f64::from(y[k]));
-            bb[k] += a * a;
-            tt[k] += b * b;
-            dd[k] += a * b;
-            dl[k] += (b - a) * (b - a);
+            self.base[k] += a * a;
+            self.tuned[k] += b * b;
+            self.dot[k] += a * b;
+            self.delta[k] += (b - a) * (b - a);
         }
     }
-    for (x, y) in wr.iter().zip(tr) {
-        let (a, b) = (f64::from(*x), f64::from(*y));
-        bb[0] += a * a;
-        tt[0] += b * b;
-        dd[0] += a * b;
-        dl[0] += (b - a) * (b - a);
+
+    /// A value pair after the full lanes (lane 0).
+    fn add_one(&mut self, a: f32, b: f32) {
+        let (a, b) = (f64::from(a), f64::from(b));
+        self.base[0] += a * a;
+        self.tuned[0] += b * b;
+        self.dot[0] += a * b;
+        self.delta[0] += (b - a) * (b - a);
     }
-    s.base_sq += bb.iter().sum::<f64>();
-    s.tuned_sq += tt.iter().sum::<f64>();
-    s.dot += dd.iter().sum::<f64>();
-    s.delta_sq += dl.iter().sum::<f64>();
+
+    fn into_sums(self, s: &mut Sums) {
+        s.base_sq += self.base.iter().sum::<f64>();
+        s.tuned_sq += self.tuned.iter().sum::<f64>();
+        s.dot += self.dot.iter().sum::<f64>();
+        s.delta_sq += self.delta.iter().sum::<f64>();
+    }
+}
+
+/// Adds `Σ` over value pairs to `s` (not `params`), in f64, in
+/// [`PAIR_LANES`] independent partial sums.
+fn add_pairs(s: &mut Sums, w: &[f32], t: &[f32]) {
+    let mut acc = PairLanes::default();
+    let n = w.len().min(t.len());
+    let (wc, tc) = (
+        w[..n].chunks_exact(PAIR_LANES),
+        t[..n].chunks_exact(PAIR_LANES),
+    );
+    let (wr, tr) = (wc.remainder(), tc.remainder());
+    for (x, y) in wc.zip(tc) {
+        let lanes = |c: &[f32]| <[f32; PAIR_LANES]>::try_from(c).unwrap_or_default();
+        acc.add(&lanes(x), &lanes(y));
+    }
+    for (a, b) in wr.iter().zip(tr) {
+        acc.add_one(*a, *b);
+    }
+    acc.into_sums(s);
+}
+
+/// [`add_pairs`] over little-endian f32 bytes, read in place (the same
+/// lanes and order, so the same sums bit for bit).
+fn add_pairs_le_f32(s: &mut Sums, w: &[u8], t: &[u8]) {
+    const STEP: usize = 4 * PAIR_LANES;
+    let decode = |c: &[u8]| -> [f32; PAIR_LANES] {
+        let mut v = [0f32; PAIR_LANES];
+        for (x, b) in v.iter_mut().zip(c.chunks_exact(4)) {
+            *x = <[u8; 4]>::try_from(b).map_or(0.0, f32::from_le_bytes);
+        }
+        v
+    };
+    let mut acc = PairLanes::default();
+    let n = w.len().min(t.len()) / 4 * 4;
+    let (wc, tc) = (w[..n].chunks_exact(STEP), t[..n].chunks_exact(STEP));
+    let (wr, tr) = (wc.remainder(), tc.remainder());
+    for (x, y) in wc.zip(tc) {
+        acc.add(&decode(x), &decode(y));
+    }
+    for (x, y) in wr.chunks_exact(4).zip(tr.chunks_exact(4)) {
+        let one = |b: &[u8]| <[u8; 4]>::try_from(b).map_or(0.0, f32::from_le_bytes);
+        acc.add_one(one(x), one(y));
+    }
+    acc.into_sums(s);
 }
 
 /// Values decoded per step of [`streamed_sums`].
@@ -598,7 +654,13 @@ fn streamed_sums(base: &Checkpoint, i: usize, tuned: &Checkpoint, j: usize) -> R
         .chunks(STREAM_CHUNK * bt.size())
         .zip(tb.chunks(STREAM_CHUNK * tt.size()))
     {
-        add_pairs(&mut s, &bt.decode(x), &tt.decode(y));
+        if (bt, tt) == (FloatType::F32, FloatType::F32) {
+            // The common case, without decoding into a buffer first: a copy
+            // of every value costs as much as the sums.
+            add_pairs_le_f32(&mut s, x, y);
+        } else {
+            add_pairs(&mut s, &bt.decode(x), &tt.decode(y));
+        }
         // Resident memory stays at a chunk, not the tensor.
         base.release_part(i, x);
         tuned.release_part(j, y);
@@ -621,7 +683,6 @@ fn compare_unnamed(
     tuned_index: &ParamIndex,
     modules: &mut BTreeMap<String, ModuleAcc>,
 ) -> Result<()> {
-    use emogate_models::onnx::FloatType;
     let known = |i: &ParamIndex| -> std::collections::HashSet<String> {
         i.params.iter().map(|p| p.initializer.clone()).collect()
     };
@@ -1320,6 +1381,14 @@ mod tests {
                 .map(|(a, b)| f(f64::from(*a), f64::from(*b)))
                 .sum()
         };
+        // The in-place f32 byte variant gives the same sums, bit for bit.
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let mut b = Sums::default();
+        add_pairs_le_f32(&mut b, &bytes(&w), &bytes(&t));
+        assert_eq!(
+            (b.base_sq, b.tuned_sq, b.dot, b.delta_sq),
+            (s.base_sq, s.tuned_sq, s.dot, s.delta_sq)
+        );
         for (got, want) in [
             (s.base_sq, plain(&|a, _| a * a)),
             (s.tuned_sq, plain(&|_, b| b * b)),
