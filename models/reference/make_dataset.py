@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The reference experiment's held-out evaluation set, as media files (SYNTHETIC: SynthAffect).
 
-    python3 models/reference/make_dataset.py --out /tmp/synthaffect-eval [--per-class 100] [--seed 9201]
+    python3 models/reference/make_dataset.py --out /tmp/synthaffect-eval [--per-class 100] [--seed 9201] [--jobs N]
 
 numpy only (no torch, no librosa); pinned: numpy==2.4.6 (models/reference/requirements-dataset.txt).
 CI regenerates the set with it and compares against models/reference/experiment/dataset.sha256
@@ -73,16 +73,31 @@ def labels_for(seed: int, per_class: int) -> np.ndarray:
     return labels
 
 
-def write(out: Path, seed: int, per_class: int) -> list[tuple[str, str]]:
+def encoded(job: tuple[int, int, int]) -> tuple[bytes, bytes]:
+    """Sample `index`'s PNG and WAV bytes (each sample has its own seeded stream, so any
+    number of processes produce the same files)."""
+    seed, index, label = job
+    face, voice = sample(seed, index, label)
+    return png_gray(face), wav_pcm16(voice)
+
+
+def write(out: Path, seed: int, per_class: int, jobs: int = 1) -> list[tuple[str, str]]:
     """Writes the set; returns (file name, sha256) for every file, sorted by name."""
     out.mkdir(parents=True, exist_ok=True)
     rows = ["id,face,audio,label,valence,arousal"]
     files: dict[str, bytes] = {}
-    for i, c in enumerate(labels_for(seed, per_class)):
-        face, voice = sample(seed, i, int(c))
+    labels = labels_for(seed, per_class)
+    work = [(seed, i, int(c)) for i, c in enumerate(labels)]
+    if jobs > 1:
+        import multiprocessing
+
+        with multiprocessing.Pool(jobs) as pool:
+            media = pool.map(encoded, work, chunksize=16)
+    else:
+        media = [encoded(w) for w in work]
+    for i, c in enumerate(labels):
         sid = f"{i:04d}"
-        files[f"{sid}.png"] = png_gray(face)
-        files[f"{sid}.wav"] = wav_pcm16(voice)
+        files[f"{sid}.png"], files[f"{sid}.wav"] = media[i]
         name = synth.LABELS[c]
         v, a = synth.VALENCE_AROUSAL[name]
         rows.append(f"{sid},{sid}.png,{sid}.wav,{name},{v},{a}")
@@ -101,8 +116,9 @@ def main() -> int:
     ap.add_argument("--per-class", type=int, default=PER_CLASS)
     ap.add_argument("--write-digests", action="store_true", help=f"(re)write {DIGESTS.name} (default set only)")
     ap.add_argument("--check", action="store_true", help=f"fail unless every file matches {DIGESTS.name}")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes (the files do not depend on it)")
     args = ap.parse_args()
-    digests = write(args.out, args.seed, args.per_class)
+    digests = write(args.out, args.seed, args.per_class, max(1, args.jobs))
     text = "".join(f"{h}  {name}\n" for name, h in digests)
     print(f"wrote {len(digests)} files to {args.out} (numpy {np.__version__})")
     default = (args.seed, args.per_class) == (EVAL_SEED, PER_CLASS)

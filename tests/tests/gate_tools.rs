@@ -12,7 +12,7 @@ use emogate_models::onnx::{OnnxModel, build};
 use emogate_models::peft::Adapter;
 use emogate_models::surgery::ModuleFilter;
 use emogate_tests::{Expected, fixtures, max_abs_diff};
-use emogate_tools::analyze::{analyze_adapter, analyze_models};
+use emogate_tools::analyze::{RankOptions, analyze_adapter, analyze_models};
 use emogate_tools::eval::{EvalOptions, EvalSource, eval};
 use emogate_tools::graft::{AblateMode, ablate, transfer};
 use emogate_tools::npz::{NpyArray, NpyData, write_npz};
@@ -78,6 +78,13 @@ fn stored(path: &Path) -> Vec<(String, Vec<u8>)> {
     v
 }
 
+/// Both rank measures for weights up to 256 wide, on two threads.
+const SPECTRUM: RankOptions = RankOptions {
+    max_dim: 256,
+    spectrum: true,
+    threads: 2,
+};
+
 fn run(path: &Path, e: &Expected) -> Vec<f32> {
     let mut b = TractBackend::load(path).unwrap();
     b.run(&[e.input_tensor()]).unwrap()[0]
@@ -89,7 +96,7 @@ fn run(path: &Path, e: &Expected) -> Vec<f32> {
 #[test]
 fn analyze_of_a_model_against_itself_reports_no_change() {
     let base = merge_dir().join("llama.legacy/model.onnx");
-    let r = analyze_models(&base, &base, 256, &mut |_, _| {}).unwrap();
+    let r = analyze_models(&base, &base, SPECTRUM, &mut |_, _| {}).unwrap();
     assert!(r.unpaired.is_empty(), "{:?}", r.unpaired);
     assert!(r.modules.len() > 10);
     for m in &r.modules {
@@ -99,11 +106,14 @@ fn analyze_of_a_model_against_itself_reports_no_change() {
         if let Some(e) = m.effective_rank {
             assert_eq!(e, 0.0);
         }
+        if let Some(e) = m.stable_rank {
+            assert_eq!(e, 0.0);
+        }
     }
     // A dynamo export against the legacy export of the same weights: every
     // module pairs up by path, and nothing changed.
     let dynamo = merge_dir().join("llama.dynamo/model.onnx");
-    let r = analyze_models(&dynamo, &base, 256, &mut |_, _| {}).unwrap();
+    let r = analyze_models(&dynamo, &base, SPECTRUM, &mut |_, _| {}).unwrap();
     assert!(r.unpaired.is_empty(), "{:?}", r.unpaired);
     assert!(
         r.modules
@@ -128,8 +138,8 @@ fn analyze_equals_merges_relative_change_per_module() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("m.onnx");
         let report = merged(&base, &e.adapter(), &out);
-        let tuned = analyze_models(&base, &out, 256, &mut |_, _| {}).unwrap();
-        let factors = analyze_adapter(&base, &e.adapter(), 256, &mut |_, _| {}).unwrap();
+        let tuned = analyze_models(&base, &out, SPECTRUM, &mut |_, _| {}).unwrap();
+        let factors = analyze_adapter(&base, &e.adapter(), SPECTRUM, &mut |_, _| {}).unwrap();
         for m in &report.modules {
             let find = |rows: &[emogate_tools::analyze::Row]| {
                 rows.iter()
@@ -155,10 +165,31 @@ fn analyze_equals_merges_relative_change_per_module() {
                 m.relative_change
             );
         }
-        // The adapter's effective rank is bounded by r.
+        // The adapter's ranks are bounded by r, and those from the r×r
+        // factors equal those of the merged model's ΔW.
         for row in &factors.modules {
             if let (Some(er), Some(r)) = (row.effective_rank, row.max_rank) {
                 assert!(er <= r as f64 + 1e-9, "{}: {er} > {r}", row.name);
+            }
+            if let (Some(sr), Some(r)) = (row.stable_rank, row.max_rank) {
+                assert!(
+                    (1.0 - 1e-9..=r as f64 + 1e-9).contains(&sr),
+                    "{}: srank {sr}, r {r}",
+                    row.name
+                );
+                let merged = tuned
+                    .modules
+                    .iter()
+                    .find(|t| t.name.ends_with(&row.name) || row.name.ends_with(&t.name))
+                    .and_then(|t| t.stable_rank);
+                if let Some(m) = merged {
+                    // The merged weights are f32: ΔW carries rounding noise.
+                    assert!(
+                        (m - sr).abs() <= 1e-3 * sr,
+                        "{fixture} {}: srank {m} merged, {sr} factors",
+                        row.name
+                    );
+                }
             }
         }
     }
@@ -172,7 +203,7 @@ fn analyze_of_a_sharded_checkpoint_matches_numpy() {
     let r = analyze_models(
         &dir.join("base.safetensors"),
         &dir.join("tuned/model.safetensors.index.json"),
-        256,
+        SPECTRUM,
         &mut |_, _| {},
     )
     .unwrap();
@@ -198,6 +229,17 @@ fn analyze_of_a_sharded_checkpoint_matches_numpy() {
                 "{} {key}: {got} vs numpy {want}",
                 row.name
             );
+        }
+        match (row.stable_rank, w["stable_rank"].as_f64()) {
+            (Some(g), Some(n)) => {
+                assert!(
+                    (g - n).abs() < 1e-9 * n,
+                    "{}: srank {g} vs numpy {n}",
+                    row.name
+                )
+            }
+            (None, None) => {}
+            other => panic!("{}: srank {other:?}", row.name),
         }
         match (row.effective_rank, w["effective_rank"].as_f64()) {
             (Some(g), Some(n)) => {

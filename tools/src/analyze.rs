@@ -9,24 +9,42 @@
 //!
 //! Per module (weight and bias together) and per module type and layer:
 //! parameter count, `‖ΔW‖_F/‖W‖_F`, the share of the total `‖ΔW‖²`,
-//! `cos(W, W')` and, for 2-D weights, the effective rank of ΔW.
+//! `cos(W, W')` and, for 2-D weights whose smaller side is at most
+//! [`RankOptions::max_dim`], how many directions ΔW uses:
 //!
-//! **Effective rank** (Roy & Vetterli, 2007): with σᵢ the singular values of
+//! **Stable rank** (the default): `srank = ‖ΔW‖_F² / σ_max(ΔW)²`, between
+//! 1 (one direction) and rank(ΔW), 0 for no change. σ_max² is the largest
+//! eigenvalue of the Gram matrix G of ΔW's smaller side (n×n, n ≤
+//! `max_dim`), by power iteration on (G/tr G)⁴ from a fixed start vector
+//! until the Rayleigh quotient changes by less than [`POWER_TOLERANCE`]
+//! (relative) in one step, at most [`POWER_MAX_STEPS`] steps
+//! ([`top_eigenvalue`]). A Rayleigh quotient never exceeds the largest
+//! eigenvalue, so an unconverged estimate can only err upward in srank.
+//! Cost: O(n²·m) for G (m the larger side) and O(n³) for the two squarings.
+//!
+//! **Effective rank** (Roy & Vetterli, 2007), only with
+//! [`RankOptions::spectrum`] (`--spectrum`): with σᵢ the singular values of
 //! ΔW and pᵢ = σᵢ/Σσⱼ, `erank = exp(−Σ pᵢ ln pᵢ)` — 1 for a rank-one change,
 //! k for k equal singular values, 0 for no change. The σᵢ² are the
-//! eigenvalues of the Gram matrix of ΔW's smaller side (`ΔW·ΔWᵀ` when
-//! out ≤ in), found by cyclic Jacobi rotations in f64 ([`sym_eigenvalues`]),
-//! a dozen lines with no dependency and accurate for PSD matrices; it costs
-//! O(n³) in that side, so matrices whose smaller side exceeds
-//! `rank_max_dim` get no effective rank (`null`). With `--adapter`, ΔW =
-//! s·B·A is never formed: `‖s·B·A‖² = s²·tr((BᵀB)(AAᵀ))`, `⟨W, s·B·A⟩ =
-//! s·Σₖ (Bᵀ·(W·Aᵀ))ₖₖ`, and the σᵢ² of B·A are the eigenvalues of the r×r
-//! `S^½·(AAᵀ)·S^½` with `S = BᵀB`, so its effective rank is ≤ r.
+//! eigenvalues of G, found by cyclic Jacobi rotations in f64
+//! ([`sym_eigenvalues`]), a dozen lines with no dependency and accurate for
+//! PSD matrices; it costs about ten O(n³) sweeps per matrix, which is why it
+//! is not the default.
+//!
+//! With `--adapter`, ΔW = s·B·A is never formed: `‖s·B·A‖² =
+//! s²·tr((BᵀB)(AAᵀ))`, `⟨W, s·B·A⟩ = s·Σₖ (Bᵀ·(W·Aᵀ))ₖₖ`, and the σᵢ² of B·A
+//! are the eigenvalues of the r×r `S^½·(AAᵀ)·S^½` with `S = BᵀB`: both ranks
+//! come exactly from that r×r spectrum and are ≤ r.
+//!
+//! Tensors are spread over [`RankOptions::threads`] worker threads
+//! (`std::thread::scope`); results are combined in the base's tensor order,
+//! so the report does not depend on the thread count.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use emogate_models::checkpoint::{Checkpoint, is_checkpoint};
+use emogate_models::onnx::FloatType;
 use emogate_models::onnx::OnnxModel;
 use emogate_models::onnx::linear::{Resolution, resolve_among};
 use emogate_models::onnx::params::{ParamIndex, Role, layer_of, module_type, stored_to_torch};
@@ -35,8 +53,34 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
-/// Matrices whose smaller side exceeds this get no effective rank by default.
+/// Matrices whose smaller side exceeds this get no rank by default.
 pub const DEFAULT_RANK_MAX_DIM: usize = 256;
+/// Power iteration stops when the Rayleigh quotient's relative change in
+/// one step is below this.
+pub const POWER_TOLERANCE: f64 = 1e-12;
+/// Power iteration stops after this many steps at the latest.
+pub const POWER_MAX_STEPS: usize = 10_000;
+
+/// Which rank measures `analyze` computes, for which weights, on how many threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RankOptions {
+    /// 2-D weights whose smaller side exceeds this get no rank (`null`).
+    pub max_dim: usize,
+    /// Also the effective rank (entropy of the full spectrum; Jacobi).
+    pub spectrum: bool,
+    /// Worker threads over tensors (at least 1).
+    pub threads: usize,
+}
+
+impl Default for RankOptions {
+    fn default() -> Self {
+        RankOptions {
+            max_dim: DEFAULT_RANK_MAX_DIM,
+            spectrum: false,
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
+        }
+    }
+}
 
 /// A model's tensors, from an ONNX file or a safetensors checkpoint.
 pub enum Weights {
@@ -169,7 +213,10 @@ pub struct Row {
     pub share: f64,
     /// cos(W, W').
     pub cosine: f64,
-    /// Effective rank of the 2-D weight's ΔW (modules only).
+    /// Stable rank ‖ΔW‖_F²/σ_max(ΔW)² of the 2-D weight (modules only).
+    pub stable_rank: Option<f64>,
+    /// Effective rank (Roy & Vetterli) of the 2-D weight's ΔW (modules
+    /// only; with `--spectrum`).
     pub effective_rank: Option<f64>,
     /// Upper bound on ΔW's rank: the adapter's r, or min(out, in).
     pub max_rank: Option<usize>,
@@ -191,21 +238,49 @@ pub struct AnalyzeReport {
     /// Base modules without a counterpart (or with another shape), and why.
     pub unpaired: Vec<String>,
     pub rank_max_dim: usize,
+    /// Whether effective ranks were computed (`--spectrum`).
+    pub spectrum: bool,
 }
 
+#[derive(Default)]
 struct ModuleAcc {
     sums: Sums,
-    erank: Option<f64>,
+    ranks: Ranks,
     max_rank: Option<usize>,
 }
 
-fn row(
-    name: String,
-    s: &Sums,
-    total_delta: f64,
-    erank: Option<f64>,
-    max_rank: Option<usize>,
-) -> Row {
+/// The rank measures of one ΔW.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Ranks {
+    stable: Option<f64>,
+    effective: Option<f64>,
+}
+
+impl Ranks {
+    /// Both measures from ΔW's squared singular values (all of them).
+    fn from_spectrum(sigma_sq: &[f64], spectrum: bool) -> Self {
+        Ranks {
+            stable: Some(stable_rank_of(sigma_sq)),
+            effective: spectrum.then(|| effective_rank(sigma_sq)),
+        }
+    }
+
+    /// The measures of a row-major `[out, in]` ΔW.
+    fn of_matrix(delta: &[f64], out: usize, inp: usize, spectrum: bool) -> Self {
+        let (g, n) = gram(delta, out, inp);
+        let trace: f64 = (0..n).map(|i| g[i * n + i]).sum();
+        Ranks {
+            stable: Some(if trace > 0.0 {
+                trace / top_eigenvalue(&g, n)
+            } else {
+                0.0
+            }),
+            effective: spectrum.then(|| effective_rank(&sym_eigenvalues(&g, n))),
+        }
+    }
+}
+
+fn row(name: String, s: &Sums, total_delta: f64, ranks: Ranks, max_rank: Option<usize>) -> Row {
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     Row {
         name,
@@ -224,7 +299,8 @@ fn row(
                 0.0
             }
         },
-        effective_rank: erank,
+        stable_rank: ranks.stable,
+        effective_rank: ranks.effective,
         max_rank,
         sums: s.clone(),
     }
@@ -236,7 +312,7 @@ fn finish(
     against: &'static str,
     modules: BTreeMap<String, ModuleAcc>,
     unpaired: Vec<String>,
-    rank_max_dim: usize,
+    ranks: RankOptions,
 ) -> AnalyzeReport {
     let mut total = Sums::default();
     let mut types: BTreeMap<String, Sums> = BTreeMap::new();
@@ -256,22 +332,33 @@ fn finish(
         base: base.to_path_buf(),
         tuned: tuned.to_path_buf(),
         against,
-        total: row("total".into(), &total, td, None, None),
+        total: row("total".into(), &total, td, Ranks::default(), None),
         modules: modules
             .iter()
-            .map(|(m, a)| row(m.clone(), &a.sums, td, a.erank, a.max_rank))
+            .map(|(m, a)| row(m.clone(), &a.sums, td, a.ranks, a.max_rank))
             .collect(),
         by_type: types
             .iter()
-            .map(|(t, s)| row(t.clone(), s, td, None, None))
+            .map(|(t, s)| row(t.clone(), s, td, Ranks::default(), None))
             .collect(),
         by_layer: layers
             .iter()
-            .map(|(l, s)| row(format!("layer {l}"), s, td, None, None))
+            .map(|(l, s)| row(format!("layer {l}"), s, td, Ranks::default(), None))
             .collect(),
         unpaired,
-        rank_max_dim,
+        rank_max_dim: ranks.max_dim,
+        spectrum: ranks.spectrum,
     }
+}
+
+/// What one base tensor contributes.
+enum Outcome {
+    Unpaired(String),
+    Paired {
+        sums: Sums,
+        max_rank: Option<usize>,
+        ranks: Ranks,
+    },
 }
 
 /// `analyze --base B --tuned T`.
@@ -281,93 +368,31 @@ fn finish(
 pub fn analyze_models(
     base_path: &Path,
     tuned_path: &Path,
-    rank_max_dim: usize,
+    ranks: RankOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<AnalyzeReport> {
     let base = Weights::open(base_path)?;
     let tuned = Weights::open(tuned_path)?;
     let (be, te) = (base.entries(), tuned.entries());
+    let outcomes = parallel_map(be.len(), ranks.threads, progress, |i| {
+        pair_outcome(&base, &tuned, &be, &te, i, tuned_path, ranks)
+    })?;
     let mut modules: BTreeMap<String, ModuleAcc> = BTreeMap::new();
     let mut unpaired = Vec::new();
-    for (i, e) in be.iter().enumerate() {
-        progress(i, be.len());
-        let of_role: Vec<usize> = (0..te.len()).filter(|j| te[*j].role == e.role).collect();
-        let j = match resolve_among(of_role.iter().map(|j| &te[*j].paths), &e.module) {
-            Resolution::Found(k) => of_role[k],
-            Resolution::Unmatched => {
-                unpaired.push(format!(
-                    "{} {}: not in {}",
-                    e.module,
-                    e.role.name(),
-                    tuned_path.display()
-                ));
-                continue;
-            }
-            Resolution::Ambiguous(h) => {
-                unpaired.push(format!(
-                    "{} {}: ambiguous in {} ({} candidates)",
-                    e.module,
-                    e.role.name(),
-                    tuned_path.display(),
-                    h.len()
-                ));
-                continue;
-            }
-        };
-        if te[j].dims != e.dims {
-            unpaired.push(format!(
-                "{} {}: shape {:?} in the base, {:?} in {}",
-                e.module,
-                e.role.name(),
-                e.dims,
-                te[j].dims,
-                tuned_path.display()
-            ));
-            continue;
-        }
-        let needs_rank =
-            e.role == Role::Weight && e.dims.len() == 2 && e.dims[0].min(e.dims[1]) <= rank_max_dim;
-        if let (Weights::Checkpoint(bc), Weights::Checkpoint(tc), false) =
-            (&base, &tuned, needs_rank)
-        {
-            // Both stored as PyTorch holds them: stream the sums over the
-            // mapped bytes, a chunk at a time, instead of decoding whole
-            // tensors (an embedding is hundreds of MB).
-            let s = streamed_sums(bc, i, tc, j)?;
-            let acc = modules.entry(e.module.clone()).or_insert(ModuleAcc {
-                sums: Sums::default(),
-                erank: None,
-                max_rank: None,
-            });
-            acc.sums.add(&s);
-            if e.role == Role::Weight && e.dims.len() == 2 {
-                acc.max_rank = Some(e.dims[0].min(e.dims[1]));
-            }
-            continue;
-        }
-        let w = base.read(i)?;
-        let t = tuned.read(j)?;
-        let mut s = Sums {
-            params: w.len(),
-            ..Sums::default()
-        };
-        add_pairs(&mut s, &w, &t);
-        let acc = modules.entry(e.module.clone()).or_insert(ModuleAcc {
-            sums: Sums::default(),
-            erank: None,
-            max_rank: None,
-        });
-        acc.sums.add(&s);
-        if e.role == Role::Weight && e.dims.len() == 2 {
-            let (out, inp) = (e.dims[0], e.dims[1]);
-            acc.max_rank = Some(out.min(inp));
-            if out.min(inp) <= rank_max_dim {
-                let delta: Vec<f64> = w
-                    .iter()
-                    .zip(&t)
-                    .map(|(a, b)| f64::from(*b) - f64::from(*a))
-                    .collect();
-                acc.erank = Some(effective_rank(&gram_eigenvalues(&delta, out, inp)));
+    for (e, outcome) in be.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Unpaired(why) => unpaired.push(why),
+            Outcome::Paired {
+                sums,
+                max_rank,
+                ranks,
+            } => {
+                let acc = modules.entry(e.module.clone()).or_default();
+                acc.sums.add(&sums);
+                if max_rank.is_some() {
+                    acc.max_rank = max_rank;
+                    acc.ranks = ranks;
+                }
             }
         }
     }
@@ -384,26 +409,231 @@ pub fn analyze_models(
     {
         compare_unnamed(bm, bi, tm, ti, &mut modules)?;
     }
-    progress(be.len(), be.len());
     Ok(finish(
-        base_path,
-        tuned_path,
-        "tuned",
-        modules,
-        unpaired,
-        rank_max_dim,
+        base_path, tuned_path, "tuned", modules, unpaired, ranks,
     ))
 }
 
-/// Adds `Σ` over value pairs to `s` (not `params`).
-fn add_pairs(s: &mut Sums, w: &[f32], t: &[f32]) {
-    for (a, b) in w.iter().zip(t) {
-        let (a, b) = (f64::from(*a), f64::from(*b));
-        s.base_sq += a * a;
-        s.tuned_sq += b * b;
-        s.dot += a * b;
-        s.delta_sq += (b - a) * (b - a);
+/// `f(0..n)` on `threads` scoped worker threads, each taking the next
+/// index; results in index order. `progress(done, n)` runs on the calling
+/// thread. The first error wins and stops the workers taking more.
+fn parallel_map<T: Send>(
+    n: usize,
+    threads: usize,
+    progress: &mut dyn FnMut(usize, usize),
+    f: impl Fn(usize) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<T>)>();
+    let mut slots: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    let mut first_error = None;
+    std::thread::scope(|scope| {
+        for _ in 0..threads.clamp(1, n.max(1)) {
+            let tx = tx.clone();
+            let (next, failed, f) = (&next, &failed, &f);
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n || failed.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let r = f(i);
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    if tx.send((i, r)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        progress(0, n);
+        let mut done = 0;
+        for (i, r) in rx {
+            done += 1;
+            progress(done, n);
+            match r {
+                Ok(v) => slots[i] = Some(v),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+    });
+    if let Some(e) = first_error {
+        return Err(e);
     }
+    Ok(slots.into_iter().flatten().collect())
+}
+
+/// Pairs base tensor `i` with its counterpart in `tuned` and compares them.
+fn pair_outcome(
+    base: &Weights,
+    tuned: &Weights,
+    be: &[Entry],
+    te: &[Entry],
+    i: usize,
+    tuned_path: &Path,
+    ranks: RankOptions,
+) -> Result<Outcome> {
+    let e = &be[i];
+    let of_role: Vec<usize> = (0..te.len()).filter(|j| te[*j].role == e.role).collect();
+    let j = match resolve_among(of_role.iter().map(|j| &te[*j].paths), &e.module) {
+        Resolution::Found(k) => of_role[k],
+        Resolution::Unmatched => {
+            return Ok(Outcome::Unpaired(format!(
+                "{} {}: not in {}",
+                e.module,
+                e.role.name(),
+                tuned_path.display()
+            )));
+        }
+        Resolution::Ambiguous(h) => {
+            return Ok(Outcome::Unpaired(format!(
+                "{} {}: ambiguous in {} ({} candidates)",
+                e.module,
+                e.role.name(),
+                tuned_path.display(),
+                h.len()
+            )));
+        }
+    };
+    if te[j].dims != e.dims {
+        return Ok(Outcome::Unpaired(format!(
+            "{} {}: shape {:?} in the base, {:?} in {}",
+            e.module,
+            e.role.name(),
+            e.dims,
+            te[j].dims,
+            tuned_path.display()
+        )));
+    }
+    let matrix = e.role == Role::Weight && e.dims.len() == 2;
+    let max_rank = matrix.then(|| e.dims[0].min(e.dims[1]));
+    let needs_rank = max_rank.is_some_and(|r| r <= ranks.max_dim);
+    if let (Weights::Checkpoint(bc), Weights::Checkpoint(tc), false) = (base, tuned, needs_rank) {
+        // Both stored as PyTorch holds them: stream the sums over the
+        // mapped bytes, a chunk at a time, instead of decoding whole
+        // tensors (an embedding is hundreds of MB).
+        return Ok(Outcome::Paired {
+            sums: streamed_sums(bc, i, tc, j)?,
+            max_rank,
+            ranks: Ranks::default(),
+        });
+    }
+    let w = base.read(i)?;
+    let t = tuned.read(j)?;
+    let mut sums = Sums {
+        params: w.len(),
+        ..Sums::default()
+    };
+    add_pairs(&mut sums, &w, &t);
+    let ranks = if needs_rank {
+        let delta: Vec<f64> = w
+            .iter()
+            .zip(&t)
+            .map(|(a, b)| f64::from(*b) - f64::from(*a))
+            .collect();
+        Ranks::of_matrix(&delta, e.dims[0], e.dims[1], ranks.spectrum)
+    } else {
+        Ranks::default()
+    };
+    Ok(Outcome::Paired {
+        sums,
+        max_rank,
+        ranks,
+    })
+}
+
+/// Independent partial sums per quantity in [`add_pairs`]: a single running
+/// sum is one long dependency chain; lanes let the compiler vectorize, and
+/// four of each (16 f64) still fit the SSE2 registers.
+const PAIR_LANES: usize = 4;
+
+/// The partial sums of [`add_pairs`]: ‖W‖², ‖W'‖², ⟨W,W'⟩, ‖ΔW‖² per lane.
+#[derive(Default)]
+struct PairLanes {
+    base: [f64; PAIR_LANES],
+    tuned: [f64; PAIR_LANES],
+    dot: [f64; PAIR_LANES],
+    delta: [f64; PAIR_LANES],
+}
+
+impl PairLanes {
+    #[inline(always)]
+    fn add(&mut self, x: &[f32; PAIR_LANES], y: &[f32; PAIR_LANES]) {
+        for k in 0..PAIR_LANES {
+            let (a, b) = (f64::from(x[k]), f64::from(y[k]));
+            self.base[k] += a * a;
+            self.tuned[k] += b * b;
+            self.dot[k] += a * b;
+            self.delta[k] += (b - a) * (b - a);
+        }
+    }
+
+    /// A value pair after the full lanes (lane 0).
+    fn add_one(&mut self, a: f32, b: f32) {
+        let (a, b) = (f64::from(a), f64::from(b));
+        self.base[0] += a * a;
+        self.tuned[0] += b * b;
+        self.dot[0] += a * b;
+        self.delta[0] += (b - a) * (b - a);
+    }
+
+    fn into_sums(self, s: &mut Sums) {
+        s.base_sq += self.base.iter().sum::<f64>();
+        s.tuned_sq += self.tuned.iter().sum::<f64>();
+        s.dot += self.dot.iter().sum::<f64>();
+        s.delta_sq += self.delta.iter().sum::<f64>();
+    }
+}
+
+/// Adds `Σ` over value pairs to `s` (not `params`), in f64, in
+/// [`PAIR_LANES`] independent partial sums.
+fn add_pairs(s: &mut Sums, w: &[f32], t: &[f32]) {
+    let mut acc = PairLanes::default();
+    let n = w.len().min(t.len());
+    let (wc, tc) = (
+        w[..n].chunks_exact(PAIR_LANES),
+        t[..n].chunks_exact(PAIR_LANES),
+    );
+    let (wr, tr) = (wc.remainder(), tc.remainder());
+    for (x, y) in wc.zip(tc) {
+        let lanes = |c: &[f32]| <[f32; PAIR_LANES]>::try_from(c).unwrap_or_default();
+        acc.add(&lanes(x), &lanes(y));
+    }
+    for (a, b) in wr.iter().zip(tr) {
+        acc.add_one(*a, *b);
+    }
+    acc.into_sums(s);
+}
+
+/// [`add_pairs`] over little-endian f32 bytes, read in place (the same
+/// lanes and order, so the same sums bit for bit).
+fn add_pairs_le_f32(s: &mut Sums, w: &[u8], t: &[u8]) {
+    const STEP: usize = 4 * PAIR_LANES;
+    let decode = |c: &[u8]| -> [f32; PAIR_LANES] {
+        let mut v = [0f32; PAIR_LANES];
+        for (x, b) in v.iter_mut().zip(c.chunks_exact(4)) {
+            *x = <[u8; 4]>::try_from(b).map_or(0.0, f32::from_le_bytes);
+        }
+        v
+    };
+    let mut acc = PairLanes::default();
+    let n = w.len().min(t.len()) / 4 * 4;
+    let (wc, tc) = (w[..n].chunks_exact(STEP), t[..n].chunks_exact(STEP));
+    let (wr, tr) = (wc.remainder(), tc.remainder());
+    for (x, y) in wc.zip(tc) {
+        acc.add(&decode(x), &decode(y));
+    }
+    for (x, y) in wr.chunks_exact(4).zip(tr.chunks_exact(4)) {
+        let one = |b: &[u8]| <[u8; 4]>::try_from(b).map_or(0.0, f32::from_le_bytes);
+        acc.add_one(one(x), one(y));
+    }
+    acc.into_sums(s);
 }
 
 /// Values decoded per step of [`streamed_sums`].
@@ -424,7 +654,13 @@ fn streamed_sums(base: &Checkpoint, i: usize, tuned: &Checkpoint, j: usize) -> R
         .chunks(STREAM_CHUNK * bt.size())
         .zip(tb.chunks(STREAM_CHUNK * tt.size()))
     {
-        add_pairs(&mut s, &bt.decode(x), &tt.decode(y));
+        if (bt, tt) == (FloatType::F32, FloatType::F32) {
+            // The common case, without decoding into a buffer first: a copy
+            // of every value costs as much as the sums.
+            add_pairs_le_f32(&mut s, x, y);
+        } else {
+            add_pairs(&mut s, &bt.decode(x), &tt.decode(y));
+        }
         // Resident memory stays at a chunk, not the tensor.
         base.release_part(i, x);
         tuned.release_part(j, y);
@@ -447,7 +683,6 @@ fn compare_unnamed(
     tuned_index: &ParamIndex,
     modules: &mut BTreeMap<String, ModuleAcc>,
 ) -> Result<()> {
-    use emogate_models::onnx::FloatType;
     let known = |i: &ParamIndex| -> std::collections::HashSet<String> {
         i.params.iter().map(|p| p.initializer.clone()).collect()
     };
@@ -479,26 +714,12 @@ fn compare_unnamed(
             params: w.len(),
             ..Sums::default()
         };
-        for (a, b) in w.iter().zip(&v) {
-            let (a, b) = (f64::from(*a), f64::from(*b));
-            s.base_sq += a * a;
-            s.tuned_sq += b * b;
-            s.dot += a * b;
-            s.delta_sq += (b - a) * (b - a);
-        }
+        add_pairs(&mut s, &w, &v);
         let module = name
             .strip_suffix(".weight")
             .or_else(|| name.strip_suffix(".bias"))
             .unwrap_or(name);
-        modules
-            .entry(module.to_string())
-            .or_insert(ModuleAcc {
-                sums: Sums::default(),
-                erank: None,
-                max_rank: None,
-            })
-            .sums
-            .add(&s);
+        modules.entry(module.to_string()).or_default().sums.add(&s);
     }
     Ok(())
 }
@@ -512,7 +733,7 @@ fn compare_unnamed(
 pub fn analyze_adapter(
     base_path: &Path,
     adapter_dir: &Path,
-    rank_max_dim: usize,
+    ranks: RankOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<AnalyzeReport> {
     let base = Weights::open(base_path)?;
@@ -621,7 +842,7 @@ pub fn analyze_adapter(
             module.clone(),
             ModuleAcc {
                 sums,
-                erank: Some(effective_rank(&sig2)),
+                ranks: Ranks::from_spectrum(&sig2, ranks.spectrum),
                 max_rank: Some(r),
             },
         );
@@ -643,27 +864,23 @@ pub fn analyze_adapter(
             params: w.len(),
             ..Sums::default()
         };
-        for (a, b) in w.iter().zip(values) {
-            let (a, b) = (f64::from(*a), f64::from(*b));
-            s.base_sq += a * a;
-            s.tuned_sq += b * b;
-            s.dot += a * b;
-            s.delta_sq += (b - a) * (b - a);
-        }
+        add_pairs(&mut s, &w, values);
         let (out, inp) = (shape[0], shape.get(1).copied().unwrap_or(1));
-        let erank = (shape.len() == 2 && out.min(inp) <= rank_max_dim).then(|| {
+        let rank_of = if shape.len() == 2 && out.min(inp) <= ranks.max_dim {
             let delta: Vec<f64> = w
                 .iter()
                 .zip(values)
                 .map(|(a, b)| f64::from(*b) - f64::from(*a))
                 .collect();
-            effective_rank(&gram_eigenvalues(&delta, out, inp))
-        });
+            Ranks::of_matrix(&delta, out, inp, ranks.spectrum)
+        } else {
+            Ranks::default()
+        };
         modules.insert(
             module.clone(),
             ModuleAcc {
                 sums: s,
-                erank,
+                ranks: rank_of,
                 max_rank: (shape.len() == 2).then_some(out.min(inp)),
             },
         );
@@ -675,7 +892,7 @@ pub fn analyze_adapter(
         "adapter",
         modules,
         Vec::new(),
-        rank_max_dim,
+        ranks,
     ))
 }
 
@@ -692,31 +909,130 @@ fn matmul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
     c
 }
 
+/// The Gram matrix of a row-major `[out, in]` matrix's smaller side
+/// (`M·Mᵀ` when out ≤ in, else `Mᵀ·M`), and its size n.
+pub fn gram(m: &[f64], out: usize, inp: usize) -> (Vec<f64>, usize) {
+    let n = out.min(inp);
+    let mut g = vec![0f64; n * n];
+    if out <= inp {
+        for a in 0..n {
+            let ra = &m[a * inp..(a + 1) * inp];
+            for b in a..n {
+                let v = dot_f64(ra, &m[b * inp..(b + 1) * inp]);
+                g[a * n + b] = v;
+                g[b * n + a] = v;
+            }
+        }
+    } else {
+        // Mᵀ·M as a sum of outer products of M's rows: row-major access.
+        for o in 0..out {
+            let r = &m[o * inp..(o + 1) * inp];
+            for a in 0..n {
+                let x = r[a];
+                if x == 0.0 {
+                    continue;
+                }
+                for (gb, y) in g[a * n..(a + 1) * n].iter_mut().zip(r) {
+                    *gb += x * y;
+                }
+            }
+        }
+    }
+    (g, n)
+}
+
+fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
+    const LANES: usize = 4;
+    let mut acc = [0f64; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f64 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for k in 0..LANES {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
 /// Eigenvalues of the Gram matrix of a row-major `[out, in]` matrix's
 /// smaller side: its squared singular values.
 pub fn gram_eigenvalues(m: &[f64], out: usize, inp: usize) -> Vec<f64> {
-    let (n, k, by_rows) = if out <= inp {
-        (out, inp, true)
-    } else {
-        (inp, out, false)
-    };
-    let mut g = vec![0f64; n * n];
-    for a in 0..n {
-        for b in a..n {
-            let v: f64 = if by_rows {
-                m[a * inp..(a + 1) * inp]
-                    .iter()
-                    .zip(&m[b * inp..(b + 1) * inp])
-                    .map(|(x, y)| x * y)
-                    .sum()
-            } else {
-                (0..k).map(|o| m[o * inp + a] * m[o * inp + b]).sum()
-            };
-            g[a * n + b] = v;
-            g[b * n + a] = v;
-        }
-    }
+    let (g, n) = gram(m, out, inp);
     sym_eigenvalues(&g, n)
+}
+
+/// The largest eigenvalue of a symmetric positive semi-definite `n×n`
+/// matrix: power iteration on `(G/tr G)⁴` (two squarings: each step moves
+/// four of plain power iteration) from a fixed start vector, until the
+/// Rayleigh quotient changes by less than [`POWER_TOLERANCE`] (relative)
+/// in a step, or [`POWER_MAX_STEPS`] steps. The Rayleigh quotient of a
+/// vector never exceeds the largest eigenvalue.
+pub fn top_eigenvalue(g: &[f64], n: usize) -> f64 {
+    let trace: f64 = (0..n).map(|i| g[i * n + i]).sum();
+    if n == 0 || trace <= 0.0 {
+        return 0.0;
+    }
+    let scaled: Vec<f64> = g.iter().map(|x| x / trace).collect();
+    let sq = matmul(&scaled, &scaled, n);
+    let p4 = matmul(&sq, &sq, n);
+    // Start: a fixed pseudo-random vector (never orthogonal to the top
+    // eigenvector but on a set of measure zero), normalized.
+    let mut rng = crate::rng::Rng::new(0x5eed_5a4c);
+    let mut v: Vec<f64> = (0..n).map(|_| 1.0 + rng.normal()).collect();
+    let norm = |x: &[f64]| x.iter().map(|a| a * a).sum::<f64>().sqrt();
+    let nv = norm(&v);
+    v.iter_mut().for_each(|x| *x /= nv);
+    let mut w = vec![0f64; n];
+    let mut last = 0f64;
+    let mut mu = 0f64;
+    for _ in 0..POWER_MAX_STEPS {
+        for (i, wi) in w.iter_mut().enumerate() {
+            *wi = dot_f64(&p4[i * n..(i + 1) * n], &v);
+        }
+        mu = dot_f64(&v, &w); // vᵀ·P⁴·v with ‖v‖ = 1
+        let nw = norm(&w);
+        if nw == 0.0 {
+            return 0.0;
+        }
+        v.iter_mut().zip(&w).for_each(|(a, b)| *a = b / nw);
+        if (mu - last).abs() <= POWER_TOLERANCE * mu {
+            break;
+        }
+        last = mu;
+    }
+    // The Rayleigh quotient of G itself at the converged vector.
+    let gv: Vec<f64> = (0..n)
+        .map(|i| dot_f64(&g[i * n..(i + 1) * n], &v))
+        .collect();
+    let rq = dot_f64(&v, &gv);
+    // μ^¼·tr G is the same quantity by another route; the larger of two
+    // lower bounds is the better one.
+    rq.max(mu.max(0.0).powf(0.25) * trace)
+}
+
+/// The stable rank `Σσᵢ² / max σᵢ²` of squared singular values.
+pub fn stable_rank_of(sigma_sq: &[f64]) -> f64 {
+    let top = sigma_sq.iter().copied().fold(0.0, f64::max);
+    if top <= 0.0 {
+        return 0.0;
+    }
+    sigma_sq.iter().map(|x| x.max(0.0)).sum::<f64>() / top
+}
+
+/// The stable rank `‖M‖_F² / σ_max(M)²` of a row-major `[out, in]` matrix
+/// (0 for a zero matrix), σ_max² by [`top_eigenvalue`] of its [`gram`].
+pub fn stable_rank(m: &[f64], out: usize, inp: usize) -> f64 {
+    let (g, n) = gram(m, out, inp);
+    let trace: f64 = (0..n).map(|i| g[i * n + i]).sum();
+    if trace <= 0.0 {
+        return 0.0;
+    }
+    trace / top_eigenvalue(&g, n)
 }
 
 /// Eigenvalues of a symmetric `n×n` matrix (cyclic Jacobi).
@@ -801,24 +1117,32 @@ pub fn table(r: &AnalyzeReport, group_by_layer: bool) -> String {
         r.against,
         r.tuned.display()
     );
+    // srank: stable rank ‖ΔW‖_F²/σ_max²; erank (--spectrum): Roy & Vetterli.
+    let rank = |x: Option<f64>| x.map(|e| format!("{e:.2}")).unwrap_or_else(|| "-".into());
     let line = |s: &mut String, row: &Row| {
         s.push_str(&format!(
-            "{:<44} {:>10} {:>11.4e} {:>7.2}% {:>10.6} {:>7}\n",
+            "{:<44} {:>10} {:>11.4e} {:>7.2}% {:>10.6} {:>7}",
             row.name,
             row.params,
             row.relative_change,
             100.0 * row.share,
             row.cosine,
-            row.effective_rank
-                .map(|e| format!("{e:.2}"))
-                .unwrap_or_else(|| "-".into())
+            rank(row.stable_rank)
         ));
+        if r.spectrum {
+            s.push_str(&format!(" {:>7}", rank(row.effective_rank)));
+        }
+        s.push('\n');
     };
     let head = |s: &mut String, first: &str| {
         s.push_str(&format!(
-            "{:<44} {:>10} {:>11} {:>8} {:>10} {:>7}\n",
-            first, "params", "|dW|/|W|", "share", "cos", "erank"
+            "{:<44} {:>10} {:>11} {:>8} {:>10} {:>7}",
+            first, "params", "|dW|/|W|", "share", "cos", "srank"
         ));
+        if r.spectrum {
+            s.push_str(&format!(" {:>7}", "erank"));
+        }
+        s.push('\n');
     };
     head(&mut s, "module");
     r.modules.iter().for_each(|m| line(&mut s, m));
@@ -990,5 +1314,88 @@ mod tests {
         assert!((effective_rank(&[4.0, 1.0]) - h.exp()).abs() < 1e-12);
         assert!((effective_rank(&[9.0, 9.0, 9.0]) - 3.0).abs() < 1e-12);
         assert_eq!(effective_rank(&[0.0, 0.0]), 0.0);
+    }
+
+    /// `Σₖ sₖ·uₖ·vₖᵀ` with orthonormal uₖ (columns of a rotation) and vₖ:
+    /// singular values exactly `s`.
+    fn known_spectrum(out: usize, inp: usize, s: &[f64]) -> Vec<f64> {
+        // Orthonormal vectors: Householder reflections I − 2·h·hᵀ/‖h‖².
+        let reflect = |n: usize, seed: f64| {
+            let h: Vec<f64> = (0..n)
+                .map(|i| (seed * (i as f64 + 1.0)).sin() + 0.1)
+                .collect();
+            let hh: f64 = h.iter().map(|x| x * x).sum();
+            move |k: usize, i: usize| f64::from(u8::from(k == i)) - 2.0 * h[k] * h[i] / hh
+        };
+        let (u, v) = (reflect(out, 0.7), reflect(inp, 1.3));
+        let mut m = vec![0f64; out * inp];
+        for (k, sk) in s.iter().enumerate() {
+            for o in 0..out {
+                for i in 0..inp {
+                    m[o * inp + i] += sk * u(k, o) * v(k, i);
+                }
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn stable_rank_of_a_matrix_with_a_known_spectrum() {
+        // σ = 3, 1, 0.5: srank = (9 + 1 + 0.25)/9; both orientations.
+        for (out, inp) in [(5, 12), (12, 5), (7, 7)] {
+            let m = known_spectrum(out, inp, &[3.0, 1.0, 0.5]);
+            let sr = stable_rank(&m, out, inp);
+            assert!((sr - 10.25 / 9.0).abs() < 1e-10, "{out}x{inp}: {sr}");
+            let r = Ranks::of_matrix(&m, out, inp, true);
+            assert_eq!(r.stable, Some(sr));
+            let sig2 = [9.0, 1.0, 0.25];
+            // The zero eigenvalues come out of Jacobi as ~1e-16, whose
+            // square roots (~1e-8) enter the entropy: 1e-6, not 1e-12.
+            let e = r.effective.unwrap();
+            assert!((e - effective_rank(&sig2)).abs() < 1e-6, "{e}");
+        }
+        // Rank one: exactly 1. Two equal singular values (the slowest case
+        // for power iteration: no gap): exactly 2. No change: 0.
+        assert!((stable_rank(&known_spectrum(6, 9, &[2.5]), 6, 9) - 1.0).abs() < 1e-12);
+        assert!((stable_rank(&known_spectrum(6, 9, &[2.0, 2.0]), 6, 9) - 2.0).abs() < 1e-9);
+        assert_eq!(stable_rank(&[0.0; 12], 3, 4), 0.0);
+        assert_eq!(stable_rank_of(&[4.0, 1.0, 0.0]), 1.25);
+        assert_eq!(
+            Ranks::from_spectrum(&[4.0, 1.0], false),
+            Ranks {
+                stable: Some(1.25),
+                effective: None
+            }
+        );
+    }
+
+    #[test]
+    fn add_pairs_matches_a_plain_sum() {
+        let w: Vec<f32> = (0..1003).map(|i| (i as f32 * 0.37).sin()).collect();
+        let t: Vec<f32> = w.iter().map(|x| x * 1.01 + 0.002).collect();
+        let mut s = Sums::default();
+        add_pairs(&mut s, &w, &t);
+        let plain = |f: &dyn Fn(f64, f64) -> f64| -> f64 {
+            w.iter()
+                .zip(&t)
+                .map(|(a, b)| f(f64::from(*a), f64::from(*b)))
+                .sum()
+        };
+        // The in-place f32 byte variant gives the same sums, bit for bit.
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let mut b = Sums::default();
+        add_pairs_le_f32(&mut b, &bytes(&w), &bytes(&t));
+        assert_eq!(
+            (b.base_sq, b.tuned_sq, b.dot, b.delta_sq),
+            (s.base_sq, s.tuned_sq, s.dot, s.delta_sq)
+        );
+        for (got, want) in [
+            (s.base_sq, plain(&|a, _| a * a)),
+            (s.tuned_sq, plain(&|_, b| b * b)),
+            (s.dot, plain(&|a, b| a * b)),
+            (s.delta_sq, plain(&|a, b| (b - a) * (b - a))),
+        ] {
+            assert!((got - want).abs() <= 1e-12 * want.abs(), "{got} vs {want}");
+        }
     }
 }

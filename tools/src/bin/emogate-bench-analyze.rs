@@ -6,13 +6,17 @@
 //! before the timed runs, and nothing is written), it measures the median
 //! wall time (and spread) and peak RSS of:
 //! * `cat base tuned > /dev/null`, the floor: reading both files;
-//! * `emogate-convert analyze --base base --tuned tuned` (default
-//!   `--rank-max-dim 256`: effective ranks of the k/v projections and the
-//!   score head; the 896-wide matrices get none);
+//! * `emogate-convert analyze --base base --tuned tuned` (the default:
+//!   `--rank-max-dim 256`, stable ranks ‖ΔW‖_F²/σ_max² of the k/v
+//!   projections and the score head; the 896-wide matrices get none);
+//! * the same with `--spectrum` (also the Roy–Vetterli effective rank, from
+//!   the full spectrum by Jacobi);
 //!
-//! and prints the ratio against the target: analyze ≤ 2× reading both files,
-//! and its peak RSS against a few tensors (the largest, the embedding, is
-//! 545 MB of f32; analyze holds two tensors as f32 at once).
+//! one after the other in each repetition, and prints per contender the
+//! ratio to the same repetition's read (median, min, max over the
+//! repetitions) against the target: analyze ≤ 2× reading both files; and
+//! peak RSS against a few tensors (the largest, the embedding, is 545 MB of
+//! f32).
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -84,39 +88,65 @@ fn main() -> Result<()> {
     );
     warm(&[&base, &tuned])?;
     let convert = sibling("emogate-convert")?;
-    let (mut read, mut analyze) = (vec![], vec![]);
+    let analyze = |extra: &[&str]| {
+        let mut c = Command::new(&convert);
+        c.arg("analyze")
+            .arg("--base")
+            .arg(&base)
+            .arg("--tuned")
+            .arg(&tuned)
+            .args(extra);
+        c
+    };
+    let (mut read, mut default, mut spectrum) = (vec![], vec![], vec![]);
     for run in 0..args.runs {
         read.push(time(Command::new("cat").arg(&base).arg(&tuned))?);
-        analyze.push(time(
-            Command::new(&convert)
-                .arg("analyze")
-                .arg("--base")
-                .arg(&base)
-                .arg("--tuned")
-                .arg(&tuned),
-        )?);
-        eprintln!("run {}/{} done", run + 1, args.runs);
-    }
-    println!(
-        "\n{:<34} {:>10} {:>10} {:>10} {:>14}",
-        "contender", "median s", "min s", "max s", "peak RSS MB"
-    );
-    for (name, s) in [
-        ("cat base tuned > /dev/null", &read),
-        ("emogate-convert analyze", &analyze),
-    ] {
-        let (lo, hi) = spread(s);
-        println!(
-            "{name:<34} {:>10.3} {:>10.3} {:>10.3} {:>14.1}",
-            median(s),
-            lo,
-            hi,
-            max_rss_mb(s)
+        default.push(time(&mut analyze(&[]))?);
+        spectrum.push(time(&mut analyze(&["--spectrum"]))?);
+        eprintln!(
+            "run {}/{}: read {:.3} s, analyze {:.3} s, analyze --spectrum {:.3} s",
+            run + 1,
+            args.runs,
+            read[run].seconds,
+            default[run].seconds,
+            spectrum[run].seconds
         );
     }
     println!(
-        "\nanalyze / read both files = {:.2}  (target <= 2)",
-        median(&analyze) / median(&read)
+        "\n{:<34} {:>9} {:>8} {:>8} {:>12} {:>22}",
+        "contender", "median s", "min s", "max s", "peak RSS MB", "÷ read: median [min, max]"
+    );
+    for (name, s) in [
+        ("cat base tuned > /dev/null", &read),
+        ("emogate-convert analyze", &default),
+        ("emogate-convert analyze --spectrum", &spectrum),
+    ] {
+        let (lo, hi) = spread(s);
+        let ratios: Vec<Sample> = s
+            .iter()
+            .zip(&read)
+            .map(|(a, r)| Sample {
+                seconds: a.seconds / r.seconds,
+                max_rss_kb: 0,
+            })
+            .collect();
+        let (rlo, rhi) = spread(&ratios);
+        println!(
+            "{name:<34} {:>9.3} {:>8.3} {:>8.3} {:>12.1} {:>8.2} [{:.2}, {:.2}]",
+            median(s),
+            lo,
+            hi,
+            max_rss_mb(s),
+            median(&ratios),
+            rlo,
+            rhi
+        );
+    }
+    println!(
+        "\nanalyze / read both files = {:.2} (median of {} repetitions; target <= 2); with --spectrum {:.2}",
+        median(&default) / median(&read),
+        args.runs,
+        median(&spectrum) / median(&read)
     );
     Ok(())
 }

@@ -88,9 +88,13 @@ enum Command {
     /// model.safetensors.index.json, in any mix) or with a PEFT adapter
     /// (ΔW = s·B·A computed from the factors, never formed). Modules pair up
     /// as merge resolves them. Reports parameter count, ‖ΔW‖_F/‖W‖_F, the
-    /// share of the total ‖ΔW‖², cos(W, W') and the effective rank of ΔW
-    /// (exp of the entropy of the normalized singular values, Roy &
-    /// Vetterli). Tensors are streamed: memory stays at a few tensors.
+    /// share of the total ‖ΔW‖², cos(W, W') and, for 2-D weights up to
+    /// --rank-max-dim wide, the stable rank ‖ΔW‖_F²/σ_max(ΔW)² (σ_max by
+    /// power iteration to a relative 1e-12; column `srank`, JSON
+    /// `stable_rank`); with --spectrum also the effective rank (exp of the
+    /// entropy of the normalized singular values, Roy & Vetterli; `erank`,
+    /// `effective_rank`). Tensors are streamed over --threads threads:
+    /// memory stays at a few tensors.
     Analyze(AnalyzeArgs),
     /// Graft modules of a donor into a base model, or cut an adapter down.
     ///
@@ -122,8 +126,12 @@ enum Command {
     /// `labels` (int64 [N], class indices) and optionally `valence_arousal`
     /// (float32 [N, 2]). --dataset DIR: DIR/labels.csv with columns
     /// id,face,audio,label,valence,arousal (face: .png or .y4m, audio: .wav,
-    /// relative to DIR; label a class name of the manifest), featurized by
-    /// the same preprocessing as `emogate run`. Exits with status 2 when the
+    /// relative to DIR; label a class name of the manifest), or
+    /// DIR/labels.jsonl with one object per line and the same fields
+    /// ({"face": "f.png", "audio": "v.wav", "label": "happy", "valence":
+    /// 0.6, "arousal": 0.4}), or the manifest file itself; featurized by the
+    /// same preprocessing as `emogate run`. A row whose media file is missing
+    /// is reported with its line and skipped. Exits with status 2 when the
     /// accuracy is below --min-acc, 1 on errors.
     Eval(EvalArgs),
 }
@@ -149,10 +157,20 @@ struct AnalyzeArgs {
     /// Also write a heat map (module type × layer) as SVG here.
     #[arg(long)]
     svg: Option<PathBuf>,
-    /// Compute the effective rank only for weights whose smaller side is at
-    /// most N (its cost grows as N³).
+    /// Rank measures only for 2-D weights whose smaller side is at most N
+    /// (the Gram matrix costs N²·M, the spectrum about 10·N³).
     #[arg(long, value_name = "N", default_value_t = emogate_tools::analyze::DEFAULT_RANK_MAX_DIM)]
     rank_max_dim: usize,
+    /// Also compute the effective rank exp(−Σ pᵢ ln pᵢ), pᵢ = σᵢ/Σσⱼ (Roy &
+    /// Vetterli), from ΔW's full spectrum (Jacobi; slow). Without it, each
+    /// such weight gets only its stable rank ‖ΔW‖_F²/σ_max(ΔW)², σ_max by
+    /// power iteration to a relative 1e-12 (exact from the r×r factors with
+    /// --adapter).
+    #[arg(long)]
+    spectrum: bool,
+    /// Worker threads over tensors (default: the available cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -235,7 +253,8 @@ struct EvalArgs {
     /// Labelled inputs: model input arrays + `labels` (+ `valence_arousal`).
     #[arg(long)]
     inputs: Option<PathBuf>,
-    /// A folder with labels.csv (id,face,audio,label,valence,arousal) and its media.
+    /// A folder with labels.csv (id,face,audio,label,valence,arousal) or labels.jsonl
+    /// (one JSON object per line, the same fields) and its media; or that manifest file.
     #[arg(long)]
     dataset: Option<PathBuf>,
     /// Feed this input as zeros, as the engine's `--missing zero` does.
@@ -461,9 +480,15 @@ fn analyze_cmd(a: AnalyzeArgs) -> Result<()> {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     };
+    let defaults = analyze::RankOptions::default();
+    let ranks = analyze::RankOptions {
+        max_dim: a.rank_max_dim,
+        spectrum: a.spectrum,
+        threads: a.threads.unwrap_or(defaults.threads).max(1),
+    };
     let report = match (&a.tuned, &a.adapter) {
-        (Some(t), _) => analyze::analyze_models(&a.base, t, a.rank_max_dim, &mut progress),
-        (None, Some(d)) => analyze::analyze_adapter(&a.base, d, a.rank_max_dim, &mut progress),
+        (Some(t), _) => analyze::analyze_models(&a.base, t, ranks, &mut progress),
+        (None, Some(d)) => analyze::analyze_adapter(&a.base, d, ranks, &mut progress),
         (None, None) => unreachable!("clap requires one"),
     };
     bar.finish_and_clear();

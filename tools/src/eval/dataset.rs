@@ -1,5 +1,5 @@
 //! `eval --dataset DIR`: labelled media, featurized exactly as `emogate run`
-//! featurizes live capture.
+//! featurizes live capture, listed by a CSV or a JSON Lines manifest.
 //!
 //! `DIR/labels.csv` has a header row naming its columns, in any order:
 //!
@@ -11,15 +11,27 @@
 //! | `label` | yes | a class name from the model's manifest `labels` (or its index) |
 //! | `valence`, `arousal` | no (both or neither) | targets in the model's units |
 //!
-//! Fields may be double-quoted (`"a,b.wav"`). A row whose media file is
-//! missing or unreadable is reported with its line number and skipped; the
-//! others are evaluated. A label that is not a class is an error.
+//! Fields may be double-quoted (`"a,b.wav"`).
+//!
+//! `DIR/labels.jsonl` (JSON Lines) says the same, one object per line:
+//! `{"id": "clip-001", "face": "faces/001.png", "audio": "audio/001.wav",
+//! "label": "happy", "valence": 0.61, "arousal": 0.40}`. The fields are
+//! those of the CSV columns; `id`, `face` and `audio` are strings, `label` a
+//! class name or index, `valence`/`arousal` numbers (both or neither, and
+//! in every row or none). Blank lines are skipped. Any other field, or a
+//! field of another type, is an error naming the file, line and field.
+//! A folder must hold one of the two; `--dataset` may also name the
+//! manifest file itself (media relative to its folder).
+//!
+//! In both, a row whose media file is missing or unreadable is reported
+//! with its line number and skipped; the others are evaluated. A label
+//! that is not a class is an error.
 //!
 //! Frames and windows go through [`emogate_infer::Featurizer`], the engine's
 //! own preprocessing; a missing modality (`--zero-input`) is fed as zeros,
 //! as the engine's `--missing zero` feeds it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use emogate_device::audio::read_wav;
@@ -34,7 +46,7 @@ use crate::error::{Error, Result};
 /// A row left out, and why.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SkippedRow {
-    /// 1-based line of `labels.csv`.
+    /// 1-based line of the manifest (`labels.csv` or `labels.jsonl`).
     pub line: usize,
     pub id: Option<String>,
     pub reason: String,
@@ -65,34 +77,97 @@ fn split_csv(line: &str) -> std::result::Result<Vec<String>, String> {
     Ok(fields.into_iter().map(|f| f.trim().to_string()).collect())
 }
 
-/// Reads and featurizes `dir/labels.csv` for a model described by `manifest`.
+/// The two manifest formats `--dataset` reads.
+pub const CSV_MANIFEST: &str = "labels.csv";
+/// The JSON Lines manifest (one object per line).
+pub const JSONL_MANIFEST: &str = "labels.jsonl";
+
+/// The manifest file of `--dataset PATH`: PATH itself when it is a file
+/// (`.csv` or `.jsonl`), else `PATH/labels.csv` or `PATH/labels.jsonl`
+/// (exactly one of them).
 ///
 /// # Errors
-/// [`Error::Io`] for an unreadable `labels.csv`; [`Error::Field`] naming the
-/// line and column for a malformed row or an unknown label.
-pub fn load(
-    dir: &Path,
-    manifest: &Manifest,
-    zero: Option<Modality>,
-) -> Result<(LabelledSet, Vec<SkippedRow>)> {
-    let csv = dir.join("labels.csv");
-    let text = std::fs::read_to_string(&csv).map_err(|e| Error::io("reading", &csv, e))?;
+/// [`Error::Usage`] when the folder holds neither or both, or the file's
+/// extension is neither.
+pub fn manifest_path(path: &Path) -> Result<PathBuf> {
+    if path.is_dir() {
+        let (csv, jsonl) = (path.join(CSV_MANIFEST), path.join(JSONL_MANIFEST));
+        return match (csv.exists(), jsonl.exists()) {
+            (true, false) => Ok(csv),
+            (false, true) => Ok(jsonl),
+            (true, true) => Err(Error::usage(format!(
+                "{} holds both {CSV_MANIFEST} and {JSONL_MANIFEST}; keep one, or pass the file",
+                path.display()
+            ))),
+            (false, false) => Err(Error::usage(format!(
+                "{} holds no {CSV_MANIFEST} or {JSONL_MANIFEST}",
+                path.display()
+            ))),
+        };
+    }
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("csv" | "jsonl") => Ok(path.to_path_buf()),
+        _ => Err(Error::usage(format!(
+            "--dataset {}: expected a folder, a .csv or a .jsonl manifest",
+            path.display()
+        ))),
+    }
+}
+
+/// One manifest row, before its media are read.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    /// 1-based line of the manifest.
+    line: usize,
+    id: Option<String>,
+    face: Option<String>,
+    audio: Option<String>,
+    label: usize,
+    targets: Option<[f32; 2]>,
+}
+
+/// A parsed manifest: its rows and which columns (fields) it has at all.
+#[derive(Debug, Default)]
+struct Rows {
+    rows: Vec<Row>,
+    has_face: bool,
+    has_audio: bool,
+    has_va: bool,
+}
+
+/// A label as a class name of `labels`, or its index.
+fn class_of(text: &str, labels: &[String]) -> Option<usize> {
+    labels
+        .iter()
+        .position(|l| l == text)
+        .or_else(|| text.parse::<usize>().ok().filter(|k| *k < labels.len()))
+}
+
+fn not_a_class(text: &str, labels: &[String]) -> String {
+    format!(
+        "`{text}` is not a class of the model; expected one of {}",
+        labels.join(", ")
+    )
+}
+
+/// Parses a `labels.csv`: a header row naming its columns, then one row per sample.
+fn read_csv(csv: &Path, text: &str, labels: &[String]) -> Result<Rows> {
     let mut lines = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty());
     let (_, header) = lines.next().ok_or_else(|| {
         Error::field(
-            &csv,
+            csv,
             "line 1",
             "empty; expected a header row: id,face,audio,label,valence,arousal",
         )
     })?;
-    let header = split_csv(header).map_err(|m| Error::field(&csv, "line 1", m))?;
+    let header = split_csv(header).map_err(|m| Error::field(csv, "line 1", m))?;
     let col = |name: &str| header.iter().position(|h| h == name);
     let label_col = col("label").ok_or_else(|| {
         Error::field(
-            &csv,
+            csv,
             "header",
             format!("has no `label` column (columns: {})", header.join(",")),
         )
@@ -103,42 +178,26 @@ pub fn load(
         (None, None) => None,
         _ => {
             return Err(Error::field(
-                &csv,
+                csv,
                 "header",
                 "has one of `valence`/`arousal`; expected both or neither",
             ));
         }
     };
-    let mut featurizer = Featurizer::new(manifest).map_err(|source| Error::Features {
-        what: "preparing the manifest's preprocessing".into(),
-        source,
-    })?;
-    let audio_spec = featurizer.audio().cloned();
-    if featurizer.wants_video() && face_col.is_none() {
-        return Err(Error::field(
-            &csv,
-            "header",
-            "has no `face` column, but the model has a video input",
-        ));
-    }
-    if audio_spec.is_some() && audio_col.is_none() {
-        return Err(Error::field(
-            &csv,
-            "header",
-            "has no `audio` column, but the model has an audio input",
-        ));
-    }
-    let mut set = LabelledSet::default();
-    let mut va = Vec::new();
-    let mut skipped = Vec::new();
+    let mut out = Rows {
+        has_face: face_col.is_some(),
+        has_audio: audio_col.is_some(),
+        has_va: va_cols.is_some(),
+        ..Rows::default()
+    };
     for (i, line) in lines {
         let line_no = i + 1;
         let at = |c: &str| format!("line {line_no}, column `{c}`");
         let fields =
-            split_csv(line).map_err(|m| Error::field(&csv, format!("line {line_no}"), m))?;
+            split_csv(line).map_err(|m| Error::field(csv, format!("line {line_no}"), m))?;
         if fields.len() != header.len() {
             return Err(Error::field(
-                &csv,
+                csv,
                 format!("line {line_no}"),
                 format!(
                     "has {} fields; the header has {}",
@@ -147,28 +206,9 @@ pub fn load(
                 ),
             ));
         }
-        let id = id_col.map(|c| fields[c].clone());
         let label_text = &fields[label_col];
-        let label = manifest
-            .labels
-            .iter()
-            .position(|l| l == label_text)
-            .or_else(|| {
-                label_text
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|k| *k < manifest.labels.len())
-            })
-            .ok_or_else(|| {
-                Error::field(
-                    &csv,
-                    at("label"),
-                    format!(
-                        "`{label_text}` is not a class of the model; expected one of {}",
-                        manifest.labels.join(", ")
-                    ),
-                )
-            })?;
+        let label = class_of(label_text, labels)
+            .ok_or_else(|| Error::field(csv, at("label"), not_a_class(label_text, labels)))?;
         let targets = match va_cols {
             Some((v, a)) => {
                 let num = |c: usize, name: &str| {
@@ -178,7 +218,7 @@ pub fn load(
                         .filter(|x| x.is_finite())
                         .ok_or_else(|| {
                             Error::field(
-                                &csv,
+                                csv,
                                 at(name),
                                 format!("`{}` is not a finite number", fields[c]),
                             )
@@ -188,28 +228,206 @@ pub fn load(
             }
             None => None,
         };
-        let media = |c: Option<usize>| {
-            c.map(|c| &fields[c])
-                .filter(|f| !f.is_empty())
-                .map(|f| dir.join(f))
+        let media = |c: Option<usize>| c.map(|c| fields[c].clone()).filter(|f| !f.is_empty());
+        out.rows.push(Row {
+            line: line_no,
+            id: id_col.map(|c| fields[c].clone()),
+            face: media(face_col),
+            audio: media(audio_col),
+            label,
+            targets,
+        });
+    }
+    Ok(out)
+}
+
+/// Parses a `labels.jsonl`: one JSON object per line, fields `id`, `face`,
+/// `audio` (strings), `label` (a class name or index), `valence` and
+/// `arousal` (numbers); any other field, or a field of another type, is an
+/// error naming the line and the field.
+fn read_jsonl(path: &Path, text: &str, labels: &[String]) -> Result<Rows> {
+    use serde_json::Value;
+    let mut out = Rows::default();
+    let mut first_va: Option<(usize, bool)> = None;
+    for (i, line) in text.lines().enumerate() {
+        let line_no = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = |f: &str| format!("line {line_no}, field `{f}`");
+        let value: Value = serde_json::from_str(line)
+            .map_err(|e| Error::field(path, format!("line {line_no}"), format!("not JSON: {e}")))?;
+        let Value::Object(object) = value else {
+            return Err(Error::field(
+                path,
+                format!("line {line_no}"),
+                "is not a JSON object; expected {\"face\": ..., \"audio\": ..., \"label\": ...}",
+            ));
+        };
+        let (mut id, mut face, mut audio, mut label, mut valence, mut arousal) =
+            (None, None, None, None, None, None);
+        for (key, v) in &object {
+            let string = || match v {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(Error::field(
+                    path,
+                    at(key),
+                    format!("is {other}; expected a string"),
+                )),
+            };
+            let number = || match v.as_f64() {
+                Some(x) if x.is_finite() => Ok(x as f32),
+                _ => Err(Error::field(
+                    path,
+                    at(key),
+                    format!("is {v}; expected a finite number"),
+                )),
+            };
+            match key.as_str() {
+                "id" => id = Some(string()?),
+                "face" => face = Some(string()?),
+                "audio" => audio = Some(string()?),
+                "label" => {
+                    let k = match v {
+                        Value::String(s) => class_of(s, labels)
+                            .ok_or_else(|| Error::field(path, at(key), not_a_class(s, labels)))?,
+                        Value::Number(n) => n
+                            .as_u64()
+                            .and_then(|k| usize::try_from(k).ok())
+                            .filter(|k| *k < labels.len())
+                            .ok_or_else(|| {
+                                Error::field(path, at(key), not_a_class(&n.to_string(), labels))
+                            })?,
+                        other => {
+                            return Err(Error::field(
+                                path,
+                                at(key),
+                                format!("is {other}; expected a class name or index"),
+                            ));
+                        }
+                    };
+                    label = Some(k);
+                }
+                "valence" => valence = Some(number()?),
+                "arousal" => arousal = Some(number()?),
+                other => {
+                    return Err(Error::field(
+                        path,
+                        at(other),
+                        "is not a field of the manifest; expected id, face, audio, label, valence, arousal",
+                    ));
+                }
+            }
+        }
+        let label = label
+            .ok_or_else(|| Error::field(path, at("label"), "is missing; every row needs one"))?;
+        let targets = match (valence, arousal) {
+            (Some(v), Some(a)) => Some([v, a]),
+            (None, None) => None,
+            _ => {
+                return Err(Error::field(
+                    path,
+                    format!("line {line_no}"),
+                    "has one of `valence`/`arousal`; expected both or neither",
+                ));
+            }
+        };
+        // As a CSV's header does, the first row decides whether the set has
+        // valence/arousal targets; every row must agree.
+        match first_va {
+            None => first_va = Some((line_no, targets.is_some())),
+            Some((first, has)) if has != targets.is_some() => {
+                return Err(Error::field(
+                    path,
+                    format!("line {line_no}"),
+                    format!(
+                        "{} valence/arousal, but line {first} {}; expected all rows or none",
+                        if targets.is_some() { "has" } else { "has no" },
+                        if has { "has them" } else { "has none" }
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        out.has_face |= face.is_some();
+        out.has_audio |= audio.is_some();
+        out.has_va |= targets.is_some();
+        out.rows.push(Row {
+            line: line_no,
+            id,
+            face: face.filter(|f| !f.is_empty()),
+            audio: audio.filter(|f| !f.is_empty()),
+            label,
+            targets,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads and featurizes a dataset's manifest (see [`manifest_path`]) for a
+/// model described by `manifest`; media paths are relative to the
+/// manifest's folder.
+///
+/// # Errors
+/// [`Error::Io`] for an unreadable manifest; [`Error::Field`] naming the
+/// line and column (or field) for a malformed row or an unknown label.
+pub fn load(
+    dataset: &Path,
+    manifest: &Manifest,
+    zero: Option<Modality>,
+) -> Result<(LabelledSet, Vec<SkippedRow>)> {
+    let path = manifest_path(dataset)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+    let parsed = if path.extension().is_some_and(|e| e == "jsonl") {
+        read_jsonl(&path, &text, &manifest.labels)?
+    } else {
+        read_csv(&path, &text, &manifest.labels)?
+    };
+    let (what, fields) = if path.extension().is_some_and(|e| e == "jsonl") {
+        ("field", "no row has")
+    } else {
+        ("column", "the header has no")
+    };
+    let mut featurizer = Featurizer::new(manifest).map_err(|source| Error::Features {
+        what: "preparing the manifest's preprocessing".into(),
+        source,
+    })?;
+    let audio_spec = featurizer.audio().cloned();
+    if featurizer.wants_video() && !parsed.has_face {
+        return Err(Error::field(
+            &path,
+            "face",
+            format!("{fields} `face` {what}, but the model has a video input"),
+        ));
+    }
+    if audio_spec.is_some() && !parsed.has_audio {
+        return Err(Error::field(
+            &path,
+            "audio",
+            format!("{fields} `audio` {what}, but the model has an audio input"),
+        ));
+    }
+    let mut set = LabelledSet::default();
+    let mut va = Vec::new();
+    let mut skipped = Vec::new();
+    for row in parsed.rows {
+        let skip = |reason: String| SkippedRow {
+            line: row.line,
+            id: row.id.clone(),
+            reason,
         };
         let face = if featurizer.wants_video() && zero != Some(Modality::Face) {
-            match media(face_col).map(|p| read_last_frame(&p)) {
-                Some(Ok(f)) => Some(f),
-                Some(Err(reason)) => {
-                    skipped.push(SkippedRow {
-                        line: line_no,
-                        id,
-                        reason,
-                    });
-                    continue;
-                }
+            match &row.face {
+                Some(f) => match read_last_frame(&dir.join(f)) {
+                    Ok(frame) => Some(frame),
+                    Err(reason) => {
+                        skipped.push(skip(reason));
+                        continue;
+                    }
+                },
                 None => {
-                    skipped.push(SkippedRow {
-                        line: line_no,
-                        id,
-                        reason: "the `face` field is empty".into(),
-                    });
+                    skipped.push(skip(format!("the `face` {what} is empty")));
                     continue;
                 }
             }
@@ -217,43 +435,35 @@ pub fn load(
             None
         };
         let audio = match &audio_spec {
-            Some(spec) if zero != Some(Modality::Audio) => {
-                match media(audio_col).map(|p| read_window(&p, spec.sample_rate, spec.window_s)) {
-                    Some(Ok(a)) => Some(a),
-                    Some(Err(reason)) => {
-                        skipped.push(SkippedRow {
-                            line: line_no,
-                            id,
-                            reason,
-                        });
+            Some(spec) if zero != Some(Modality::Audio) => match &row.audio {
+                Some(a) => match read_window(&dir.join(a), spec.sample_rate, spec.window_s) {
+                    Ok(samples) => Some(samples),
+                    Err(reason) => {
+                        skipped.push(skip(reason));
                         continue;
                     }
-                    None => {
-                        skipped.push(SkippedRow {
-                            line: line_no,
-                            id,
-                            reason: "the `audio` field is empty".into(),
-                        });
-                        continue;
-                    }
+                },
+                None => {
+                    skipped.push(skip(format!("the `audio` {what} is empty")));
+                    continue;
                 }
-            }
+            },
             _ => None,
         };
         let tensors: Vec<Tensor> =
             featurizer
                 .build(face.as_ref(), audio.as_deref())
                 .map_err(|source| Error::Features {
-                    what: format!("{}: line {line_no}", csv.display()),
+                    what: format!("{}: line {}", path.display(), row.line),
                     source,
                 })?;
         set.sets.push(tensors);
-        set.labels.push(label);
-        if let Some(t) = targets {
+        set.labels.push(row.label);
+        if let Some(t) = row.targets {
             va.push(t);
         }
     }
-    if va_cols.is_some() {
+    if parsed.has_va {
         set.valence_arousal = Some(va);
     }
     set.names = manifest
@@ -317,5 +527,88 @@ mod tests {
             ["x,y", "say \"hi\"", ""]
         );
         assert!(split_csv("\"open").is_err());
+    }
+
+    fn labels() -> Vec<String> {
+        ["angry", "happy", "sad"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn jsonl_rows_read_as_the_csv_rows() {
+        let csv = "id,face,audio,label,valence,arousal\n\
+                   a,f.png,v.wav,happy,0.5,-0.25\n\
+                   b,,w.wav,2,-1,1\n";
+        let jsonl = "{\"id\": \"a\", \"face\": \"f.png\", \"audio\": \"v.wav\", \"label\": \"happy\", \"valence\": 0.5, \"arousal\": -0.25}\n\
+                     \n\
+                     {\"id\": \"b\", \"face\": \"\", \"audio\": \"w.wav\", \"label\": 2, \"valence\": -1, \"arousal\": 1}\n";
+        let c = read_csv(Path::new("l.csv"), csv, &labels()).unwrap();
+        let j = read_jsonl(Path::new("l.jsonl"), jsonl, &labels()).unwrap();
+        assert_eq!(c.rows.len(), 2);
+        // Same rows but for the line numbers (the JSONL has a blank line 2).
+        for (a, b) in c.rows.iter().zip(&j.rows) {
+            assert_eq!(
+                Row {
+                    line: 0,
+                    ..a.clone()
+                },
+                Row {
+                    line: 0,
+                    ..b.clone()
+                }
+            );
+        }
+        assert_eq!((j.rows[0].line, j.rows[1].line), (1, 3));
+        assert_eq!(j.rows[1].face, None);
+        assert!(j.has_face && j.has_audio && j.has_va);
+    }
+
+    #[test]
+    fn jsonl_errors_name_the_line_and_field() {
+        let err = |text: &str| {
+            read_jsonl(Path::new("set/labels.jsonl"), text, &labels())
+                .unwrap_err()
+                .to_string()
+        };
+        let ok = "{\"face\": \"f.png\", \"label\": \"sad\"}\n";
+        let e = err(&format!(
+            "{ok}{{\"face\": \"f.png\", \"label\": \"sad\", \"speaker\": \"x\"}}\n"
+        ));
+        assert!(
+            e.contains("set/labels.jsonl") && e.contains("line 2, field `speaker`"),
+            "{e}"
+        );
+        let e = err("{\"face\": 3, \"label\": \"sad\"}");
+        assert!(
+            e.contains("line 1, field `face`") && e.contains("expected a string"),
+            "{e}"
+        );
+        let e =
+            err("{\"face\": \"f.png\", \"label\": \"sad\", \"valence\": \"high\", \"arousal\": 1}");
+        assert!(
+            e.contains("field `valence`") && e.contains("finite number"),
+            "{e}"
+        );
+        let e = err("{\"face\": \"f.png\", \"label\": \"calm\"}");
+        assert!(
+            e.contains("field `label`") && e.contains("not a class"),
+            "{e}"
+        );
+        let e = err("{\"face\": \"f.png\", \"label\": 7}");
+        assert!(e.contains("field `label`"), "{e}");
+        let e = err("{\"face\": \"f.png\"}");
+        assert!(e.contains("field `label`") && e.contains("missing"), "{e}");
+        let e = err("[1, 2]");
+        assert!(
+            e.contains("line 1") && e.contains("not a JSON object"),
+            "{e}"
+        );
+        let e = err("{\"face\": \"f.png\", \"label\": \"sad\", \"valence\": 1}");
+        assert!(e.contains("both or neither"), "{e}");
+        let e = err(&format!(
+            "{ok}{{\"face\": \"f.png\", \"label\": \"sad\", \"valence\": 1, \"arousal\": 0}}"
+        ));
+        assert!(e.contains("line 2") && e.contains("line 1 has none"), "{e}");
+        let e = err("{\"face\": \"f.png\", \"label\": \"sad\"");
+        assert!(e.contains("line 1") && e.contains("not JSON"), "{e}");
     }
 }
