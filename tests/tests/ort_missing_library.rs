@@ -67,7 +67,12 @@ fn missing_library_is_named() {
     }
     let exe = std::env::current_exe().expect("the test binary's path");
     let out = Command::new(&exe)
-        .args(["--exact", "missing_library_is_named", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "missing_library_is_named",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, "1")
         .output()
         .expect("re-running the test binary");
