@@ -181,11 +181,15 @@ struct Kill {
     temps: Vec<String>,
 }
 
-fn temp_bytes(dir: &Path) -> u64 {
+/// Bytes on disk of our temp files in `dir`, but those named in `stale`.
+fn temp_bytes(dir: &Path, stale: &[String]) -> u64 {
     std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
-                .filter(|e| is_ours(&e.file_name().to_string_lossy()))
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    is_ours(&name) && !stale.contains(&name)
+                })
                 .filter_map(|e| e.metadata().ok())
                 .map(|m| m.blocks() * 512)
                 .sum()
@@ -193,8 +197,17 @@ fn temp_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Starts `cmd`, sends SIGKILL at `at`, and reports what it hit.
+/// Starts `cmd`, sends SIGKILL at `at`, and reports what it hit: the temp
+/// files it had made (those of earlier killed runs are left out, of the
+/// trigger too: the run removes them before writing).
 fn kill_at(mut cmd: Command, dir: &Path, at: KillAt, full_run: Duration) -> Kill {
+    let stale: Vec<String> = names(dir).into_iter().filter(|n| is_ours(n)).collect();
+    let new_temps = || -> Vec<String> {
+        names(dir)
+            .into_iter()
+            .filter(|n| is_ours(n) && !stale.contains(n))
+            .collect()
+    };
     let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -210,12 +223,12 @@ fn kill_at(mut cmd: Command, dir: &Path, at: KillAt, full_run: Duration) -> Kill
             };
         }
         let due = match at {
-            KillAt::FirstTemp => names(dir).iter().any(|n| is_ours(n)),
-            KillAt::TempBytes(n) => temp_bytes(dir) >= n,
+            KillAt::FirstTemp => !new_temps().is_empty(),
+            KillAt::TempBytes(n) => temp_bytes(dir, &stale) >= n,
             KillAt::Fraction(f) => started.elapsed() >= full_run.mul_f64(f),
         };
         if due || Instant::now() > deadline {
-            let temps = names(dir).into_iter().filter(|n| is_ours(n)).collect();
+            let temps = new_temps();
             // SIGKILL: nothing of ours runs after it, no destructor, no handler.
             child.kill().unwrap();
             let status = child.wait().unwrap();
@@ -278,10 +291,7 @@ fn killed_runs_leave_the_previous_output(
             3
         };
         for _ in 0..attempts {
-            let stale_before: Vec<_> = names(dir).into_iter().filter(|n| is_ours(n)).collect();
-            let mut kill = kill_at(make(out), dir, at, full_run);
-            // Only this run's temp files show where it was killed.
-            kill.temps.retain(|t| !stale_before.contains(t));
+            let kill = kill_at(make(out), dir, at, full_run);
             let now = outputs(dir);
             // The previous model and side file, no model at all (the new side
             // file was being renamed into place), or the complete new pair (the
