@@ -205,6 +205,12 @@ impl AudioSource for WavFile {
     }
 }
 
+/// The time of sample `n` at `rate` Hz, in ns (`n * 1e9` overflows `u64`
+/// past 1.8e10 samples: 13 days at 16 kHz, a looped clip's origin sooner).
+fn sample_time(n: usize, rate: u64) -> u64 {
+    u64::try_from(n as u128 * 1_000_000_000 / u128::from(rate.max(1))).unwrap_or(u64::MAX)
+}
+
 struct WavStream {
     samples: Arc<Vec<f32>>,
     sample_rate: u32,
@@ -228,7 +234,7 @@ impl AudioStream for WavStream {
             let mut at = 0usize;
             while at < len {
                 let end = (at + period).min(len);
-                let stamp = lap_origin + (end as u64 * 1_000_000_000) / rate;
+                let stamp = lap_origin.saturating_add(sample_time(end, rate));
                 if !wait_for(&self.clock, stamp, stop) {
                     return Ok(());
                 }
@@ -257,7 +263,7 @@ impl AudioStream for WavStream {
             if !self.looped {
                 return Ok(());
             }
-            lap_origin += (len as u64 * 1_000_000_000) / rate;
+            lap_origin = lap_origin.saturating_add(sample_time(len, rate));
         }
     }
 }

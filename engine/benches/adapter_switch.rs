@@ -527,8 +527,16 @@ fn bench_large(cli: &Cli, backend: &str, dir: &Path) -> Result<Row> {
     })
 }
 
+/// `--hop-ms` as a `Duration`; NaN, negative and absurd values (which would
+/// panic in `Duration::from_secs_f64`) fall back to no pause.
 fn hop(cli: &Cli) -> Duration {
-    Duration::from_secs_f64(cli.hop_ms.max(0.0) / 1e3)
+    Duration::try_from_secs_f64(cli.hop_ms.max(0.0) / 1e3).unwrap_or_else(|_| {
+        eprintln!(
+            "--hop-ms {}: not a usable number of milliseconds; using 0",
+            cli.hop_ms
+        );
+        Duration::ZERO
+    })
 }
 
 /// Nearest-rank percentile of sorted values.

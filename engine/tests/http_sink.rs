@@ -494,3 +494,72 @@ fn the_output_spec_opens_an_http_sink() {
     assert!(sink.name().starts_with("http:127.0.0.1:"));
     assert_ne!(sink.name(), spec, "names the port really bound");
 }
+
+/// Open file descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// 500 clients connecting and leaving in a loop, 10 at a time (half fetch
+/// `/status`, half open the event stream, read its head and hang up) while
+/// events are published: every publish stays fast, and once they are gone
+/// the sink holds no client, no connection thread and no descriptor more
+/// than before.
+#[test]
+fn five_hundred_clients_coming_and_going_leave_nothing_behind() {
+    use std::io::Read;
+    let (mut sink, addr) = sink();
+    let (fds_before, threads_before) = (open_fds(), threads_named("http-conn"));
+    // 10 clients at a time: the accept thread polls every 50 ms.
+    let clients: Vec<_> = (0..10u64)
+        .map(|c| {
+            std::thread::spawn(move || {
+                for k in 0..50u64 {
+                    let i = c * 50 + k;
+                    let mut stream = TcpStream::connect(addr).expect("connect");
+                    stream.set_read_timeout(Some(T)).unwrap();
+                    let path = if i % 2 == 0 { "/events" } else { "/status" };
+                    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+                    let mut head = [0u8; 12];
+                    stream.read_exact(&mut head).expect("an answer");
+                    assert_eq!(&head[..], b"HTTP/1.1 200", "{path} #{i}");
+                }
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    let mut seq = 0;
+    while !clients.iter().all(|c| c.is_finished()) {
+        let started = Instant::now();
+        sink.publish(&emotion(seq, seq as f64 * 0.25, "calm", 0.5))
+            .unwrap();
+        slowest = slowest.max(started.elapsed());
+        seq += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for c in clients {
+        c.join().expect("a client failed");
+    }
+    // Publishing never waits on a client (microseconds; room for a loaded machine).
+    assert!(
+        slowest < Duration::from_millis(100),
+        "a publish took {slowest:?}"
+    );
+    assert!(
+        wait_for(T, || sink.stats().clients == 0),
+        "{} event clients still connected",
+        sink.stats().clients
+    );
+    assert_eq!(sink.stats().clients_total, 250);
+    // Other tests run alongside: allow their threads and descriptors.
+    assert!(
+        wait_for(T, || threads_named("http-conn") <= threads_before + 8),
+        "{} connection threads, {threads_before} before",
+        threads_named("http-conn")
+    );
+    assert!(
+        wait_for(T, || open_fds() <= fds_before + 16),
+        "{} descriptors open, {fds_before} before",
+        open_fds()
+    );
+}

@@ -32,6 +32,8 @@
 //!   normalization and Softmax in f32, int8 weight-only QDQ (per-channel,
 //!   symmetric, TensorRT's form, optionally GPTQ-rounded) and ONNX Runtime's
 //!   dynamic int8 form, chosen by module path like the merge.
+//! * [`staging`] — the temp files outputs are written to and renamed from,
+//!   and the removal of those a killed run left behind.
 //! * [`Error`] — every failure names the file, the field and what was expected.
 //!
 //! How data moves: a file becomes an [`onnx::OnnxModel`]; a pass indexes its
@@ -51,6 +53,7 @@ pub mod merge;
 pub mod onnx;
 pub mod peft;
 pub mod quantize;
+pub mod staging;
 pub mod surgery;
 
 pub use error::{Error, Result};

@@ -1,9 +1,12 @@
 //! Outputs that appear complete or not at all: written to a temp file in
-//! the destination's folder, then renamed over it.
+//! the destination's folder, then renamed over it. The temp files are
+//! [`emogate_models::staging`]'s (`.<name>.<random>.emogate-tmp`); those a
+//! killed run left for the same output are removed before writing.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use emogate_models::staging;
 use tempfile::NamedTempFile;
 
 use crate::error::{Error, Result};
@@ -43,8 +46,13 @@ impl AtomicFile {
     /// [`Error::Io`] when the temp file cannot be created.
     pub fn create(path: &Path) -> Result<Self> {
         let dir = folder(path);
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::field(path, "output path", "expected a file name in UTF-8"))?;
+        staging::remove_stale(dir, name);
         let tmp =
-            NamedTempFile::new_in(dir).map_err(|e| Error::io("creating a temp file in", dir, e))?;
+            staging::create(dir, name).map_err(|e| Error::io("creating a temp file in", dir, e))?;
         {
             use std::os::unix::fs::PermissionsExt;
             tmp.as_file()

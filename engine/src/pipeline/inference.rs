@@ -215,7 +215,7 @@ impl Inference {
         let t2 = Instant::now();
         let estimate = self
             .events
-            .estimate(&outputs, Duration::from_secs_f64(window.span.end_s))
+            .estimate(&outputs, stream_time(window.span.end_s))
             .map_err(|e| Failure::Error {
                 stage: Stage::Postprocess,
                 error: e.to_string(),
@@ -281,4 +281,12 @@ fn thread_cpu_ns() -> u64 {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// A window's end on the pipeline clock as a `Duration`. The clock starts at
+/// 0 and counts nanoseconds in a `u64`, so the value always fits; the
+/// checked conversion keeps a corrupt timestamp from panicking the
+/// inference thread.
+fn stream_time(end_s: f64) -> Duration {
+    Duration::try_from_secs_f64(end_s.max(0.0)).unwrap_or(Duration::MAX)
 }

@@ -212,7 +212,9 @@ impl PipelineStatus {
         } else {
             self.info.stall_ms
         };
-        let limit = Duration::from_secs_f64(ms / 1e3);
+        // From a checked `Duration`, but a library caller's limit near
+        // `Duration::MAX` can round up past it: `from_secs_f64` would panic.
+        let limit = Duration::try_from_secs_f64(ms / 1e3).unwrap_or(Duration::MAX);
         live.busy_for.is_some_and(|b| b > limit)
     }
 

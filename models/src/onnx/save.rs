@@ -1,6 +1,6 @@
 //! Writing a model back to disk without ever leaving a half-written file.
 //!
-//! The output is built in temp files beside the destination and renamed into
+//! The output is built in temp files beside the destination ([`crate::staging`]) and renamed into
 //! place only when complete: a crash or an error mid-write leaves nothing
 //! under the output's name. Side files are handled so that a multi-gigabyte
 //! model streams through in bounded memory:
@@ -29,6 +29,7 @@ use tempfile::NamedTempFile;
 use super::proto::{ModelProto, StringStringEntryProto, TensorProto, tensor_proto::DataLocation};
 use super::{OnnxModel, is_external, tensor};
 use crate::error::{Error, Result};
+use crate::staging;
 
 /// Protobuf messages cannot exceed 2 GiB; stay clear of it.
 const PROTOBUF_LIMIT: u64 = 2_000_000_000;
@@ -146,6 +147,9 @@ pub fn save_model(
     refuse_to_overwrite_input(base, out)?;
     let data_name = format!("{out_name}.data");
     let data_path = out_dir.join(&data_name);
+    // A run killed mid-write left its temp files; this one replaces them.
+    staging::remove_stale(out_dir, out_name);
+    staging::remove_stale(out_dir, &data_name);
     if base.uses_external_data() {
         for tensor in base.all_initializers() {
             if let Some(ext) = base.external_data(tensor)? {
@@ -285,23 +289,34 @@ pub fn save_model(
         .as_ref()
         .map(|g| g.initializer.iter().filter(|t| is_external(t)).count())
         .unwrap_or(0);
-    let mut model_tmp = NamedTempFile::new_in(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let mut model_tmp = staging::create(out_dir, out_name).map_err(|e| Error::io(out_dir, e))?;
     // Temp files are created 0600; give outputs the input model's mode.
     let mode = std::fs::metadata(base.path()).map(|m| m.permissions()).ok();
     if let Some(mode) = &mode {
         model_tmp
             .as_file()
             .set_permissions(mode.clone())
-            .map_err(|e| Error::io(model_tmp.path(), e))?;
+            .map_err(|e| Error::io(out, e))?;
     }
     model_tmp
         .write_all(&proto.encode_to_vec())
-        .map_err(|e| Error::io(model_tmp.path(), e))?;
+        .map_err(|e| Error::io(out, e))?;
     if options.sync {
         model_tmp
             .as_file()
             .sync_all()
-            .map_err(|e| Error::io(model_tmp.path(), e))?;
+            .map_err(|e| Error::io(out, e))?;
+    }
+    // Two files cannot be swapped in one rename. A previous model left
+    // beside the new side file would read the wrong bytes at its offsets,
+    // so it goes first: a crash in between leaves no model (and a side file
+    // nothing points at), never a model paired with the wrong data.
+    if data.is_used() {
+        match std::fs::remove_file(out) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(out, e)),
+        }
     }
     let summary_data = data.finish(options.sync, mode)?;
     model_tmp
@@ -371,10 +386,8 @@ impl DataFile {
 
     fn file(&mut self) -> Result<&mut NamedTempFile> {
         if self.tmp.is_none() {
-            let tmp = tempfile::Builder::new()
-                .prefix(&format!(".{}.", self.name))
-                .tempfile_in(&self.dir)
-                .map_err(|e| Error::io(&self.dir, e))?;
+            let tmp =
+                staging::create(&self.dir, &self.name).map_err(|e| Error::io(&self.dir, e))?;
             self.tmp = Some(tmp);
         }
         Ok(self.tmp.as_mut().expect("just created"))
@@ -425,8 +438,8 @@ impl DataFile {
             .map_err(|e| Error::io(&src.file, e))?;
         // File-to-file `io::copy` uses copy_file_range on Linux: the bytes
         // never pass through user space.
-        let n =
-            std::io::copy(&mut reader.take(len), &mut dst).map_err(|e| Error::io(&src.file, e))?;
+        let n = std::io::copy(&mut reader.take(len), &mut dst)
+            .map_err(|e| copy_error(&src.file, &path, e))?;
         if n != len {
             return Err(Error::field(
                 &src.file,
@@ -483,6 +496,17 @@ impl DataFile {
         tmp.persist(&self.path)
             .map_err(|e| Error::io(&self.path, e.error))?;
         Ok(Some((self.written, self.len)))
+    }
+}
+
+/// A failed copy names the side of it that failed: `io::copy` does not
+/// say, but a full disk, a size limit or a read-only folder is the
+/// output's.
+fn copy_error(src: &Path, dst: &Path, e: std::io::Error) -> Error {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        StorageFull | FileTooLarge | QuotaExceeded | ReadOnlyFilesystem => Error::io(dst, e),
+        _ => Error::io(src, e),
     }
 }
 
