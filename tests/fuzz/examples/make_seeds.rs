@@ -8,6 +8,9 @@
 
 use std::path::Path;
 
+// The instrumented crates call SanitizerCoverage hooks that libFuzzer defines.
+use libfuzzer_sys as _;
+
 use emogate_models::onnx::build;
 use emogate_models::onnx::proto::{StringStringEntryProto, tensor_proto::DataLocation};
 use prost::Message;
