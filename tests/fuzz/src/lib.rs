@@ -39,6 +39,6 @@ pub fn scratch_dir() -> &'static Path {
 }
 
 /// Runs one input through `target` under the memory bound.
-pub fn run(target: fn(&Path, &[u8]), data: &[u8]) {
+pub fn run(target: targets::Target, data: &[u8]) {
     rule::bounded(data.len(), || target(scratch_dir(), data));
 }

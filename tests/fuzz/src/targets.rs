@@ -19,8 +19,11 @@ use emogate_models::onnx::params::ParamIndex;
 
 use super::rule::{expect_message, expect_names_file};
 
-/// Every target, by name, for the regression test and `scripts/fuzz`.
-pub const TARGETS: &[(&str, fn(&Path, &[u8]))] = &[
+/// A target: the scratch folder and one input.
+pub type Target = fn(&Path, &[u8]);
+
+/// Every target, by name, for the regression test.
+pub const TARGETS: &[(&str, Target)] = &[
     ("onnx_model", onnx_model),
     ("onnx_external", onnx_external),
     ("safetensors", safetensors),
