@@ -102,9 +102,24 @@ unsafe impl GlobalAlloc for Bounded {
     }
 }
 
+/// Lifts the memory bound before any panic hook runs: printing a panic
+/// and its backtrace allocates, and a refused allocation there would hide
+/// the panic (found: it turned an overflow panic into a hang).
+pub fn lift_bound_on_panic() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            LIMIT.store(usize::MAX, Ordering::Relaxed);
+            previous(info);
+        }));
+    });
+}
+
 /// Runs `f` on one input of `len` bytes under the memory bound (lifted
 /// again afterwards, also when `f` unwinds).
 pub fn bounded<R>(len: usize, f: impl FnOnce() -> R) -> R {
+    lift_bound_on_panic();
     struct Lift;
     impl Drop for Lift {
         fn drop(&mut self) {
