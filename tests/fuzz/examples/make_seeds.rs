@@ -4,7 +4,8 @@
 //! too large to mutate a million times in the time there is), with and
 //! without external data, and an embedded manifest.
 //!
-//! `cargo run --manifest-path tests/fuzz/Cargo.toml --example make_seeds -- tests/fuzz/seeds`
+//! In `tests/fuzz` (the build must be the instrumented one, see `scripts/fuzz`):
+//! `RUSTC_WRAPPER=$PWD/../../scripts/fuzz-rustc cargo run --release --target x86_64-unknown-linux-gnu --example make_seeds -- seeds`
 
 use std::path::Path;
 
