@@ -190,10 +190,11 @@ impl OnnxModel {
     pub fn float_values(&self, tensor: &TensorProto) -> Result<(FloatType, Vec<f32>)> {
         let ty = self.float_type(tensor)?;
         let expected = self.expected_len(tensor)?;
+        let expected_bytes = self.expected_byte_len(tensor)?;
         #[cfg(target_endian = "little")]
         if ty == FloatType::F32
             && let Some(ext) = self.external_data(tensor)?
-            && ext.length == expected as u64 * 4
+            && ext.length == expected_bytes as u64
         {
             // Straight from the side file into f32 storage: no decode pass.
             use std::os::unix::fs::FileExt;
@@ -205,7 +206,7 @@ impl OnnxModel {
         }
         let values = match self.raw_bytes(tensor)? {
             Some(bytes) => {
-                if bytes.len() != expected * ty.size() {
+                if bytes.len() != expected_bytes {
                     return Err(Error::field(
                         &self.path,
                         format!("tensor `{}`", tensor.name()),
@@ -214,7 +215,7 @@ impl OnnxModel {
                             bytes.len(),
                             tensor.dims,
                             onnx_type_name(ty.onnx_code()),
-                            expected * ty.size()
+                            expected_bytes
                         ),
                     ));
                 }
@@ -261,7 +262,20 @@ impl OnnxModel {
     }
 
     fn expected_byte_len(&self, tensor: &TensorProto) -> Result<usize> {
-        Ok(self.expected_len(tensor)? * self.float_type(tensor)?.size())
+        // Dims whose element count fits a usize can still overflow it in
+        // bytes (found by fuzzing: `tests/fuzz/regressions/onnx_external`).
+        self.expected_len(tensor)?
+            .checked_mul(self.float_type(tensor)?.size())
+            .ok_or_else(|| {
+                Error::field(
+                    &self.path,
+                    format!("tensor `{}` dims", tensor.name()),
+                    format!(
+                        "{:?} describe more bytes than memory can address",
+                        tensor.dims
+                    ),
+                )
+            })
     }
 
     /// Joins a `location` to the model's folder, refusing paths that could

@@ -262,3 +262,47 @@ impl Sink for HttpSink {
         Ok(())
     }
 }
+
+/// A request head as the server reads it (see [`parse_request_head`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedHead {
+    pub method: String,
+    /// The target without its query or fragment.
+    pub path: String,
+    pub content_length: Option<usize>,
+    /// The SSE backlog position a reconnecting client resumes after: the
+    /// number in its `Last-Event-ID` when that names `epoch`, else 0.
+    pub resume_after: u64,
+    /// Bytes past the head (the start of a body).
+    pub rest: usize,
+}
+
+/// Parses the bytes a client sent the way the server does (the head up to
+/// its blank line, at most the server's head limit; the request line; the
+/// headers routing reads; the `Last-Event-ID` resume point for a run of
+/// `epoch`), without a socket. The server's own path goes through the same
+/// functions; this entry point exists for the fuzz targets (`tests/fuzz`).
+///
+/// # Errors
+/// Why the server would refuse the head: `"incomplete"` (no blank line yet),
+/// `"too large"` (`431`) or `"malformed"` (`400`).
+pub fn parse_request_head(bytes: &[u8], epoch: &str) -> Result<ParsedHead, &'static str> {
+    let Some(end) = server::find_head_end(bytes) else {
+        return Err(if bytes.len() > server::MAX_REQUEST_HEAD {
+            "too large"
+        } else {
+            "incomplete"
+        });
+    };
+    if end > server::MAX_REQUEST_HEAD + 4 {
+        return Err("too large");
+    }
+    let request = server::parse_head(&bytes[..end]).map_err(|_| "malformed")?;
+    Ok(ParsedHead {
+        resume_after: sse::replay_after(epoch, request.last_event_id.as_deref()),
+        method: request.method,
+        path: request.path,
+        content_length: request.content_length,
+        rest: bytes.len() - end,
+    })
+}

@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use super::{Shared, routes};
 
 /// The largest request head accepted.
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
+pub(super) const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// How often the accept thread looks at the shutdown flag.
 const ACCEPT_POLL: Duration = Duration::from_millis(50);
 
@@ -163,7 +163,7 @@ pub(super) struct Request {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum HeadError {
+pub(super) enum HeadError {
     /// The peer closed before sending a whole head.
     Closed,
     TooLarge,
@@ -216,7 +216,7 @@ fn read_head(stream: &mut TcpStream, timeout: Duration) -> Result<(Vec<u8>, Vec<
 }
 
 /// The offset just past `\r\n\r\n` (or `\n\n`).
-fn find_head_end(bytes: &[u8]) -> Option<usize> {
+pub(super) fn find_head_end(bytes: &[u8]) -> Option<usize> {
     (0..bytes.len()).find_map(|i| {
         if bytes[i..].starts_with(b"\r\n\r\n") {
             Some(i + 4)
@@ -228,7 +228,7 @@ fn find_head_end(bytes: &[u8]) -> Option<usize> {
     })
 }
 
-fn parse_head(head: &[u8]) -> Result<Request, HeadError> {
+pub(super) fn parse_head(head: &[u8]) -> Result<Request, HeadError> {
     let text = std::str::from_utf8(head).map_err(|_| HeadError::Malformed)?;
     let mut lines = text.lines();
     let mut parts = lines.next().unwrap_or_default().split_ascii_whitespace();

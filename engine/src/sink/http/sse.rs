@@ -149,7 +149,7 @@ pub(super) fn publish(shared: &Shared, seq: u64, message: &Message) {
 
 /// Which backlog frames a client reconnecting with `last_event_id` misses:
 /// those after it when it is of this epoch, all otherwise.
-fn replay_after(epoch: &str, last_event_id: Option<&str>) -> u64 {
+pub(super) fn replay_after(epoch: &str, last_event_id: Option<&str>) -> u64 {
     last_event_id
         .and_then(|id| id.split_once('-'))
         .filter(|(e, _)| *e == epoch)

@@ -1,0 +1,5 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| emogate_fuzz::run(
+    emogate_fuzz::targets::source_spec,
+    data
+));
