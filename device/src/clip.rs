@@ -407,6 +407,10 @@ fn folder_period(fps: f64) -> Result<Duration, String> {
 }
 
 /// Opens a Y4M clip: reads and checks its header, and locates its frames.
+/// Frames up to this size are allocated before the file is known to hold
+/// one (see `open_y4m`).
+const SMALL_FRAME_BYTES: u64 = 1 << 20;
+
 /// Supports `Cmono` and the 8-bit 4:2:0 colour spaces.
 fn open_y4m(path: &Path) -> Result<Clip, ClipError> {
     let mut file = File::open(path).map_err(io_err(path))?;
@@ -428,6 +432,25 @@ fn open_y4m(path: &Path) -> Result<Clip, ClipError> {
         ));
     }
     let (width, height) = check_size(&header).map_err(|m| format_err(path, m))?;
+    // The decoder allocates frame buffers for the declared size as it
+    // parses: a file too short for one frame of even the smallest colour
+    // space read here (mono, one byte a pixel) is refused first when that
+    // frame is large, so memory stays proportional to the file (found by
+    // fuzzing: a 73-byte header declaring 4294x5555 made it allocate
+    // 72 MB). Small frames go on to the checks below, whose messages say
+    // more (the colour space, which frame is truncated).
+    let smallest_frame = PixelLayout::Gray8.frame_len(width, height) as u64;
+    let after_header = file_len.saturating_sub(header.len() as u64);
+    if smallest_frame > SMALL_FRAME_BYTES && after_header < b"FRAME\n".len() as u64 + smallest_frame
+    {
+        return Err(format_err(
+            path,
+            format!(
+                "header declares {width}x{height} frames (at least {smallest_frame} bytes each), \
+                 but only {after_header} bytes follow it; expected at least one complete frame"
+            ),
+        ));
+    }
     // The decoder allocates a frame buffer as it parses; the limit is the
     // largest frame of a colour space read here (4:2:0), so a larger
     // frame (4:4:4, 10-bit) is refused before allocating, as exceeding it.
@@ -810,6 +833,18 @@ mod tests {
         }
         let clip = Clip::open(dir.path(), 1.0 / 3600.0).unwrap();
         assert_eq!(clip.duration(), Some(MAX_FRAME_PERIOD));
+    }
+
+    #[test]
+    fn a_large_declared_frame_needs_its_bytes_before_any_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.y4m");
+        std::fs::write(&p, b"YUV4MPEG2 W4294 H5555 F10:1 C420paldv\nFRAME\n").unwrap();
+        let e = Clip::open(&p, 10.0).unwrap_err().to_string();
+        assert!(
+            e.contains("big.y4m") && e.contains("declares 4294x5555"),
+            "{e}"
+        );
     }
 
     #[test]
