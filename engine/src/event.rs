@@ -121,6 +121,71 @@ pub struct Event {
     pub counters: Counters,
     pub adapter: Option<String>,
     pub backend: String,
+    /// The face this event is about, when the model takes face crops
+    /// (`"crop": {"face": …}` in its manifest); absent for whole-frame
+    /// models and for windows without a face.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub face: Option<FaceRef>,
+    /// Share of the window's audio in which the voice activity detector
+    /// heard speech (0–1); absent when the run has no VAD.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speech_ratio: Option<f32>,
+}
+
+/// A box in source-frame pixels (may reach past the frame's edges).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct BoundingBox {
+    pub x: f32,
+    pub y: f32,
+    pub w: f32,
+    pub h: f32,
+}
+
+impl BoundingBox {
+    /// From `[left, top, width, height]`.
+    pub fn from_ltwh(b: [f32; 4]) -> Self {
+        BoundingBox {
+            x: b[0],
+            y: b[1],
+            w: b[2],
+            h: b[3],
+        }
+    }
+}
+
+/// The size of the source frame, so a consumer can place boxes without
+/// the image (no image ever leaves the device).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct FrameSize {
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Which tracked face an event describes.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FaceRef {
+    /// Short and stable for the track's life, never reused in a run, as
+    /// ROS4HRI names faces (`/humans/faces/<id>`).
+    pub id: String,
+    pub bbox: BoundingBox,
+    /// The detector's confidence of the latest detection, 0–1.
+    pub score: f32,
+    /// The frame the box is in.
+    pub frame: FrameSize,
+}
+
+/// A face track started (`face_appeared`) or ended (`face_lost`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FaceNotice {
+    pub header: Header,
+    pub stamp_s: f64,
+    pub id: String,
+    /// Where the face was first seen (appeared) or last seen (lost).
+    pub bbox: BoundingBox,
+    pub score: f32,
+    pub frame: FrameSize,
+    /// Seconds on the pipeline clock when the face was last detected.
+    pub last_seen_s: f64,
 }
 
 /// A confirmed change of the stable label (`null` = unknown).
@@ -218,6 +283,10 @@ pub enum Message {
     AdapterChanged(AdapterChange),
     /// A window failed in the model path.
     ModelError(ModelError),
+    /// A face was detected that no track followed: a new id.
+    FaceAppeared(FaceNotice),
+    /// A tracked face was unseen for longer than `--track-timeout-ms`.
+    FaceLost(FaceNotice),
 }
 
 impl Message {
@@ -230,6 +299,8 @@ impl Message {
             Message::SourceEnded(_) => "source_ended",
             Message::AdapterChanged(_) => "adapter_changed",
             Message::ModelError(_) => "model_error",
+            Message::FaceAppeared(_) => "face_appeared",
+            Message::FaceLost(_) => "face_lost",
         }
     }
 }
@@ -353,6 +424,8 @@ mod tests {
             counters: Counters::default(),
             adapter: None,
             backend: "tract".into(),
+            face: None,
+            speech_ratio: None,
         };
         let v: serde_json::Value =
             serde_json::from_str(&Message::Emotion(event).to_json()).unwrap();

@@ -251,6 +251,8 @@ impl Inference {
             counters: self.status.counters(),
             adapter: self.model.active().map(str::to_string),
             backend: self.model.backend_name().to_string(),
+            face: None,
+            speech_ratio: None,
         };
         self.seq += 1;
         self.status.record_event(capture_to_event);

@@ -100,6 +100,8 @@ pub fn emotion_with(
         },
         adapter: Some("affect-gate".into()),
         backend: "tract".into(),
+        face: None,
+        speech_ratio: None,
     })
 }
 

@@ -95,7 +95,10 @@ impl Fanout {
             }
             // Moments, not state: a late client reads the adapter and the
             // error counters from the events and `/status`.
-            Message::AdapterChanged(_) | Message::ModelError(_) => {}
+            Message::AdapterChanged(_)
+            | Message::ModelError(_)
+            | Message::FaceAppeared(_)
+            | Message::FaceLost(_) => {}
         }
     }
 
