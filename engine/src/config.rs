@@ -183,6 +183,11 @@ pub struct RunConfig {
     pub max_consecutive_errors: Option<u32>,
     pub mqtt: Option<MqttConfig>,
     pub ros2: Option<Ros2Config>,
+    /// `largest`, `all` or a count (see `--faces`).
+    pub faces: Option<String>,
+    pub face_detector: Option<PathBuf>,
+    pub detect_every: Option<u32>,
+    pub track_timeout_ms: Option<f64>,
 }
 
 impl RunConfig {
@@ -215,6 +220,7 @@ impl RunConfig {
             self.manifest.as_mut(),
             self.ort_lib.as_mut(),
             self.trt_cache.as_mut(),
+            self.face_detector.as_mut(),
             self.mqtt.as_mut().and_then(|m| m.ca_file.as_mut()),
         ]
         .into_iter()
@@ -285,6 +291,10 @@ impl RunConfig {
             max_consecutive_errors,
             mqtt,
             ros2,
+            faces,
+            face_detector,
+            detect_every,
+            track_timeout_ms,
         } = self;
         let mut keys = Vec::new();
         let mut check = |key: &'static str, same: bool| {
@@ -322,6 +332,13 @@ impl RunConfig {
         );
         check("mqtt", *mqtt == other.mqtt);
         check("ros2", *ros2 == other.ros2);
+        check("faces", *faces == other.faces);
+        check("face_detector", *face_detector == other.face_detector);
+        check("detect_every", *detect_every == other.detect_every);
+        check(
+            "track_timeout_ms",
+            *track_timeout_ms == other.track_timeout_ms,
+        );
         keys
     }
 }

@@ -59,6 +59,10 @@ pub struct Latency {
     pub preprocess: f64,
     pub inference: f64,
     pub postprocess: f64,
+    /// Face detection in this window (part of `preprocess`); absent for
+    /// whole-frame models and windows where the tracker predicted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detect: Option<f64>,
 }
 
 /// The window an event describes, in seconds on the pipeline clock

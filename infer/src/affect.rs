@@ -111,7 +111,12 @@ struct Blueprint {
     feed: Vec<usize>,
     /// For each manifest output, its index among the graph's outputs.
     outputs: Vec<usize>,
+    /// Every graph input and output has a symbolic leading (batch) axis.
+    free_batch: bool,
 }
+
+/// The most faces [`AffectModel::max_batch`] puts in one forward pass.
+pub const MAX_BATCH: usize = 8;
 
 impl AffectModel {
     /// Loads the model, its manifest (embedded or sidecar) and adapters,
@@ -149,6 +154,11 @@ impl AffectModel {
                     .expect("check_against verified every output exists")
             })
             .collect();
+        let leading_free = |v: &emogate_models::onnx::proto::ValueInfoProto| {
+            emogate_models::manifest::value_dims(v).is_some_and(|d| d.len() > 1 && d[0].is_none())
+        };
+        let free_batch = emogate_models::onnx::runtime_inputs(graph).all(leading_free)
+            && graph.output.iter().all(leading_free);
         let mut adapters = BTreeMap::new();
         for (name, dir) in &spec.adapters {
             adapters.insert(name.clone(), Arc::new(Adapter::load(dir)?));
@@ -160,6 +170,7 @@ impl AffectModel {
             adapters: RwLock::new(adapters),
             feed,
             outputs,
+            free_batch,
         };
         let backend = blueprint.prepare(spec.active.as_deref())?;
         Ok(AffectModel {
@@ -195,6 +206,20 @@ impl AffectModel {
     /// The execution providers the backend runs on, best first.
     pub fn providers(&self) -> Vec<&'static str> {
         self.backend.providers()
+    }
+
+    /// How many items (faces) one [`AffectModel::run`] may take along the
+    /// batch axis: up to [`MAX_BATCH`] when the graph's inputs and outputs
+    /// all have a symbolic leading axis and the runtime takes any shape
+    /// per run (ONNX Runtime); else 1. tract plans the model for the
+    /// manifest's shapes (batch 1) once, which is what makes it fast, so
+    /// on tract faces run one after another.
+    pub fn max_batch(&self) -> usize {
+        if self.blueprint.free_batch && self.backend.name() == "ort" {
+            MAX_BATCH
+        } else {
+            1
+        }
     }
 
     /// Runs one window. `inputs` follow the manifest's input order; the

@@ -98,10 +98,70 @@ pub struct VideoInput {
     pub std: Vec<f32>,
     #[serde(default = "one")]
     pub frames: usize,
+    /// What part of the frame the model sees: the whole frame (the
+    /// default), or each detected face.
+    #[serde(default, skip_serializing_if = "Crop::is_frame")]
+    pub crop: Crop,
 }
 
 fn one() -> usize {
     1
+}
+
+/// What a video input is cut from: `"frame"` or `{"face": {…}}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Crop {
+    /// The whole frame, resized to the input.
+    #[default]
+    Frame,
+    /// One crop per detected face, as the model was trained on them.
+    Face(FaceCrop),
+}
+
+impl Crop {
+    pub fn is_frame(&self) -> bool {
+        matches!(self, Crop::Frame)
+    }
+
+    /// The face crop settings, if the input takes face crops.
+    pub fn face(&self) -> Option<&FaceCrop> {
+        match self {
+            Crop::Face(f) => Some(f),
+            Crop::Frame => None,
+        }
+    }
+}
+
+/// The largest margin accepted: twice the box on each side.
+pub const MAX_FACE_MARGIN: f32 = 2.0;
+
+/// How a face box becomes the model's crop: the box grows by `margin`
+/// times its size on each side, is made square (the longer side) when
+/// `square`, and is turned so the eyes are level when `align` is `eyes`;
+/// then it is resized to the input like a whole frame.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaceCrop {
+    /// Fraction of the box's width (height) added left and right (above
+    /// and below), 0 to [`MAX_FACE_MARGIN`].
+    #[serde(default)]
+    pub margin: f32,
+    #[serde(default = "yes")]
+    pub square: bool,
+    #[serde(default)]
+    pub align: FaceAlign,
+}
+
+/// Rotation of a face crop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaceAlign {
+    /// The box as detected, upright in the frame.
+    #[default]
+    None,
+    /// Turned about the box centre so the line between the eyes is level.
+    Eyes,
 }
 
 /// Tensor layout of an audio input: `NCT` is `[1, channels or mels, time]`,
@@ -309,6 +369,19 @@ impl Manifest {
                     ));
                 }
             }
+            // Read alone first, so a mistake names the input and the field
+            // (inside the tagged input, serde's message names neither).
+            if let Some(crop) = input.get("crop") {
+                serde_json::from_value::<Crop>(crop.clone()).map_err(|e| {
+                    Error::field(
+                        source,
+                        format!("manifest.inputs[{i}] (`{name}`).crop"),
+                        format!(
+                            "{e}; expected \"frame\" or {{\"face\": {{\"margin\": M, \"square\": true|false, \"align\": \"eyes\"|\"none\"}}}}"
+                        ),
+                    )
+                })?;
+            }
         }
         let manifest: Manifest = serde_json::from_value(raw)
             .map_err(|e| Error::field(source, "manifest", e.to_string()))?;
@@ -389,6 +462,27 @@ impl Manifest {
                             format!("manifest input `{}`", v.name),
                             "height, width and frames must be positive".into(),
                         );
+                    }
+                    if let Crop::Face(face) = v.crop {
+                        // Written so NaN fails too.
+                        if !(face.margin >= 0.0 && face.margin <= MAX_FACE_MARGIN) {
+                            return field(
+                                format!("manifest input `{}`.crop.face.margin", v.name),
+                                format!(
+                                    "is {}; expected a fraction of the box from 0 to {MAX_FACE_MARGIN}",
+                                    face.margin
+                                ),
+                            );
+                        }
+                        if v.frames > 1 {
+                            return field(
+                                format!("manifest input `{}`.crop", v.name),
+                                format!(
+                                    "face crops are fed one frame at a time; this input takes clips of {} frames (use \"crop\": \"frame\" or frames 1)",
+                                    v.frames
+                                ),
+                            );
+                        }
                     }
                 }
                 InputSpec::Audio(a) => {
@@ -625,6 +719,73 @@ mod tests {
         let again =
             Manifest::from_json(&serde_json::to_string(&m).unwrap(), Path::new("x")).unwrap();
         assert_eq!(again, m);
+    }
+
+    #[test]
+    fn reads_face_crops_and_defaults_to_the_whole_frame() {
+        let m = Manifest::from_json(EXAMPLE, Path::new("m.json")).unwrap();
+        let InputSpec::Video(v) = &m.inputs[0] else {
+            panic!("video first")
+        };
+        assert_eq!(v.crop, Crop::Frame);
+        // The default is not written, so embedded manifests stay as they were.
+        assert!(!serde_json::to_string(&m).unwrap().contains("crop"));
+        let text = EXAMPLE.replace(
+            r#""frames": 1}"#,
+            r#""frames": 1, "crop": {"face": {"margin": 0.25, "align": "eyes"}}}"#,
+        );
+        let m = Manifest::from_json(&text, Path::new("m.json")).unwrap();
+        let InputSpec::Video(v) = &m.inputs[0] else {
+            panic!("video first")
+        };
+        let expected = FaceCrop {
+            margin: 0.25,
+            square: true,
+            align: FaceAlign::Eyes,
+        };
+        assert_eq!(v.crop, Crop::Face(expected));
+        let again =
+            Manifest::from_json(&serde_json::to_string(&m).unwrap(), Path::new("x")).unwrap();
+        assert_eq!(again, m);
+        let framed = EXAMPLE.replace(r#""frames": 1}"#, r#""frames": 1, "crop": "frame"}"#);
+        assert!(Manifest::from_json(&framed, Path::new("m.json")).is_ok());
+    }
+
+    #[test]
+    fn names_the_input_and_field_of_a_bad_face_crop() {
+        for (crop, expect) in [
+            (
+                r#"{"face": {"margin": 0.1, "scale": 2}}"#,
+                "unknown field `scale`",
+            ),
+            (r#"{"face": {"align": "nose"}}"#, "unknown variant `nose`"),
+            (r#""faces""#, "unknown variant `faces`"),
+            (r#"{"face": {"margin": -0.5}}"#, "crop.face.margin"),
+            (r#"{"face": {"margin": 7}}"#, "crop.face.margin"),
+        ] {
+            let text = EXAMPLE.replace(
+                r#""frames": 1}"#,
+                &format!(r#""frames": 1, "crop": {crop}}}"#),
+            );
+            let e = Manifest::from_json(&text, Path::new("m.json"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("m.json")
+                    && e.contains("`face`")
+                    && e.contains("crop")
+                    && e.contains(expect),
+                "{crop}: {e}"
+            );
+        }
+        let clip = EXAMPLE.replace(r#""frames": 1}"#, r#""frames": 4, "crop": {"face": {}}}"#);
+        let e = Manifest::from_json(&clip, Path::new("m.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("one frame at a time") && e.contains("4 frames"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! supervisor (systemd) restarts a model that is broken for good. Between
 //! windows it installs an adapter the [`Switcher`] has prepared.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
@@ -17,12 +18,14 @@ use emogate_device::source::ClockHandle;
 use emogate_infer::affect::AffectModel;
 use emogate_infer::{Featurizer, Tensor};
 
+use super::faces::{ChosenFace, FaceStage};
 use super::handoff::Handoff;
 use super::switch::Switcher;
-use super::{PipelineError, PipelineStatus, ReadyWindow, seconds};
+use super::{MissingPolicy, PipelineError, PipelineStatus, ReadyWindow, seconds};
 use crate::event::{
     AdapterChange, Event, EventBuilder, Header, Latency, Message, ModelError, Stage,
 };
+use crate::post::PostConfig;
 
 /// Everything a forward pass needs, owned by the inference thread.
 pub(super) struct Inference {
@@ -44,6 +47,21 @@ pub(super) struct Inference {
     pub(super) switcher: Switcher,
     /// Failing windows in a row that end the run.
     pub(super) max_consecutive_errors: u32,
+    /// Set for models that take face crops.
+    pub(super) faces: Option<FaceStage>,
+    /// Smoothing and change detection per face track, made from `post`.
+    pub(super) face_events: HashMap<String, EventBuilder>,
+    pub(super) post: PostConfig,
+    /// For windows without a face.
+    pub(super) missing: MissingPolicy,
+}
+
+/// The timings of one window, for the event's `latency_ms`.
+struct Timings {
+    t0: Instant,
+    t1: Instant,
+    t2: Instant,
+    detect: Option<Duration>,
 }
 
 /// Why a window produced no event.
@@ -181,17 +199,127 @@ impl Inference {
 
     /// One window: featurize, forward, post-process, publish.
     fn infer(&mut self, window: ReadyWindow) -> Result<(), Failure> {
+        if self.faces.is_some() {
+            return self.infer_faces(window);
+        }
         let t0 = Instant::now();
         let inputs = self
             .featurizer
             .build(window.frame.as_deref(), window.audio.as_deref())
+            .map_err(preprocess_failure)?;
+        let t1 = Instant::now();
+        let outputs = self.forward(&inputs)?;
+        let t2 = Instant::now();
+        self.publish_estimate(
+            &window,
+            &outputs,
+            None,
+            Timings {
+                t0,
+                t1,
+                t2,
+                detect: None,
+            },
+        )
+    }
+
+    /// One window of a face model: find and follow the faces, then run
+    /// the model on the chosen ones (batched where the model allows) and
+    /// publish an event per face. Without a face the video is missing:
+    /// `--missing zero` runs the model on zeros (one event, no `face`),
+    /// `skip` publishes nothing.
+    fn infer_faces(&mut self, mut window: ReadyWindow) -> Result<(), Failure> {
+        let t0 = Instant::now();
+        let Some(stage) = self.faces.as_mut() else {
+            return Ok(());
+        };
+        let found = stage
+            .observe(
+                window.frame.as_deref(),
+                window.newest_at,
+                window.span.end_s,
+                &self.frame_id,
+            )
             .map_err(|e| Failure::Error {
                 stage: Stage::Preprocess,
-                error: e.to_string(),
+                error: format!("face detection: {e}"),
             })?;
-        let t1 = Instant::now();
+        for message in found.notices {
+            self.publish(message);
+        }
+        for id in &found.lost {
+            self.face_events.remove(id);
+        }
+        let detect = (!found.detect.is_zero()).then_some(found.detect);
+        let frame = match (window.frame.clone(), found.chosen.is_empty()) {
+            (Some(frame), false) => frame,
+            _ => {
+                // No face: the video modality is missing.
+                let already_missing = window.missing.contains(&"video");
+                if !already_missing {
+                    window.missing.push("video");
+                }
+                let counters = &self.status.counters;
+                if self.missing == MissingPolicy::Skip || window.audio.is_none() {
+                    if already_missing {
+                        // The scheduler counted the window as degraded.
+                        counters.degraded.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    counters.skipped.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                if !already_missing {
+                    counters.degraded.fetch_add(1, Ordering::Relaxed);
+                }
+                let inputs = self
+                    .featurizer
+                    .build(None, window.audio.as_deref())
+                    .map_err(preprocess_failure)?;
+                let t1 = Instant::now();
+                let outputs = self.forward(&inputs)?;
+                let t2 = Instant::now();
+                return self.publish_estimate(
+                    &window,
+                    &outputs,
+                    None,
+                    Timings { t0, t1, t2, detect },
+                );
+            }
+        };
+        let batch = self.model.max_batch().max(1);
+        for group in found.chosen.chunks(batch) {
+            let faces: Vec<_> = group.iter().map(|c| c.face).collect();
+            let inputs = self
+                .featurizer
+                .build_faces(&frame, &faces, window.audio.as_deref())
+                .map_err(preprocess_failure)?;
+            let t1 = Instant::now();
+            let outputs = self.forward(&inputs)?;
+            let t2 = Instant::now();
+            let per_face = split_batch(&outputs, group.len()).ok_or_else(|| Failure::Error {
+                stage: Stage::Postprocess,
+                error: format!(
+                    "the model returned outputs that do not split into {} faces",
+                    group.len()
+                ),
+            })?;
+            for (chosen, outputs) in group.iter().zip(per_face) {
+                self.publish_estimate(
+                    &window,
+                    &outputs,
+                    Some(chosen),
+                    Timings { t0, t1, t2, detect },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The forward pass, with its CPU time counted; a non-finite output
+    /// fails the window.
+    fn forward(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, Failure> {
         let cpu0 = thread_cpu_ns();
-        let outputs = self.model.run(&inputs);
+        let outputs = self.model.run(inputs);
         self.status
             .counters
             .model_cpu_ns
@@ -212,14 +340,38 @@ impl Inference {
         if !self.extra_delay.is_zero() {
             std::thread::sleep(self.extra_delay);
         }
-        let t2 = Instant::now();
-        let estimate = self
-            .events
-            .estimate(&outputs, stream_time(window.span.end_s))
-            .map_err(|e| Failure::Error {
-                stage: Stage::Postprocess,
-                error: e.to_string(),
-            })?;
+        Ok(outputs)
+    }
+
+    /// Post-processes one item's outputs (with the face's own smoothing
+    /// state when `face` is set) and publishes the event.
+    fn publish_estimate(
+        &mut self,
+        window: &ReadyWindow,
+        outputs: &[Tensor],
+        face: Option<&ChosenFace>,
+        timings: Timings,
+    ) -> Result<(), Failure> {
+        let at = stream_time(window.span.end_s);
+        let builder = match face {
+            None => &mut self.events,
+            Some(chosen) => match self.face_events.entry(chosen.id.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                    EventBuilder::new(self.model.manifest(), self.post).map_err(|e| {
+                        Failure::Error {
+                            stage: Stage::Postprocess,
+                            error: e.to_string(),
+                        }
+                    })?,
+                ),
+            },
+        };
+        let estimate = builder.estimate(outputs, at).map_err(|e| Failure::Error {
+            stage: Stage::Postprocess,
+            error: e.to_string(),
+        })?;
+        let Timings { t0, t1, t2, detect } = timings;
         let t3 = Instant::now();
         let capture_to_event = if self.clock.is_real_time() {
             seconds(self.clock.now().saturating_sub(window.newest_at)) * 1e3
@@ -244,14 +396,15 @@ impl Inference {
                 preprocess: ms(t1 - t0),
                 inference: ms(t2 - t1),
                 postprocess: ms(t3 - t2),
+                detect: detect.map(ms),
             },
             change: estimate.change,
             degraded: !window.missing.is_empty(),
-            missing: window.missing,
+            missing: window.missing.clone(),
             counters: self.status.counters(),
             adapter: self.model.active().map(str::to_string),
             backend: self.model.backend_name().to_string(),
-            face: None,
+            face: face.map(ChosenFace::reference),
             speech_ratio: None,
         };
         self.seq += 1;
@@ -259,6 +412,34 @@ impl Inference {
         self.publish(Message::Emotion(event));
         Ok(())
     }
+}
+
+fn preprocess_failure(e: emogate_infer::pre::PreError) -> Failure {
+    Failure::Error {
+        stage: Stage::Preprocess,
+        error: e.to_string(),
+    }
+}
+
+/// Each output cut along its batch axis into `n` items of shape
+/// `[1, …]`; `None` when an output's length does not divide by `n`.
+fn split_batch(outputs: &[Tensor], n: usize) -> Option<Vec<Vec<Tensor>>> {
+    if n == 1 {
+        return Some(vec![outputs.to_vec()]);
+    }
+    let mut items = vec![Vec::with_capacity(outputs.len()); n];
+    for tensor in outputs {
+        let values = tensor.as_f32()?;
+        if values.len() % n != 0 || tensor.shape.first() != Some(&n) {
+            return None;
+        }
+        let mut shape = tensor.shape.clone();
+        shape[0] = 1;
+        for (item, chunk) in items.iter_mut().zip(values.chunks_exact(values.len() / n)) {
+            item.push(Tensor::f32(shape.clone(), chunk.to_vec()));
+        }
+    }
+    Some(items)
 }
 
 /// No NaN or infinity among a tensor's values (integer outputs always pass).

@@ -36,6 +36,7 @@
 //! `/status` shows.
 
 mod audio_window;
+pub mod faces;
 mod handoff;
 mod inference;
 mod scheduler;
@@ -59,7 +60,10 @@ use crate::sink::{Sink, StatusHandle};
 use audio_window::AudioWindow;
 use emogate_infer::Featurizer;
 use emogate_infer::affect::{AffectError, AffectModel};
+use emogate_infer::face::FaceDetector;
 use emogate_infer::pre::PreError;
+use faces::FaceStage;
+pub use faces::{FaceSelect, FaceSettings};
 use handoff::Handoff;
 use inference::Inference;
 use scheduler::Scheduler;
@@ -365,6 +369,8 @@ pub struct Pipeline {
     config: PipelineConfig,
     status: Arc<PipelineStatus>,
     switcher: Switcher,
+    /// The face stage, for models that take face crops.
+    faces: Option<FaceStage>,
 }
 
 impl Pipeline {
@@ -457,7 +463,41 @@ impl Pipeline {
             config,
             status,
             switcher,
+            faces: None,
         })
+    }
+
+    /// Whether the model takes face crops (`"crop": {"face": …}`): then
+    /// [`Pipeline::with_faces`] must give it a face detector.
+    pub fn wants_faces(&self) -> bool {
+        self.featurizer.face_crop().is_some()
+    }
+
+    /// Adds the face stage: `detector` finds faces in each window's frame
+    /// and the model runs on the crops of the faces `settings` choose.
+    ///
+    /// # Errors
+    /// [`PipelineError::Config`] when the model takes whole frames, or
+    /// `detect_every` is 0.
+    pub fn with_faces(
+        mut self,
+        detector: FaceDetector,
+        settings: FaceSettings,
+    ) -> Result<Self, PipelineError> {
+        if !self.wants_faces() {
+            return Err(PipelineError::Config(
+                "face options given, but the model's video input takes the whole frame \
+                 (its manifest has no \"crop\": {\"face\": …})"
+                    .into(),
+            ));
+        }
+        if settings.detect_every == 0 {
+            return Err(PipelineError::Config(
+                "--detect-every 0: expected a positive number of frames".into(),
+            ));
+        }
+        self.faces = Some(FaceStage::new(detector, settings));
+        Ok(self)
     }
 
     /// Switches adapters while the run goes on (the control channel's
@@ -505,7 +545,15 @@ impl Pipeline {
             config,
             status,
             switcher,
+            faces,
         } = self;
+        if featurizer.face_crop().is_some() && faces.is_none() {
+            return Err(PipelineError::Config(
+                "the model takes face crops (\"crop\": {\"face\": …} in its manifest): \
+                 give it a face detector (--face-detector)"
+                    .into(),
+            ));
+        }
         let virtual_clock = Arc::new(VirtualClock::new());
         let clock: ClockHandle = match pacing {
             Pacing::RealTime => Arc::new(RealClock),
@@ -538,6 +586,10 @@ impl Pipeline {
                 seq: 0,
                 switcher: switcher.clone(),
                 max_consecutive_errors: config.max_consecutive_errors,
+                faces,
+                face_events: Default::default(),
+                post: config.post,
+                missing: config.missing,
             };
             let handoff = Arc::clone(&handoff);
             std::thread::Builder::new()

@@ -82,6 +82,7 @@ pub fn emotion_with(
             preprocess: 6.0,
             inference: 24.0 + (seq % 5) as f64,
             postprocess: 0.3,
+            detect: None,
         },
         change: from.map(|f| LabelChange {
             from: Some(f.to_string()),

@@ -8,6 +8,8 @@
 //!   [`blazeface`] decodes anchors, boxes and keypoints and merges
 //!   overlapping boxes.
 //! * [`Face`] — a detection in frame pixels: box, score, six keypoints.
+//! * [`crop`] — the crop a model was trained on, from a face: margin,
+//!   square, eyes levelled.
 //! * [`track::Tracker`] — stable ids across frames (overlap matching with a
 //!   constant-velocity motion model), appearances and losses.
 //!
@@ -17,6 +19,7 @@
 //! photographs; the engine matches it to a pixel (tests/tests/face_detector.rs).
 
 pub mod blazeface;
+pub mod crop;
 pub mod track;
 
 use std::path::{Path, PathBuf};

@@ -205,6 +205,25 @@ impl Tracker {
         events
     }
 
+    /// Each live track's face at time `t`: the last detection, box and
+    /// keypoints moved by the track's velocity (score unchanged), without
+    /// changing the tracks. Oldest track first.
+    pub fn faces_at(&self, t: u64) -> Vec<(&Track, Face)> {
+        self.tracks
+            .iter()
+            .map(|tr| {
+                let b = tr.predicted(t);
+                let (dx, dy) = (b[0] - tr.face.bbox[0], b[1] - tr.face.bbox[1]);
+                let mut face = tr.face;
+                face.bbox = b;
+                for k in &mut face.keypoints {
+                    *k = [k[0] + dx, k[1] + dy];
+                }
+                (tr, face)
+            })
+            .collect()
+    }
+
     /// The box of each live track at time `t` (the last detection moved by
     /// the track's velocity), without changing the tracks.
     pub fn boxes_at(&self, t: u64) -> Vec<(String, [f32; 4])> {

@@ -402,24 +402,160 @@ impl VideoPre {
                         *a += wt * s;
                     }
                 }
-                let [r, g, b] = rgb;
-                let values = match self.spec.color {
-                    ColorOrder::Rgb => [r, g, b],
-                    ColorOrder::Bgr => [b, g, r],
-                    // Exact for gray sources, where the weights' f32 sum is not 1.
-                    ColorOrder::Gray if r == g && g == b => [r; 3],
-                    ColorOrder::Gray => [0.299 * r + 0.587 * g + 0.114 * b; 3],
-                };
-                for (ch, p) in values.iter().take(c).enumerate() {
-                    let at = match self.spec.layout {
-                        VideoLayout::Nchw => (ch * h + oy) * w + ox,
-                        VideoLayout::Nhwc => (oy * w + ox) * c + ch,
-                    };
-                    out[at] = (p / 255.0 - self.mean[ch]) / self.std[ch];
-                }
+                self.emit(rgb, oy, ox, c, out);
             }
         }
         Ok(())
+    }
+
+    /// Writes output pixel `(oy, ox)` from its RGB value (0–255): colour
+    /// order, normalization and layout.
+    #[inline]
+    fn emit(&self, [r, g, b]: [f32; 3], oy: usize, ox: usize, c: usize, out: &mut [f32]) {
+        let (h, w) = (self.spec.height, self.spec.width);
+        let values = match self.spec.color {
+            ColorOrder::Rgb => [r, g, b],
+            ColorOrder::Bgr => [b, g, r],
+            // Exact for gray sources, where the weights' f32 sum is not 1.
+            ColorOrder::Gray if r == g && g == b => [r; 3],
+            ColorOrder::Gray => [0.299 * r + 0.587 * g + 0.114 * b; 3],
+        };
+        for (ch, p) in values.iter().take(c).enumerate() {
+            let at = match self.spec.layout {
+                VideoLayout::Nchw => (ch * h + oy) * w + ox,
+                VideoLayout::Nhwc => (oy * w + ox) * c + ch,
+            };
+            out[at] = (p / 255.0 - self.mean[ch]) / self.std[ch];
+        }
+    }
+
+    /// Writes the input tensor for a turned crop: `region`'s rectangle,
+    /// rotated by its angle about its centre, resized to the input; black
+    /// outside the frame. For single-frame inputs (a face crop with the eyes
+    /// levelled).
+    ///
+    /// Each output pixel averages `k × k` bilinear samples spread over its
+    /// footprint, `k` the shrink factor rounded up (at most
+    /// [`MAX_SUPERSAMPLING`]): close to the area averaging of the upright
+    /// path, so a large face does not alias.
+    ///
+    /// # Errors
+    /// [`PreError::BufferSize`] for a frame buffer or `out` of the wrong
+    /// length; [`PreError::Invalid`] for a clip input, or a region that is
+    /// empty, not finite, or over [`MAX_PADDED_SIDE`] a side.
+    pub fn process_turned(
+        &mut self,
+        frame: &Frame,
+        region: TurnedRect,
+        out: &mut [f32],
+    ) -> Result<(), PreError> {
+        PreError::check_len("video output buffer", out.len(), self.output_len())?;
+        if self.spec.frames != 1 {
+            return Err(PreError::invalid(
+                "turned crop",
+                format!("a clip input of {} frames", self.spec.frames),
+                "a single-frame input",
+            ));
+        }
+        let max = MAX_PADDED_SIDE as f32;
+        let finite = [
+            region.cx,
+            region.cy,
+            region.width,
+            region.height,
+            region.angle,
+        ]
+        .iter()
+        .all(|v| v.is_finite());
+        if !finite
+            || !(region.width >= 1.0 && region.width <= max)
+            || !(region.height >= 1.0 && region.height <= max)
+        {
+            return Err(PreError::invalid(
+                "turned region of interest",
+                format!(
+                    "{}x{} at ({}, {}), angle {}",
+                    region.width, region.height, region.cx, region.cy, region.angle
+                ),
+                format!("a finite rectangle of 1 to {MAX_PADDED_SIDE} pixels a side"),
+            ));
+        }
+        frame.check()?;
+        let (h, w) = (self.spec.height, self.spec.width);
+        let c = self.spec.color.channels();
+        let (step_x, step_y) = (region.width / w as f32, region.height / h as f32);
+        let k = (step_x.max(step_y).ceil() as usize).clamp(1, MAX_SUPERSAMPLING);
+        let (sin, cos) = region.angle.sin_cos();
+        let mut px = [0f32; 3];
+        for oy in 0..h {
+            for ox in 0..w {
+                let mut acc = [0f32; 3];
+                for j in 0..k {
+                    let v =
+                        (oy as f32 + (j as f32 + 0.5) / k as f32) * step_y - region.height / 2.0;
+                    for i in 0..k {
+                        let u =
+                            (ox as f32 + (i as f32 + 0.5) / k as f32) * step_x - region.width / 2.0;
+                        let x = region.cx + u * cos - v * sin;
+                        let y = region.cy + u * sin + v * cos;
+                        bilinear(frame, x, y, &mut px);
+                        for (a, p) in acc.iter_mut().zip(px) {
+                            *a += p;
+                        }
+                    }
+                }
+                let n = (k * k) as f32;
+                self.emit(acc.map(|a| a / n), oy, ox, c, out);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The most bilinear samples per output pixel and axis in
+/// [`VideoPre::process_turned`]: enough for a face of 8× the input's size;
+/// larger ones alias a little.
+pub const MAX_SUPERSAMPLING: usize = 8;
+
+/// A rectangle turned about its centre, in frame pixels: output `(u, v)`
+/// (from the rectangle's centre, its axes) is frame point
+/// `centre + R(angle)·(u, v)`; `angle` in radians, positive turning the
+/// rectangle's x axis towards the frame's y axis (clockwise on screen).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TurnedRect {
+    pub cx: f32,
+    pub cy: f32,
+    pub width: f32,
+    pub height: f32,
+    pub angle: f32,
+}
+
+/// The frame's RGB (0–255) at point `(x, y)` (pixel centres at +0.5),
+/// bilinear, black outside. The frame must have passed [`Frame::check`].
+fn bilinear(frame: &Frame, x: f32, y: f32, out: &mut [f32; 3]) {
+    let (x, y) = (x - 0.5, y - 0.5);
+    let (x0, y0) = (x.floor(), y.floor());
+    let (fx, fy) = (x - x0, y - y0);
+    let (x0, y0) = (x0 as i64, y0 as i64);
+    *out = [0.0; 3];
+    let mut one = [0f32; 3];
+    for (dy, wy) in [(0, 1.0 - fy), (1, fy)] {
+        for (dx, wx) in [(0, 1.0 - fx), (1, fx)] {
+            let (sx, sy) = (x0 + dx, y0 + dy);
+            let weight = wx * wy;
+            if weight == 0.0
+                || sx < 0
+                || sy < 0
+                || sx >= frame.width as i64
+                || sy >= frame.height as i64
+            {
+                continue;
+            }
+            row_rgb(frame, sy as usize, sx as usize, sx as usize + 1, &mut one);
+            for (o, p) in out.iter_mut().zip(one) {
+                *o += weight * p;
+            }
+        }
     }
 }
 

@@ -12,10 +12,13 @@ use emogate_engine::config::{MAX_HOP_MS, MAX_STALE_MS, RunConfig, SourceConfig, 
 use emogate_engine::control::unix::ControlSocket;
 use emogate_engine::control::{Controller, ReloadHandle};
 use emogate_engine::notify::{Notifier, Watchdog};
-use emogate_engine::pipeline::{MissingPolicy, Pacing, Pipeline, PipelineConfig};
+use emogate_engine::pipeline::{
+    FaceSelect, FaceSettings, MissingPolicy, Pacing, Pipeline, PipelineConfig,
+};
 use emogate_engine::post::PostConfig;
 use emogate_engine::sink::{ControlHandle, OpenContext, OutputSpec, Sink};
 use emogate_infer::affect::{AffectModel, ModelSpec};
+use emogate_infer::face::{DetectorOptions, FaceDetector};
 use emogate_media::StopFlag;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -65,6 +68,22 @@ pub struct RunArgs {
     /// Audio: mic:NAME or mic:default (ALSA via cpal), gst:PIPELINE, or a .wav file.
     #[arg(long)]
     pub audio: Option<String>,
+    /// For models that take face crops: which faces get an emotion stream:
+    /// largest, all, or N (the N largest) [default: largest].
+    #[arg(long)]
+    pub faces: Option<String>,
+    /// The face detector (BlazeFace short-range ONNX)
+    /// [default: models/face/blazeface-short.onnx, from the working directory].
+    #[arg(long)]
+    pub face_detector: Option<PathBuf>,
+    /// Run the face detector on every Nth frame the pipeline uses (one per
+    /// window) and track in between [default: 1].
+    #[arg(long)]
+    pub detect_every: Option<u32>,
+    /// A face unseen for this many ms is lost (`face_lost`); its id is never
+    /// reused [default: 1000].
+    #[arg(long)]
+    pub track_timeout_ms: Option<f64>,
     /// Camera width to ask for [default: 640] (the nearest mode is used).
     #[arg(long)]
     pub width: Option<u32>,
@@ -124,6 +143,13 @@ pub struct RunArgs {
     #[arg(long, hide = true)]
     pub debug_inference_delay_ms: Option<u64>,
 }
+
+/// The longest track timeout accepted, in ms (one hour).
+const MAX_TRACK_TIMEOUT_MS: f64 = 3_600_000.0;
+
+/// Where `--face-detector` looks by default: the detector shipped in the
+/// repository, from the working directory.
+const DEFAULT_FACE_DETECTOR: &str = "models/face/blazeface-short.onnx";
 
 /// The longest stall limit accepted, in ms (one hour).
 const MAX_STALL_MS: f64 = 3_600_000.0;
@@ -374,7 +400,51 @@ pub fn run(args: RunArgs) -> Result<()> {
         ..PipelineConfig::default()
     };
     let stall_limit = config.stall_limit();
-    let pipeline = Pipeline::new(affect, video, audio, pacing, config)?;
+    let mut pipeline = Pipeline::new(affect, video, audio, pacing, config)?;
+    if pipeline.wants_faces() {
+        let settings = FaceSettings {
+            select: args
+                .faces
+                .as_deref()
+                .or(file.faces.as_deref())
+                .map(FaceSelect::parse)
+                .transpose()
+                .map_err(anyhow::Error::msg)?
+                .unwrap_or(FaceSelect::Largest),
+            detect_every: args.detect_every.or(file.detect_every).unwrap_or(1),
+            track_timeout: ms_setting(
+                ("--track-timeout-ms", args.track_timeout_ms),
+                ("track_timeout_ms", file.track_timeout_ms),
+                args.config.as_deref(),
+                MAX_TRACK_TIMEOUT_MS,
+            )?
+            .unwrap_or(Duration::from_secs(1)),
+        };
+        let path = args
+            .face_detector
+            .clone()
+            .or(file.face_detector.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_FACE_DETECTOR));
+        let detector = FaceDetector::load(&path, &spec.backend, DetectorOptions::default())
+            .with_context(|| {
+                format!(
+                    "loading the face detector {} (the model takes face crops; \
+                     give --face-detector PATH)",
+                    path.display()
+                )
+            })?;
+        pipeline = pipeline.with_faces(detector, settings)?;
+    } else if args.faces.is_some()
+        || args.face_detector.is_some()
+        || args.detect_every.is_some()
+        || args.track_timeout_ms.is_some()
+    {
+        bail!(
+            "--faces, --face-detector, --detect-every and --track-timeout-ms are for models that \
+             take face crops; {} takes the whole frame (its manifest has no \"crop\": {{\"face\": …}})",
+            model.display()
+        );
+    }
 
     let reloader = args.config.as_ref().map(|path| {
         Arc::new(Reloader::new(
