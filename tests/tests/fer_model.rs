@@ -25,27 +25,25 @@ fn reference() -> Value {
     serde_json::from_str(&std::fs::read_to_string(&path).expect("reference.json")).unwrap()
 }
 
-/// The shipped sidecar manifest without its `crop` field, written to `dir`.
-///
-/// The crop settings (`"crop": {"face": …}`) tell the pipeline how to cut
-/// the face out of a frame; this test feeds crops directly. The field is
-/// checked here and removed so the manifest also loads with a parser that
-/// predates it.
-fn manifest_without_crop(dir: &Path) -> PathBuf {
+/// The shipped sidecar manifest, checked: it asks for square face crops
+/// without alignment, as fer cuts them. This test feeds crops directly.
+fn shipped_manifest(_dir: &Path) -> PathBuf {
     let shipped = root().join("models/fer/fer-mini-xception.json");
-    let mut manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(&shipped).unwrap()).unwrap();
-    let input = manifest["inputs"][0]
-        .as_object_mut()
-        .expect("one video input");
-    let crop = input
-        .remove("crop")
-        .expect("the shipped manifest has a crop");
-    assert_eq!(crop["face"]["align"], "none", "fer aligns nothing");
-    assert_eq!(crop["face"]["square"], true, "fer crops squares");
-    let path = dir.join("manifest.json");
-    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
-    path
+    let manifest = emogate_models::manifest::Manifest::from_file(&shipped).expect("it parses");
+    let emogate_models::manifest::InputSpec::Video(video) = &manifest.inputs[0] else {
+        panic!("one video input")
+    };
+    let crop = video
+        .crop
+        .face()
+        .expect("the shipped manifest asks for face crops");
+    assert_eq!(
+        crop.align,
+        emogate_models::manifest::FaceAlign::None,
+        "fer aligns nothing"
+    );
+    assert!(crop.square, "fer crops squares");
+    shipped
 }
 
 fn load(backend: BackendChoice, manifest: PathBuf) -> AffectModel {
@@ -141,7 +139,7 @@ fn check_against_keras(model: &mut AffectModel) -> (usize, f32) {
 #[test]
 fn tract_matches_keras_on_the_reference_crops() {
     let dir = tempfile::tempdir().unwrap();
-    let mut model = load(BackendChoice::default(), manifest_without_crop(dir.path()));
+    let mut model = load(BackendChoice::default(), shipped_manifest(dir.path()));
     assert_eq!(model.backend_name(), "tract");
     let (crops, worst) = check_against_keras(&mut model);
     assert_eq!(crops, 7);
@@ -155,7 +153,7 @@ fn onnx_runtime_matches_keras_on_the_reference_crops() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = load(
         BackendChoice::Ort(OrtOptions::default()),
-        manifest_without_crop(dir.path()),
+        shipped_manifest(dir.path()),
     );
     assert_eq!(model.backend_name(), "ort");
     let (crops, worst) = check_against_keras(&mut model);
