@@ -504,3 +504,83 @@ fn faces_on_onnx_runtime_match_tract() {
         }
     }
 }
+
+/// Peak resident memory of the largest child this test process has waited
+/// for, in bytes.
+fn children_peak_rss() -> u64 {
+    // SAFETY: a valid out-pointer for getrusage.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
+    usage.ru_maxrss as u64 * 1024
+}
+
+#[test]
+fn tiny_and_huge_photographs_are_handled_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = face_manifest(dir.path(), default_crop());
+    // 1 x 1: no face, nothing to run on, a clean end.
+    let one = dir.path().join("one.png");
+    write_png(
+        &one,
+        &Image {
+            width: 1,
+            height: 1,
+            rgb: vec![200, 100, 50],
+        },
+    );
+    let msgs = run_faces(&one, &manifest, &["--max-windows", "2"]);
+    assert!(of_type(&msgs, "emotion").is_empty(), "{msgs:?}");
+    // 10000 x 10000 (300 MB as RGB): a grey frame with the 512-pixel
+    // photograph in a corner. It is shrunk while decoding
+    // (device/src/clip.rs, 16 MP at most), so the run stays far below the
+    // whole image's size.
+    let huge = dir.path().join("huge.png");
+    let astronaut = read_png(&repo().join("tests/fixtures/face/astronaut.png"));
+    {
+        let file = std::io::BufWriter::new(std::fs::File::create(&huge).unwrap());
+        let mut encoder = png::Encoder::new(file, 10_000, 10_000);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_compression(png::Compression::Fast);
+        let mut writer = encoder
+            .write_header()
+            .unwrap()
+            .into_stream_writer()
+            .unwrap();
+        let mut row = vec![128u8; 10_000 * 3];
+        for y in 0..10_000 {
+            if y < astronaut.height {
+                let src = &astronaut.rgb[y * astronaut.width * 3..(y + 1) * astronaut.width * 3];
+                row[..src.len()].copy_from_slice(src);
+            } else if y == astronaut.height {
+                row.fill(128);
+            }
+            std::io::Write::write_all(&mut writer, &row).unwrap();
+        }
+        writer.finish().unwrap();
+    }
+    let out = emogate(&[
+        "run",
+        "--model",
+        MODEL,
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--video",
+        huge.to_str().unwrap(),
+        "--max-windows",
+        "1",
+    ]);
+    let msgs = messages(&out);
+    // The photograph in the corner is 1/20 of the side after the
+    // letterbox: too small for a short-range detector, so no face; what
+    // matters here is that the run ends cleanly.
+    assert!(of_type(&msgs, "emotion").is_empty(), "{msgs:?}");
+    let peak = children_peak_rss();
+    assert!(
+        peak < 200 << 20,
+        "peak RSS {} MiB: the 300 MB image was decoded whole",
+        peak >> 20
+    );
+}
