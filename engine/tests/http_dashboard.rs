@@ -3,7 +3,8 @@
 //! chart with data, the sources, and no script or CSP errors; the
 //! screenshots must not be blank. With two tracked faces it must show one
 //! row per face and their boxes where their coordinates put them, and
-//! drop a face on `face_lost`, for late clients too.
+//! drop a face on `face_lost` (for late clients too) or after 5 s of
+//! stream time without news of it.
 //!
 //! Needs Chromium (`apt-get install chromium`); `EMOGATE_SKIP_BROWSER=1`
 //! skips. Screenshots go to `$CARGO_TARGET_TMPDIR/dashboard-WxH.png`.
@@ -482,7 +483,15 @@ fn dashboard_shows_a_row_and_a_box_per_tracked_face() {
                     0.86,
                     Some(0.62),
                 ),
-                _ => face_emotion(seq, t, &face("f2", b2, FRAME, 0.91), "sad", 0.74, Some(0.0)),
+                "f2" => face_emotion(seq, t, &face("f2", b2, FRAME, 0.91), "sad", 0.74, Some(0.0)),
+                _ => face_emotion(
+                    seq,
+                    t,
+                    &face(id, [600.0, 420.0, 150.0, 180.0], FRAME, 0.8),
+                    "surprised",
+                    0.66,
+                    None,
+                ),
             };
             sink.publish(&m).unwrap();
         }
@@ -679,5 +688,31 @@ fn dashboard_shows_a_row_and_a_box_per_tracked_face() {
         .collect();
     assert_eq!(ids, [&Value::from("f1")], "late client: {s}");
     assert_eq!(s["boxes"].as_array().unwrap().len(), 1, "late client: {s}");
+
+    // A face whose face_lost never comes: its row and box go once it has
+    // had no message for 5 s of stream time (FACE_STALE_S), not before.
+    total = window(&mut sink, 45, &["f1", "f3"]);
+    wait(
+        &mut chrome,
+        &late,
+        &format!("s.events === {total} && s.rows.length === 2 && s.boxes.length === 2"),
+    );
+    for i in 46..=64 {
+        total = window(&mut sink, i, &["f1"]);
+    }
+    wait(
+        &mut chrome,
+        &late,
+        &format!("s.events === {total} && s.rows.length === 2 && s.rows[1].id === 'f3'"),
+    );
+    total = window(&mut sink, 66, &["f1"]);
+    wait(
+        &mut chrome,
+        &late,
+        &format!(
+            "s.events === {total} && s.rows.length === 1 && s.rows[0].id === 'f1' \
+             && s.boxes.length === 1"
+        ),
+    );
     assert!(chrome.errors.is_empty(), "page errors: {:?}", chrome.errors);
 }
