@@ -467,7 +467,7 @@ fn dashboard_shows_a_row_and_a_box_per_tracked_face() {
     let mut seq = 0u64;
     let mut emotions = 0u64;
     // One event per face per window, same stamp, alternating: f1 neutral
-    // then happy, f2 sad, f1 speaking.
+    // then surprised (the longest label, to fit on a 7" row), f2 sad, f1 speaking.
     let mut window = |sink: &mut HttpSink, i: u64, faces: &[&str]| {
         let t = i as f64 * HOP_S;
         let [b1, b2] = face_boxes(i);
@@ -479,7 +479,7 @@ fn dashboard_shows_a_row_and_a_box_per_tracked_face() {
                     seq,
                     t,
                     &face("f1", b1, FRAME, 0.97),
-                    if i < 24 { "neutral" } else { "happy" },
+                    if i < 24 { "neutral" } else { "surprised" },
                     0.86,
                     Some(0.62),
                 ),
@@ -488,7 +488,7 @@ fn dashboard_shows_a_row_and_a_box_per_tracked_face() {
                     seq,
                     t,
                     &face(id, [600.0, 420.0, 150.0, 180.0], FRAME, 0.8),
-                    "surprised",
+                    "angry",
                     0.66,
                     None,
                 ),
@@ -529,7 +529,7 @@ fn dashboard_shows_a_row_and_a_box_per_tracked_face() {
             "s.conn === 'live' && s.events === 48 && s.rows.length === 2 && s.boxes.length === 2",
         );
     }
-    // Live: the boxes move, f1 turns happy.
+    // Live: the boxes move, f1 turns surprised.
     let mut total = 0;
     for i in 25..=40 {
         total = window(&mut sink, i, &["f1", "f2"]);
@@ -544,7 +544,7 @@ fn dashboard_shows_a_row_and_a_box_per_tracked_face() {
             &format!(
                 "s.events === {total} && s.rows.length === 2 && s.boxes.length === 2 \
                  && s.rows.every(r => r.points >= 40) \
-                 && s.rows[0].label === 'happy' && s.boxes[0].x === {} && s.boxes[1].y === {}",
+                 && s.rows[0].label === 'surprised' && s.boxes[0].x === {} && s.boxes[1].y === {}",
                 b1[0], b2[1]
             ),
         );
@@ -559,7 +559,7 @@ fn dashboard_shows_a_row_and_a_box_per_tracked_face() {
         let (row1, row2) = (row1.unwrap(), row2.unwrap());
         assert_eq!(
             (&row1["label"], &row1["conf"]),
-            (&Value::from("happy"), &Value::from("86%")),
+            (&Value::from("surprised"), &Value::from("86%")),
             "{size}: {row1}"
         );
         assert_eq!(
@@ -610,7 +610,7 @@ fn dashboard_shows_a_row_and_a_box_per_tracked_face() {
         eprintln!("screenshot: {}", shot.display());
         let png = Screenshot::read(shot);
         assert_eq!((png.width, png.height), (viewport.width, viewport.height));
-        for (id, label) in [("f1", "happy"), ("f2", "sad")] {
+        for (id, label) in [("f1", "surprised"), ("f2", "sad")] {
             let (_, bx) = face_parts(&s, id);
             let r = numbers(&bx.unwrap()["screen"]);
             assert!(

@@ -111,7 +111,7 @@ pub const FACES_STATE: &str = r##"(() => {
         const label = li.querySelector(".flabel");
         return { id: li.dataset.face, label: label.textContent, conf: li.querySelector(".fconf b").textContent,
                  meta: li.querySelector(".fmeta").innerText, points: +li.querySelector("canvas.fspark").dataset.points,
-                 labelFits: label.scrollWidth <= label.clientWidth + 1, rect: rect(li) };
+                 labelFits: label.scrollWidth <= label.clientWidth, rect: rect(li) };
     });
     const boxes = [...document.querySelectorAll("#boxes g.box")].map((g) => {
         const r = g.querySelector("rect");
