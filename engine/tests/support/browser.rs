@@ -96,6 +96,37 @@ pub const DASHBOARD_STATE: &str = r#"(() => ({
     text: document.body.innerText
 }))()"#;
 
+/// A JavaScript expression for the dashboard's face view, for `ready`
+/// conditions: `{faceMode, nowShown, events, conn, rows, boxes, frame}`:
+/// whether the page is in face mode and still shows the single-stream
+/// "now" card, emotion events received, the connection pill's state; each
+/// face row (`id`, `label`, `conf`, `meta` text, `points` in its chart,
+/// `labelFits`, `rect`); each box of the schematic (`id`, its `x`, `y`,
+/// `w`, `h` attributes in frame pixels, its `screen` rectangle in CSS
+/// pixels, `stroke`, `text`); the frame rectangle on screen (`frame`,
+/// `[x, y, width, height]`) and its size in source pixels (`frameSize`).
+pub const FACES_STATE: &str = r##"(() => {
+    const rect = (el) => { const r = el.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; };
+    const rows = [...document.querySelectorAll("#faces li.face")].map((li) => {
+        const label = li.querySelector(".flabel");
+        return { id: li.dataset.face, label: label.textContent, conf: li.querySelector(".fconf b").textContent,
+                 meta: li.querySelector(".fmeta").innerText, points: +li.querySelector("canvas.fspark").dataset.points,
+                 labelFits: label.scrollWidth <= label.clientWidth, rect: rect(li) };
+    });
+    const boxes = [...document.querySelectorAll("#boxes g.box")].map((g) => {
+        const r = g.querySelector("rect");
+        return { id: g.dataset.face, x: +r.getAttribute("x"), y: +r.getAttribute("y"),
+                 w: +r.getAttribute("width"), h: +r.getAttribute("height"), screen: rect(r),
+                 stroke: r.getAttribute("stroke"), text: g.querySelector("text").textContent };
+    });
+    const frame = document.getElementById("frame");
+    return { faceMode: document.body.classList.contains("has-faces"),
+             nowShown: document.querySelector(".now").offsetParent !== null,
+             events: (window.emogate && window.emogate.events) || 0, conn: document.body.dataset.conn,
+             rows, boxes, frame: rect(frame),
+             frameSize: [+frame.getAttribute("width"), +frame.getAttribute("height")] };
+})()"##;
+
 /// What [`render`] saw.
 #[derive(Debug)]
 pub struct Rendered {
@@ -355,6 +386,13 @@ impl Browser {
             return Err(format!("{url}: {e}"));
         }
         Ok(Page { session })
+    }
+
+    /// Brings `page`'s tab to the front: a background tab gets no
+    /// animation frames, so a page that draws on them waits for this.
+    pub fn activate(&mut self, page: &Page) -> Result<(), String> {
+        self.call(Some(&page.session), "Page.bringToFront", json!({}))
+            .map(drop)
     }
 
     /// Evaluates `expression` (awaiting a promise) and returns its value.

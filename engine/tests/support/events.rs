@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use emogate_engine::event::{
-    Counters, Event, Header, LabelChange, Latency, Message, SourceNotice, Stamp, Window,
+    BoundingBox, Counters, Event, FaceNotice, FaceRef, FrameSize, Header, LabelChange, Latency,
+    Message, SourceNotice, Stamp, Window,
 };
 
 /// The labels of the examples (as a 5-class FER head would have them).
@@ -104,6 +105,61 @@ pub fn emotion_with(
         face: None,
         speech_ratio: None,
     })
+}
+
+/// Face `id` at `bbox` (`[left, top, width, height]` in source pixels)
+/// in a `frame` of `(width, height)`, detected with `score`.
+pub fn face(id: &str, bbox: [f32; 4], frame: (u32, u32), score: f32) -> FaceRef {
+    FaceRef {
+        id: id.to_string(),
+        bbox: BoundingBox::from_ltwh(bbox),
+        score,
+        frame: FrameSize {
+            width: frame.0,
+            height: frame.1,
+        },
+    }
+}
+
+/// As [`emotion`], about `face`, with the window's `speech_ratio`: what a
+/// face-crop model publishes for each tracked face in each window.
+pub fn face_emotion(
+    seq: u64,
+    stamp_s: f64,
+    face: &FaceRef,
+    label: &str,
+    confidence: f32,
+    speech_ratio: Option<f32>,
+) -> Message {
+    let Message::Emotion(mut event) = emotion(seq, stamp_s, label, confidence) else {
+        unreachable!("emotion() builds an emotion event")
+    };
+    event.face = Some(face.clone());
+    event.speech_ratio = speech_ratio;
+    Message::Emotion(event)
+}
+
+fn face_notice(stamp_s: f64, face: &FaceRef, last_seen_s: f64) -> FaceNotice {
+    FaceNotice {
+        header: header(stamp_s),
+        stamp_s,
+        id: face.id.clone(),
+        bbox: face.bbox,
+        score: face.score,
+        frame: face.frame,
+        last_seen_s,
+    }
+}
+
+/// `face` started a track at `stamp_s`.
+pub fn face_appeared(stamp_s: f64, face: &FaceRef) -> Message {
+    Message::FaceAppeared(face_notice(stamp_s, face, stamp_s))
+}
+
+/// `face`'s track ended at `stamp_s`; it was last seen at `last_seen_s`
+/// where `face` places it.
+pub fn face_lost(stamp_s: f64, face: &FaceRef, last_seen_s: f64) -> Message {
+    Message::FaceLost(face_notice(stamp_s, face, last_seen_s))
 }
 
 fn notice(stamp_s: f64, modality: &'static str, source: &str) -> SourceNotice {

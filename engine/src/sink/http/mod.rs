@@ -14,9 +14,11 @@
 //!
 //! # Routes
 //! * `GET /events` — `text/event-stream`. It opens with `retry: 2000`, then
-//!   replays the backlog: the latest notice of every source, and the emotion
+//!   replays the backlog: the latest notice of every source, the emotion
 //!   events of the last [`HttpConfig::backlog_window`] (at most
-//!   [`HttpConfig::backlog_len`]), so a dashboard fills its chart at once.
+//!   [`HttpConfig::backlog_len`]) and the face notices since the oldest of
+//!   them, in publishing order, so a dashboard fills its chart at once and
+//!   shows only the faces still tracked.
 //!   Each message is one frame
 //!   ```text
 //!   id: <epoch>-<n>
@@ -25,7 +27,8 @@
 //!
 //!   ```
 //!   where `<type>` is `emotion`, `source_error`, `source_opened`,
-//!   `source_ended`, `adapter_changed` or `model_error` and `<epoch>`
+//!   `source_ended`, `adapter_changed`, `model_error`, `face_appeared` or
+//!   `face_lost` and `<epoch>`
 //!   identifies this sink instance. A client that reconnects with
 //!   `Last-Event-ID` of the same epoch gets only the backlog after that id. `: keepalive` comments go out when nothing was
 //!   sent for [`HttpConfig::keepalive`].
@@ -35,7 +38,9 @@
 //!   `"pipeline"`.
 //! * `GET /` — the dashboard, one self-contained HTML page (inline CSS and
 //!   JS; nothing is loaded from elsewhere, enforced by its
-//!   `Content-Security-Policy`).
+//!   `Content-Security-Policy`). With events that carry a `face` it shows
+//!   a row per tracked face and a schematic of the frame with their boxes,
+//!   drawn from the coordinates (no image is sent).
 //! * `POST /control` — only with `emogate run --control http`
 //!   ([`HttpSink::serve_control`]): a control request as an
 //!   `application/json` body of at most 64 KiB, answered with its JSON

@@ -8,6 +8,14 @@
 //! into its socket under the write timeout, so one stalled client blocks
 //! only its own thread, and memory is at most `client_queue` frames per
 //! client plus the backlog.
+//!
+//! The backlog a new client is replayed, in publishing order: the latest
+//! notice of each source, the emotion events of the last `backlog_window`,
+//! and the `face_appeared`/`face_lost` notices published since the oldest
+//! of those events. The face notices are what keeps a face that was lost
+//! from coming back: its emotion events are still in the backlog, and the
+//! `face_lost` after them ends its row on the dashboard, as it did for the
+//! clients that were connected then.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Write};
@@ -16,11 +24,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 
-use super::Shared;
+use super::{HttpConfig, Shared};
 use crate::event::Message;
 
 /// Source notices kept for replay (one per source).
 const MAX_SOURCES: usize = 32;
+
+/// Face notices kept for replay, at most (a crowd's worth of tracks
+/// starting and ending within the backlog window).
+const MAX_FACE_NOTICES: usize = 256;
 
 /// A serialized message, shared by every client's queue.
 #[derive(Debug)]
@@ -42,6 +54,11 @@ pub(super) struct Fanout {
     clients: Vec<Client>,
     /// Emotion events: (stamp_s, frame), oldest first.
     emotions: VecDeque<(f64, Arc<Frame>)>,
+    /// `face_appeared` and `face_lost` notices: (stamp_s, frame), oldest
+    /// first, none published before an emotion event already forgotten.
+    faces: VecDeque<(f64, Arc<Frame>)>,
+    /// The `seq` of the newest emotion event dropped from the backlog.
+    emotions_forgotten: u64,
     /// The latest notice per `modality/source`.
     sources: BTreeMap<String, Arc<Frame>>,
 }
@@ -66,9 +83,10 @@ impl Fanout {
     }
 
     /// Keeps `frame` for replay: emotion events of the last
-    /// `backlog_window` (at most `backlog_len`), the latest notice of each
-    /// source.
-    fn remember(&mut self, message: &Message, frame: &Arc<Frame>, shared: &Shared) {
+    /// `backlog_window` (at most `backlog_len`), the face notices since the
+    /// oldest of them, the latest notice of each source.
+    fn remember(&mut self, message: &Message, frame: &Arc<Frame>, config: &HttpConfig) {
+        let window = config.backlog_window.as_secs_f64();
         match message {
             Message::Emotion(event) => {
                 let emotions = &mut self.emotions;
@@ -78,14 +96,29 @@ impl Fanout {
                     .is_some_and(|(newest, _)| event.stamp_s < newest - 1.0)
                 {
                     emotions.clear();
+                    self.faces.clear();
                 }
                 emotions.push_back((event.stamp_s, Arc::clone(frame)));
-                let oldest = event.stamp_s - shared.config.backlog_window.as_secs_f64();
-                while emotions.len() > shared.config.backlog_len
+                let oldest = event.stamp_s - window;
+                while emotions.len() > config.backlog_len
                     || emotions.front().is_some_and(|(t, _)| *t < oldest)
                 {
-                    emotions.pop_front();
+                    if let Some((_, gone)) = emotions.pop_front() {
+                        self.emotions_forgotten = gone.seq;
+                    }
                 }
+                self.trim_faces(event.stamp_s - window);
+            }
+            Message::FaceAppeared(n) | Message::FaceLost(n) => {
+                if self
+                    .faces
+                    .back()
+                    .is_some_and(|(newest, _)| n.stamp_s < newest - 1.0)
+                {
+                    self.faces.clear();
+                }
+                self.faces.push_back((n.stamp_s, Arc::clone(frame)));
+                self.trim_faces(n.stamp_s - window);
             }
             Message::SourceError(n) | Message::SourceOpened(n) | Message::SourceEnded(n) => {
                 let key = format!("{}/{}", n.modality, n.source);
@@ -95,11 +128,39 @@ impl Fanout {
             }
             // Moments, not state: a late client reads the adapter and the
             // error counters from the events and `/status`.
-            Message::AdapterChanged(_)
-            | Message::ModelError(_)
-            | Message::FaceAppeared(_)
-            | Message::FaceLost(_) => {}
+            Message::AdapterChanged(_) | Message::ModelError(_) => {}
         }
+    }
+
+    /// Forgets face notices published before an emotion event already
+    /// forgotten (a `face_lost` matters to a late client only after that
+    /// face's events, and those went first), older than `oldest` on the
+    /// pipeline clock, or past [`MAX_FACE_NOTICES`].
+    fn trim_faces(&mut self, oldest: f64) {
+        let forgotten = self.emotions_forgotten;
+        while self
+            .faces
+            .front()
+            .is_some_and(|(t, f)| *t < oldest || f.seq < forgotten)
+            || self.faces.len() > MAX_FACE_NOTICES
+        {
+            self.faces.pop_front();
+        }
+    }
+
+    /// The frames a client that has seen up to `after` is replayed, in
+    /// publishing order.
+    fn backlog_after(&self, after: u64) -> Vec<Arc<Frame>> {
+        let mut backlog: Vec<Arc<Frame>> = self
+            .sources
+            .values()
+            .chain(self.emotions.iter().map(|(_, f)| f))
+            .chain(self.faces.iter().map(|(_, f)| f))
+            .filter(|f| f.seq > after)
+            .cloned()
+            .collect();
+        backlog.sort_by_key(|f| f.seq);
+        backlog
     }
 
     /// Offers `frame` to every client without waiting; returns how many
@@ -134,7 +195,7 @@ pub(super) fn publish(shared: &Shared, seq: u64, message: &Message) {
         ),
     });
     let mut fanout = shared.fanout();
-    fanout.remember(message, &frame, shared);
+    fanout.remember(message, &frame, &shared.config);
     let dropped = fanout.offer(&frame);
     drop(fanout);
     if dropped > 0 {
@@ -186,14 +247,7 @@ pub(super) fn serve(
         if shared.shutdown.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let mut backlog: Vec<Arc<Frame>> = fanout
-            .sources
-            .values()
-            .chain(fanout.emotions.iter().map(|(_, f)| f))
-            .filter(|f| f.seq > after)
-            .cloned()
-            .collect();
-        backlog.sort_by_key(|f| f.seq);
+        let backlog = fanout.backlog_after(after);
         fanout.clients.push(Client {
             id,
             queue,
@@ -269,6 +323,147 @@ fn stream_events(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{
+        BoundingBox, Counters, Event, FaceNotice, FaceRef, FrameSize, Header, Latency, Stamp,
+        Window,
+    };
+    use std::time::Duration;
+
+    fn header() -> Header {
+        Header {
+            stamp: Stamp { sec: 0, nanosec: 0 },
+            frame_id: "test".into(),
+        }
+    }
+
+    const FRAME: FrameSize = FrameSize {
+        width: 640,
+        height: 480,
+    };
+    const BOX: BoundingBox = BoundingBox {
+        x: 10.0,
+        y: 20.0,
+        w: 100.0,
+        h: 120.0,
+    };
+
+    fn emotion(stamp_s: f64, face: &str) -> Message {
+        Message::Emotion(Event {
+            seq: 0,
+            header: header(),
+            stamp_s,
+            expression: Some("happy".into()),
+            confidence: Some(0.9),
+            probs: Default::default(),
+            valence: None,
+            arousal: None,
+            window: Window {
+                start_s: stamp_s - 1.0,
+                end_s: stamp_s,
+            },
+            latency_ms: Latency::default(),
+            change: None,
+            degraded: false,
+            missing: vec![],
+            counters: Counters::default(),
+            adapter: None,
+            backend: "tract".into(),
+            face: Some(FaceRef {
+                id: face.into(),
+                bbox: BOX,
+                score: 0.9,
+                frame: FRAME,
+            }),
+            speech_ratio: None,
+        })
+    }
+
+    fn notice(stamp_s: f64, face: &str) -> FaceNotice {
+        FaceNotice {
+            header: header(),
+            stamp_s,
+            id: face.into(),
+            bbox: BOX,
+            score: 0.9,
+            frame: FRAME,
+            last_seen_s: stamp_s,
+        }
+    }
+
+    /// Remembers `messages` as frames 1, 2, …; the replay as `kind id`.
+    fn replay(config: &HttpConfig, messages: &[Message]) -> Vec<String> {
+        let mut fanout = Fanout::default();
+        for (i, m) in messages.iter().enumerate() {
+            let who = match m {
+                Message::Emotion(e) => e.face.as_ref().map(|f| f.id.clone()).unwrap_or_default(),
+                Message::FaceAppeared(n) | Message::FaceLost(n) => n.id.clone(),
+                _ => String::new(),
+            };
+            let frame = Arc::new(Frame {
+                seq: i as u64 + 1,
+                text: format!("{} {who}", m.kind()),
+            });
+            fanout.remember(m, &frame, config);
+        }
+        fanout
+            .backlog_after(0)
+            .iter()
+            .map(|f| f.text.clone())
+            .collect()
+    }
+
+    fn config(window_s: u64) -> HttpConfig {
+        HttpConfig {
+            backlog_window: Duration::from_secs(window_s),
+            ..HttpConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_lost_face_is_replayed_with_its_events_then_forgotten_with_them() {
+        let mut messages = vec![
+            Message::FaceAppeared(notice(0.0, "f1")),
+            Message::FaceAppeared(notice(0.0, "f2")),
+        ];
+        for i in 1..=8 {
+            messages.push(emotion(i as f64 * 0.25, "f1"));
+            messages.push(emotion(i as f64 * 0.25, "f2"));
+        }
+        messages.push(Message::FaceLost(notice(2.1, "f2")));
+        messages.push(emotion(2.25, "f1"));
+        // Within the window: everything, in publishing order, the loss
+        // after f2's last event.
+        let all = replay(&config(10), &messages);
+        assert_eq!(all.len(), messages.len());
+        assert_eq!(all[0], "face_appeared f1");
+        assert_eq!(all[all.len() - 2], "face_lost f2");
+        assert_eq!(all[all.len() - 3], "emotion f2");
+
+        // Once f2's events have left the window, its loss goes with them,
+        // as do both appearances.
+        for i in 10..=60 {
+            messages.push(emotion(i as f64 * 0.25, "f1"));
+        }
+        let later = replay(&config(10), &messages);
+        assert!(later.iter().all(|t| t == "emotion f1"), "{later:?}");
+        assert_eq!(later.len(), 41, "10 s at 4 Hz, both ends included");
+    }
+
+    #[test]
+    fn face_notices_without_events_are_bounded_by_the_window_and_the_cap() {
+        let messages: Vec<Message> = (0..2 * MAX_FACE_NOTICES)
+            .map(|i| Message::FaceAppeared(notice(i as f64 * 0.25, &format!("f{i}"))))
+            .collect();
+        let kept = replay(&config(1000), &messages);
+        assert_eq!(kept.len(), MAX_FACE_NOTICES);
+        assert_eq!(
+            kept.last().map(String::as_str),
+            Some(format!("face_appeared f{}", 2 * MAX_FACE_NOTICES - 1).as_str())
+        );
+        let kept = replay(&config(10), &messages);
+        // 0.25 s apart: those within 10 s of the newest, both ends included.
+        assert_eq!(kept.len(), 41, "{kept:?}");
+    }
 
     #[test]
     fn replays_after_an_id_of_the_same_epoch_only() {
