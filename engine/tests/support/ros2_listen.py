@@ -55,6 +55,12 @@ class Expression(IdlStruct, typename="hri_msgs::msg::dds_::Expression_"):
 
 
 @dataclass
+class IdsList(IdlStruct, typename="hri_msgs::msg::dds_::IdsList_"):
+    header: Header
+    ids: sequence[str]
+
+
+@dataclass
 class KeyValue(IdlStruct, typename="diagnostic_msgs::msg::dds_::KeyValue_"):
     key: str
     value: str
@@ -98,7 +104,13 @@ def main():
         "diagnostics": DataReader(dp, Topic(dp, "rt/diagnostics", DiagnosticArray), qos=qos),
         "events": DataReader(dp, Topic(dp, "rt/emogate/events", String), qos=qos),
         "replies": DataReader(dp, Topic(dp, "rt/emogate/control/reply", String), qos=qos),
+        "tracked": DataReader(dp, Topic(dp, "rt/humans/faces/tracked", IdsList), qos=qos),
     }
+    # REP-155's per-face topics, for the first ids a run gives.
+    for face in ("f1", "f2", "f3"):
+        readers["face_" + face] = DataReader(
+            dp, Topic(dp, f"rt/humans/faces/{face}/expression", Expression), qos=qos
+        )
     control = DataWriter(dp, Topic(dp, "rt/emogate/control", String), qos=qos)
     next_request = time.monotonic() + 1.0
     print("READY", flush=True)
@@ -114,7 +126,13 @@ def main():
                 if not s.sample_info.valid_data:
                     continue
                 idle = False
-                if name == "expression":
+                if name == "tracked":
+                    got[name].append({
+                        "sec": s.header.stamp.sec,
+                        "nanosec": s.header.stamp.nanosec,
+                        "ids": list(s.ids),
+                    })
+                elif name == "expression" or name.startswith("face_"):
                     got[name].append({
                         "sec": s.header.stamp.sec,
                         "nanosec": s.header.stamp.nanosec,

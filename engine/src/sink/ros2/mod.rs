@@ -8,11 +8,12 @@
 //! | `/diagnostics` | `diagnostic_msgs/msg/DiagnosticArray` | reliable, volatile, keep-last 10 | once a second |
 //! | `/emogate/control` → `/emogate/control/reply` | `std_msgs/msg/String` | reliable | control requests, with `[ros2] control = true` |
 //!
-//! With face tracking (events carrying a face id), expressions go to
-//! `/humans/faces/<id>/expression` and the ids to `/humans/faces/tracked`
-//! (`hri_msgs/msg/IdsList`), as REP-155 lays out: [`expression_topic`]
-//! routes them. Today's events carry no face id, so everything goes to
-//! `/emogate/expression` and `/humans/faces/tracked` is not published.
+//! With face tracking (a model on face crops: events carry a face id),
+//! each face's expressions go to `/humans/faces/<id>/expression` (a writer
+//! made when the face appears, dropped when it is lost) and the tracked ids
+//! to `/humans/faces/tracked` (`hri_msgs/msg/IdsList`, on every appearance
+//! and loss, and once a second while faces are tracked), as REP-155 lays out: [`expression_topic`] routes them.
+//! Events without a face go to `/emogate/expression`.
 //!
 //! # Parts
 //! * this file — the spec and topic names (always built);

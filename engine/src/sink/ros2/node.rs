@@ -29,10 +29,12 @@ use ros2_client::{
     Subscription,
 };
 
-use super::msgs::{self, DiagnosticArray, Expression};
+use std::collections::BTreeMap;
+
+use super::msgs::{self, DiagnosticArray, Expression, IdsList};
 use super::{
     CONTROL_REPLY_TOPIC, CONTROL_TOPIC, DIAGNOSTICS_TOPIC, EVENTS_TOPIC, HISTORY_DEPTH,
-    expression_topic,
+    TRACKED_FACES_TOPIC, expression_topic,
 };
 use crate::event::Message;
 use crate::sink::{ControlHandle, OpenContext, Sink, SinkError, StatusHandle};
@@ -130,8 +132,11 @@ impl Ros2Sink {
         let counters = Arc::new(Counters::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let writers = Writers {
-            _node: node,
+        let mut writers = Writers {
+            tracked: publisher::<IdsList>(&mut node, TRACKED_FACES_TOPIC, ("hri_msgs", "IdsList"))
+                .map_err(|e| fail("the tracked faces writer", &e))?,
+            node,
+            faces: BTreeMap::new(),
             expression,
             events,
             diagnostics,
@@ -237,7 +242,12 @@ impl Drop for Ros2Sink {
 struct Writers {
     /// Kept alive as long as its writers (and, once events carry face
     /// ids, for creating per-face writers).
-    _node: Node,
+    /// Per-face writers are made on this node as faces appear.
+    node: Node,
+    /// `/humans/faces/<id>/expression`, per tracked face.
+    faces: BTreeMap<String, Publisher<Expression>>,
+    /// `/humans/faces/tracked`: the ids, on every appearance and loss.
+    tracked: Publisher<IdsList>,
     expression: Publisher<Expression>,
     events: Publisher<String>,
     diagnostics: Publisher<DiagnosticArray>,
@@ -248,11 +258,19 @@ struct Writers {
 }
 
 impl Writers {
-    fn run(&self, rx: &mpsc::Receiver<Message>) {
+    fn run(&mut self, rx: &mpsc::Receiver<Message>) {
         let mut next_diagnostics = Instant::now();
         loop {
             if Instant::now() >= next_diagnostics {
                 self.publish_diagnostics();
+                // Also once a second, for a subscriber that came late.
+                if !self.faces.is_empty() {
+                    let now = emogate_device::clock::CaptureClock::global().now();
+                    let header = crate::event::Header::at(now, &self.frame_id);
+                    if !self.publish_tracked(&header) {
+                        self.counters.write_failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 next_diagnostics = Instant::now() + DIAGNOSTICS_EVERY;
             }
             let wait = next_diagnostics.saturating_duration_since(Instant::now());
@@ -266,18 +284,60 @@ impl Writers {
         self.publish_diagnostics();
     }
 
-    fn publish(&self, message: &Message) {
+    fn publish(&mut self, message: &Message) {
         let mut ok = true;
-        if let Message::Emotion(event) = message {
-            ok &= self
-                .expression
-                .publish(Expression::from_event(event))
-                .is_ok();
+        match message {
+            Message::Emotion(event) => {
+                let expression = Expression::from_event(event);
+                ok &= match &event.face {
+                    None => self.expression.publish(expression).is_ok(),
+                    Some(face) => match self.face_writer(&face.id) {
+                        Some(writer) => writer.publish(expression).is_ok(),
+                        None => false,
+                    },
+                };
+            }
+            Message::FaceAppeared(notice) => {
+                ok &= self.face_writer(&notice.id).is_some();
+                ok &= self.publish_tracked(&notice.header);
+            }
+            Message::FaceLost(notice) => {
+                // Dropping the writer retires the topic from discovery.
+                self.faces.remove(&notice.id);
+                ok &= self.publish_tracked(&notice.header);
+            }
+            _ => {}
         }
         ok &= self.events.publish(message.to_json()).is_ok();
         if !ok {
             self.counters.write_failed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The writer of face `id`'s expressions, made on first use.
+    fn face_writer(&mut self, id: &str) -> Option<&Publisher<Expression>> {
+        if !self.faces.contains_key(id) {
+            let topic = expression_topic(Some(id));
+            match publisher::<Expression>(&mut self.node, &topic, ("hri_msgs", "Expression")) {
+                Ok(writer) => {
+                    self.faces.insert(id.to_string(), writer);
+                }
+                Err(error) => {
+                    tracing::warn!(topic, error, "ros2: no writer for the face");
+                    return None;
+                }
+            }
+        }
+        self.faces.get(id)
+    }
+
+    /// Publishes the tracked ids on `/humans/faces/tracked`.
+    fn publish_tracked(&self, header: &crate::event::Header) -> bool {
+        let list = IdsList {
+            header: msgs::Header::from_event(header),
+            ids: self.faces.keys().cloned().collect(),
+        };
+        self.tracked.publish(list).is_ok()
     }
 
     fn publish_diagnostics(&self) {
