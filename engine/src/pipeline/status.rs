@@ -117,6 +117,8 @@ pub struct PipelineStatus {
     sources: Mutex<Vec<SourceState>>,
     /// (publish time, capture-to-event latency ms) of recent events.
     recent: Mutex<VecDeque<(Instant, f64)>>,
+    /// When the first event was published (cold-start accounting).
+    first_event: std::sync::OnceLock<Instant>,
 }
 
 const RECENT: usize = 256;
@@ -132,7 +134,13 @@ impl PipelineStatus {
             last_reload: Mutex::new(None),
             sources: Mutex::new(Vec::new()),
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+            first_event: std::sync::OnceLock::new(),
         }
+    }
+
+    /// When the run published its first emotion event, if it has.
+    pub fn first_event_at(&self) -> Option<Instant> {
+        self.first_event.get().copied()
     }
 
     pub(crate) fn update_source(
@@ -165,6 +173,7 @@ impl PipelineStatus {
 
     pub(crate) fn record_event(&self, latency_ms: f64) {
         self.counters.events.fetch_add(1, Ordering::Relaxed);
+        let _ = self.first_event.set(Instant::now());
         let mut r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         if r.len() == RECENT {
             r.pop_front();

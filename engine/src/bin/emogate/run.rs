@@ -240,6 +240,9 @@ fn ms_setting(
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
+    // Cold-start accounting (docs/benchmarks.md): where the time to the
+    // first event goes, logged at info.
+    let started = std::time::Instant::now();
     let file = match &args.config {
         Some(path) => RunConfig::load(path)?,
         None => RunConfig::default(),
@@ -309,6 +312,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let affect =
         AffectModel::load(&spec).with_context(|| format!("loading {}", model.display()))?;
+    let model_loaded = started.elapsed();
 
     let hop = match (hop, affect.manifest().hop_ms) {
         (Some(hop), _) => hop,
@@ -520,6 +524,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         _ => None,
     };
 
+    let ready = started.elapsed();
+    let status_for_startup = pipeline.status();
     let stop = StopFlag::new();
     install_signal_handlers(stop.clone(), reload)?;
     // Under systemd (Type=notify): READY=1 after the first window,
@@ -542,6 +548,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         let _ = w.join();
     }
     let summary = outcome?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    tracing::info!(
+        model_ms = ms(model_loaded),
+        ready_ms = ms(ready),
+        first_event_ms = status_for_startup
+            .first_event_at()
+            .map(|t| ms(t.duration_since(started))),
+        "startup: model loaded and planned, sources and outputs open, first event"
+    );
     tracing::info!(
         events = summary.events,
         windows = summary.counters.windows,
