@@ -53,6 +53,11 @@ pub struct Latency {
     /// From the capture of the newest sample in the window to the event
     /// handed to the sinks: what a consumer experiences.
     pub capture_to_event: f64,
+    /// From the capture of the newest sample to the window being built:
+    /// the wait for the scheduler's tick (up to a hop) and for the capture
+    /// thread to hand the sample over. 0 on a virtual clock (`--pace fast`),
+    /// where capture time is media time.
+    pub window_wait: f64,
     /// From the window being built to inference starting (time in the
     /// hand-off slot).
     pub queue: f64,

@@ -92,6 +92,22 @@ fn real_time_pacing_spaces_events_by_the_hop_with_capture_stamps() {
         let c2e = f(&lat["capture_to_event"]);
         assert!(c2e > 0.0 && c2e < 250.0, "capture to event {c2e} ms");
         assert!(f(&lat["inference"]) <= c2e);
+        // Every millisecond of it is in a reported stage (the rest is the
+        // few instructions between the stages' clocks).
+        let stages: f64 = [
+            "window_wait",
+            "queue",
+            "preprocess",
+            "inference",
+            "postprocess",
+        ]
+        .iter()
+        .map(|k| f(&lat[k]))
+        .sum();
+        assert!(
+            (c2e - stages).abs() < 1.0,
+            "capture to event {c2e} ms, stages add up to {stages} ms: {lat}"
+        );
         // header.stamp is wall-clock capture time: within the run.
         let h = header_s(e);
         assert!(

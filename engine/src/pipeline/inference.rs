@@ -392,6 +392,11 @@ impl Inference {
             window: window.span,
             latency_ms: Latency {
                 capture_to_event,
+                window_wait: if self.clock.is_real_time() {
+                    seconds(window.built_clock.saturating_sub(window.newest_at)) * 1e3
+                } else {
+                    0.0
+                },
                 queue: ms(t0 - window.built_at),
                 preprocess: ms(t1 - t0),
                 inference: ms(t2 - t1),

@@ -234,6 +234,8 @@ struct ReadyWindow {
     /// Capture time of the newest sample used.
     newest_at: Nanos,
     built_at: Instant,
+    /// The same moment on the pipeline clock.
+    built_clock: Nanos,
     /// Modalities fed as zeros (the event is then `degraded`).
     missing: Vec<&'static str>,
 }
@@ -566,9 +568,10 @@ impl Pipeline {
         let sinks_finish = StopFlag::new();
         let sink_thread = {
             let finish = sinks_finish.clone();
-            std::thread::Builder::new()
-                .name("sinks".into())
-                .spawn(move || sinks::run_sinks(sinks, sink_rx, &finish))?
+            std::thread::Builder::new().name("sinks".into()).spawn({
+                let status = Arc::clone(&status);
+                move || sinks::run_sinks(sinks, sink_rx, &finish, &status)
+            })?
         };
         let preparer_thread = switcher.spawn_preparer()?;
 

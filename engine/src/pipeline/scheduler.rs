@@ -182,6 +182,7 @@ impl Scheduler<'_> {
                 },
                 newest_at: end,
                 built_at: Instant::now(),
+                built_clock: self.clock.now(),
                 missing,
             };
             match self.virtual_clock {

@@ -26,13 +26,22 @@ pub(super) fn offer(tx: &SyncSender<Message>, status: &PipelineStatus, message: 
 /// Ends when every sender is gone, or when `finish` is raised (then what is
 /// queued is still delivered): a stalled inference thread never drops its
 /// sender.
-pub(super) fn run_sinks(mut sinks: Vec<Box<dyn Sink>>, rx: Receiver<Message>, finish: &StopFlag) {
+pub(super) fn run_sinks(
+    mut sinks: Vec<Box<dyn Sink>>,
+    rx: Receiver<Message>,
+    finish: &StopFlag,
+    status: &PipelineStatus,
+) {
     let mut last_flush = Instant::now();
     let deliver = |sinks: &mut Vec<Box<dyn Sink>>, message: &Message| {
+        let started = Instant::now();
         for sink in sinks.iter_mut() {
             if let Err(e) = sink.publish(message) {
                 tracing::warn!(sink = sink.name(), error = %e, "sink failed");
             }
+        }
+        if matches!(message, Message::Emotion(_)) {
+            status.record_sink_write(started.elapsed().as_secs_f64() * 1e3);
         }
     };
     loop {

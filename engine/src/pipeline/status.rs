@@ -117,6 +117,9 @@ pub struct PipelineStatus {
     sources: Mutex<Vec<SourceState>>,
     /// (publish time, capture-to-event latency ms) of recent events.
     recent: Mutex<VecDeque<(Instant, f64)>>,
+    /// Time to write recent emotion events to every sink, ms: the last
+    /// stage of a consumer's latency, after `capture_to_event`.
+    sink_write: Mutex<VecDeque<f64>>,
     /// When the first event was published (cold-start accounting).
     first_event: std::sync::OnceLock<Instant>,
 }
@@ -135,7 +138,17 @@ impl PipelineStatus {
             sources: Mutex::new(Vec::new()),
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
             first_event: std::sync::OnceLock::new(),
+            sink_write: Mutex::new(VecDeque::with_capacity(RECENT)),
         }
+    }
+
+    /// Records how long the sinks took to write one emotion event.
+    pub(crate) fn record_sink_write(&self, ms: f64) {
+        let mut r = self.sink_write.lock().unwrap_or_else(|e| e.into_inner());
+        if r.len() == RECENT {
+            r.pop_front();
+        }
+        r.push_back(ms);
     }
 
     /// When the run published its first emotion event, if it has.
@@ -300,13 +313,31 @@ impl PipelineStatus {
             };
             (last10 as f64 / span, pick(0.5), pick(0.99))
         };
+        let (write_p50, write_p99) = {
+            let mut w: Vec<f64> = self
+                .sink_write
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .copied()
+                .collect();
+            w.sort_by(f64::total_cmp);
+            let pick =
+                |p: f64| (!w.is_empty()).then(|| w[((w.len() - 1) as f64 * p).round() as usize]);
+            (pick(0.5), pick(0.99))
+        };
         let mut doc = serde_json::json!({
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "sources": sources,
             "counters": self.counters.snapshot(),
             "events": self.counters.events.load(Ordering::Relaxed),
             "events_per_s": rate,
-            "latency_ms": { "capture_to_event_p50": p50, "capture_to_event_p99": p99 },
+            "latency_ms": {
+                "capture_to_event_p50": p50,
+                "capture_to_event_p99": p99,
+                "sink_write_p50": write_p50,
+                "sink_write_p99": write_p99,
+            },
             "sink_dropped": self.counters.sink_dropped.load(Ordering::Relaxed),
         });
         let live = self.liveness();

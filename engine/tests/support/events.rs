@@ -79,6 +79,7 @@ pub fn emotion_with(
         },
         latency_ms: Latency {
             capture_to_event: 38.0 + (seq % 7) as f64,
+            window_wait: 5.0,
             queue: 1.5,
             preprocess: 6.0,
             inference: 24.0 + (seq % 5) as f64,
