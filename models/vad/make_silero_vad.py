@@ -121,9 +121,8 @@ def derive(source: Path) -> bytes:
         list(graph.output),
         initializer=initializers,
     )
-    new_graph.value_info.extend(
-        v for v in then.value_info if v.name not in rename and v.name not in rename.values()
-    )
+    # The branch's value_info (shape hints for intermediate values) is left out: its symbolic
+    # `batch` does not unify with the concrete [1, 576] input tract is given.
     derived = helper.make_model(
         new_graph,
         opset_imports=list(model.opset_import),
