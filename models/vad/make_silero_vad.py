@@ -17,6 +17,7 @@ become the graph, `sr` goes away, and only the initializers those nodes read are
 is recomputed or re-weighted: the operators and weights are the wheel's.
 
 What it writes:
+- `models/vad/LICENSE`: the wheel's LICENSE file (MIT, Silero Team), verbatim.
 - `models/vad/silero_vad_16k.onnx`: inputs `input` [1, 576] (the 64 samples before the chunk,
   then the 512-sample chunk, 16 kHz, float in [-1, 1]) and `state` [2, 1, 128] (the LSTM's h
   and c, zeros at the start); outputs `output` [1, 1] (speech probability) and `stateN`
@@ -32,7 +33,8 @@ What it writes:
   ONNX Runtime, one thread), fed chunk after chunk as a stream. Also the parity of the derived
   model (ONNX Runtime, fed as the engine feeds it) against that reference.
 
-`--check` re-derives the model in memory and compares its sha256 with the committed file, then
+`--check` re-derives the model in memory and compares its sha256 with the committed file, and the
+LICENSE with the wheel's, then
 recomputes the reference from the committed WAV and compares it with the committed JSON.
 """
 
@@ -56,6 +58,7 @@ OUT_MODEL = ROOT / "models/vad/silero_vad_16k.onnx"
 FIXTURES = ROOT / "tests/fixtures/vad"
 OUT_WAV = FIXTURES / "speech-silence-noise.wav"
 OUT_REFERENCE = FIXTURES / "reference.json"
+OUT_LICENSE = ROOT / "models/vad/LICENSE"
 
 WHEEL = "silero-vad==6.2.3"
 SOURCE_NAME = "silero_vad_op18_ifless.onnx"
@@ -85,6 +88,16 @@ def package_file(name: str, sha256: str) -> Path:
     if digest != sha256:
         sys.exit(f"{path}: sha256 {digest}, expected {sha256} ({WHEEL})")
     return path
+
+
+def license_text() -> bytes:
+    """The wheel's LICENSE, verbatim: MIT asks that it go with every copy."""
+    from importlib.metadata import distribution
+
+    text = distribution("silero-vad").read_text("licenses/LICENSE")
+    if text is None or "MIT License" not in text:
+        sys.exit(f"{WHEEL}: no MIT LICENSE in its metadata")
+    return text.encode()
 
 
 def derive(source: Path) -> bytes:
@@ -311,6 +324,8 @@ def main() -> None:
             failures.append(
                 f"{OUT_MODEL}: sha256 {got}, re-derived {hashlib.sha256(model_bytes).hexdigest()}"
             )
+        if not OUT_LICENSE.exists() or OUT_LICENSE.read_bytes() != license_text():
+            failures.append(f"{OUT_LICENSE}: differs from the wheel's LICENSE")
         segments, espeak = segments_of(old)
         if encode(build_reference(model_bytes, segments, espeak)) != OUT_REFERENCE.read_bytes():
             failures.append(f"{OUT_REFERENCE}: differs from the one recomputed from the WAV")
@@ -323,6 +338,7 @@ def main() -> None:
     tmp_model = OUT_MODEL.with_suffix(".onnx.tmp")
     tmp_model.write_bytes(model_bytes)
     tmp_model.replace(OUT_MODEL)
+    OUT_LICENSE.write_bytes(license_text())
     if args.new_wav or not OUT_WAV.exists():
         pcm16, segments = speak()
         write_wav(OUT_WAV, pcm16)
