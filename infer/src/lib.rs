@@ -15,6 +15,9 @@
 //!   built ([`Preparer`], any thread) while the current one keeps serving.
 //! * [`face::FaceDetector`] — faces in a frame (BlazeFace, on the same
 //!   runtimes), for models trained on face crops.
+//! * [`vad::VoiceDetector`] — voice activity (Silero VAD, same runtimes):
+//!   the share of an audio window's 32 ms chunks that are speech, streamed
+//!   so overlapping windows run each sample once.
 //! * [`backend::Runtime`] → [`backend::Backend`] — a runtime loads a model
 //!   (the base, or the base with merged weights) into a backend that runs
 //!   [`Tensor`]s: [`backend::tract`] (pure Rust, the embedded default) and,
@@ -32,6 +35,7 @@ pub mod face;
 pub mod featurizer;
 pub mod pre;
 mod tensor;
+pub mod vad;
 
 pub use affect::{
     AffectError, AffectModel, BackendChoice, ModelSpec, Preparer, parse_adapter_spec,
