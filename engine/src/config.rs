@@ -188,6 +188,9 @@ pub struct RunConfig {
     pub face_detector: Option<PathBuf>,
     pub detect_every: Option<u32>,
     pub track_timeout_ms: Option<f64>,
+    /// The voice activity detector, or `off` (see `--vad`).
+    pub vad: Option<String>,
+    pub require_speech: Option<f32>,
 }
 
 impl RunConfig {
@@ -238,6 +241,12 @@ impl RunConfig {
             if !emogate_device::spec::is_live(&s.source) && Path::new(&s.source).is_relative() {
                 s.source = base.join(&s.source).display().to_string();
             }
+        }
+        if let Some(vad) = self.vad.as_mut()
+            && vad != "off"
+            && Path::new(vad.as_str()).is_relative()
+        {
+            *vad = base.join(vad.as_str()).display().to_string();
         }
         if let Some(control) = self.control.as_mut()
             && let Some(rest) = control.strip_prefix("unix:")
@@ -295,6 +304,8 @@ impl RunConfig {
             face_detector,
             detect_every,
             track_timeout_ms,
+            vad,
+            require_speech,
         } = self;
         let mut keys = Vec::new();
         let mut check = |key: &'static str, same: bool| {
@@ -339,6 +350,8 @@ impl RunConfig {
             "track_timeout_ms",
             *track_timeout_ms == other.track_timeout_ms,
         );
+        check("vad", *vad == other.vad);
+        check("require_speech", *require_speech == other.require_speech);
         keys
     }
 }

@@ -408,3 +408,129 @@ unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+/// Voice activity (issue #13): eSpeak NG speech (0–2.6 s), digital silence
+/// (to 4.1 s) and white noise (to 6.1 s), tests/fixtures/vad; the shipped
+/// Silero VAD runs on each 2 s window.
+#[test]
+fn speech_ratio_follows_the_voice_and_require_speech_gates_the_audio() {
+    let wav = "tests/fixtures/vad/speech-silence-noise.wav";
+    let base = [
+        "run",
+        "--model",
+        MODEL,
+        "--video",
+        "tests/fixtures/sample/face.png",
+        "--audio",
+        wav,
+        "--max-windows",
+        "17",
+    ];
+    let ratio = |e: &Value| f(&e["speech_ratio"]);
+    let msgs = run_ok(&base);
+    let ev = emotions(&msgs);
+    assert_eq!(ev.len(), 17);
+    // Windows ending at 2.0 … 2.75 s hold speech only.
+    for e in &ev[..4] {
+        assert!(ratio(e) >= 0.9, "{}: {}", e["window"]["end_s"], ratio(e));
+        assert_eq!(e["degraded"], false);
+    }
+    // From 4.75 s on they hold silence and noise only.
+    for e in &ev[11..] {
+        assert!(ratio(e) <= 0.05, "{}: {}", e["window"]["end_s"], ratio(e));
+        assert_eq!(
+            e["degraded"], false,
+            "without --require-speech the audio is used"
+        );
+    }
+    // --require-speech 0.5: the quiet windows' audio is missing, fed as
+    // zeros (--missing zero), and counted as degraded.
+    let mut gated = base.to_vec();
+    gated.extend(["--require-speech", "0.5"]);
+    let ev2 = run_ok(&gated);
+    let ev2 = emotions(&ev2);
+    assert_eq!(ev2.len(), 17);
+    let mut degraded = 0;
+    for (a, b) in ev.iter().zip(&ev2) {
+        assert_eq!(a["speech_ratio"], b["speech_ratio"]);
+        let quiet = ratio(b) < 0.5;
+        assert_eq!(b["degraded"], quiet, "{b}");
+        if quiet {
+            degraded += 1;
+            assert_eq!(b["missing"], serde_json::json!(["audio"]));
+        } else {
+            assert_eq!(a["probs"], b["probs"], "speech windows are unchanged");
+        }
+        assert_eq!(b["counters"]["degraded"], degraded);
+    }
+    assert!(degraded >= 9, "{degraded} quiet windows");
+    // With --missing skip they are not run.
+    gated.extend(["--missing", "skip"]);
+    let ev3 = run_ok(&gated);
+    let ev3 = emotions(&ev3);
+    assert_eq!(ev3.len(), 17 - degraded);
+    assert!(ev3.iter().all(|e| ratio(e) >= 0.5));
+    // --vad off: no speech_ratio.
+    let mut off = base.to_vec();
+    off.extend(["--vad", "off"]);
+    let ev4 = run_ok(&off);
+    assert!(
+        emotions(&ev4)
+            .iter()
+            .all(|e| e.get("speech_ratio").is_none())
+    );
+}
+
+#[test]
+fn voice_activity_options_are_checked() {
+    let run = |args: &[&str]| emogate().args(args).output().expect("emogate runs");
+    let ref_args = [
+        "run",
+        "--model",
+        MODEL,
+        "--video",
+        VIDEO,
+        "--audio",
+        AUDIO,
+        "--max-windows",
+        "1",
+    ];
+    for (extra, expect) in [
+        (&["--require-speech", "1.5"][..], "--require-speech 1.5"),
+        (
+            &["--vad", "off", "--require-speech", "0.2"][..],
+            "--vad is off",
+        ),
+        (
+            &["--vad", "models/face/blazeface-short.onnx"][..],
+            "blazeface-short.onnx",
+        ),
+        (&["--vad", "no/such/vad.onnx"][..], "no/such/vad.onnx"),
+    ] {
+        let mut args = ref_args.to_vec();
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(stderr.contains(expect), "{extra:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // A model without audio refuses VAD options.
+    let out = run(&[
+        "run",
+        "--model",
+        "tests/fixtures/engine/fer64/model.onnx",
+        "--manifest",
+        "tests/fixtures/engine/fer64/manifest.json",
+        "--video",
+        VIDEO,
+        "--require-speech",
+        "0.5",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no audio") || stderr.contains("has none"),
+        "{stderr}"
+    );
+}

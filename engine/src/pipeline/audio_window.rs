@@ -29,6 +29,10 @@ pub(crate) struct AudioWindow {
     align: usize,
     /// Samples pushed since the source was attached.
     pushed: u64,
+    /// Where this attachment's sample 0 sits in the run's sample count
+    /// ([`AudioWindow::end_sample`]): past the previous attachment's end by
+    /// more than a window, so a reopened source never looks contiguous.
+    base: u64,
     consumer: Option<AudioConsumer>,
     resampler: Option<Resampler>,
     samples: VecDeque<f32>,
@@ -47,6 +51,7 @@ impl AudioWindow {
             window,
             align,
             pushed: 0,
+            base: 0,
             consumer: None,
             resampler: None,
             samples: VecDeque::with_capacity(window + align - 1),
@@ -81,6 +86,9 @@ impl AudioWindow {
         let ratio = f64::from(self.model_rate) / f64::from(sample_rate);
         self.resampled = Vec::with_capacity((piece as f64 * ratio).ceil() as usize + 64);
         self.samples.clear();
+        if self.pushed > 0 {
+            self.base += self.pushed + (self.window + self.align) as u64;
+        }
         self.pushed = 0;
         self.newest_at = None;
         self.consumer = Some(consumer);
@@ -132,6 +140,14 @@ impl AudioWindow {
     pub(crate) fn newest_at(&self) -> Option<Nanos> {
         let wait = self.waiting() as u64 * 1_000_000_000 / u64::from(self.model_rate.max(1));
         self.newest_at.map(|at| at.saturating_sub(wait))
+    }
+
+    /// One past the window's last sample, counted over the run at the
+    /// model's rate: consecutive windows of one source continue each other;
+    /// a reopened source jumps ahead (a gap), so stream state (the voice
+    /// activity detector's) starts over.
+    pub(crate) fn end_sample(&self) -> u64 {
+        self.base + self.pushed - self.waiting() as u64
     }
 
     /// Whether a whole window is available.

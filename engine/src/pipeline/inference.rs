@@ -21,7 +21,7 @@ use emogate_infer::{Featurizer, Tensor};
 use super::faces::{ChosenFace, FaceStage};
 use super::handoff::Handoff;
 use super::switch::Switcher;
-use super::{MissingPolicy, PipelineError, PipelineStatus, ReadyWindow, seconds};
+use super::{MissingPolicy, PipelineError, PipelineStatus, ReadyWindow, SpeechGate, seconds};
 use crate::event::{
     AdapterChange, Event, EventBuilder, Header, Latency, Message, ModelError, Stage,
 };
@@ -49,6 +49,8 @@ pub(super) struct Inference {
     pub(super) max_consecutive_errors: u32,
     /// Set for models that take face crops.
     pub(super) faces: Option<FaceStage>,
+    /// Voice activity, when the run has it.
+    pub(super) speech: Option<SpeechGate>,
     /// Smoothing and change detection per face track, made from `post`.
     pub(super) face_events: HashMap<String, EventBuilder>,
     pub(super) post: PostConfig,
@@ -197,8 +199,12 @@ impl Inference {
         super::sinks::offer(&self.sink_tx, &self.status, message);
     }
 
-    /// One window: featurize, forward, post-process, publish.
-    fn infer(&mut self, window: ReadyWindow) -> Result<(), Failure> {
+    /// One window: voice activity, featurize, forward, post-process,
+    /// publish.
+    fn infer(&mut self, mut window: ReadyWindow) -> Result<(), Failure> {
+        if !self.listen(&mut window)? {
+            return Ok(());
+        }
         if self.faces.is_some() {
             return self.infer_faces(window);
         }
@@ -255,20 +261,21 @@ impl Inference {
             (Some(frame), false) => frame,
             _ => {
                 // No face: the video modality is missing.
-                let already_missing = window.missing.contains(&"video");
-                if !already_missing {
+                let was_degraded = !window.missing.is_empty();
+                if !window.missing.contains(&"video") {
                     window.missing.push("video");
                 }
                 let counters = &self.status.counters;
                 if self.missing == MissingPolicy::Skip || window.audio.is_none() {
-                    if already_missing {
-                        // The scheduler counted the window as degraded.
+                    if was_degraded {
+                        // Counted as degraded when the window was built, or
+                        // by the voice activity gate.
                         counters.degraded.fetch_sub(1, Ordering::Relaxed);
                     }
                     counters.skipped.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
-                if !already_missing {
+                if !was_degraded {
                     counters.degraded.fetch_add(1, Ordering::Relaxed);
                 }
                 let inputs = self
@@ -313,6 +320,44 @@ impl Inference {
             }
         }
         Ok(())
+    }
+
+    /// Runs the voice activity detector on the window's audio and records
+    /// its speech ratio. Below `--require-speech` the audio is missing: the
+    /// window is fed zeros for it (`--missing zero`, when it has video to
+    /// run on) or skipped; returns whether it still runs.
+    fn listen(&mut self, window: &mut ReadyWindow) -> Result<bool, Failure> {
+        let (Some(gate), Some(audio)) = (self.speech.as_mut(), window.audio.as_deref()) else {
+            return Ok(true);
+        };
+        let ratio = gate
+            .detector
+            .observe(window.audio_end, audio, gate.rate)
+            .map_err(|e| Failure::Error {
+                stage: Stage::Preprocess,
+                error: format!("voice activity: {e}"),
+            })?;
+        window.speech_ratio = ratio;
+        let quiet = matches!((gate.require, ratio), (Some(min), Some(r)) if r < min);
+        if !quiet {
+            return Ok(true);
+        }
+        let counters = &self.status.counters;
+        let was_degraded = !window.missing.is_empty();
+        window.audio = None;
+        window.missing.push("audio");
+        if self.missing == MissingPolicy::Skip || window.frame.is_none() {
+            if was_degraded {
+                // The scheduler counted the window as degraded.
+                counters.degraded.fetch_sub(1, Ordering::Relaxed);
+            }
+            counters.skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(false);
+        }
+        if !was_degraded {
+            counters.degraded.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(true)
     }
 
     /// The forward pass, with its CPU time counted; a non-finite output
@@ -410,7 +455,7 @@ impl Inference {
             adapter: self.model.active().map(str::to_string),
             backend: self.model.backend_name().to_string(),
             face: face.map(ChosenFace::reference),
-            speech_ratio: None,
+            speech_ratio: window.speech_ratio,
         };
         self.seq += 1;
         self.status.record_event(capture_to_event);

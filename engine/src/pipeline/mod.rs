@@ -62,6 +62,7 @@ use emogate_infer::Featurizer;
 use emogate_infer::affect::{AffectError, AffectModel};
 use emogate_infer::face::FaceDetector;
 use emogate_infer::pre::PreError;
+use emogate_infer::vad::VoiceDetector;
 use faces::FaceStage;
 pub use faces::{FaceSelect, FaceSettings};
 use handoff::Handoff;
@@ -229,6 +230,12 @@ struct ReadyWindow {
     frame: Option<Arc<Frame>>,
     /// The last audio window at the model's rate, unless missing or stale.
     audio: Option<Vec<f32>>,
+    /// One past its last sample, counted over the run
+    /// (`AudioWindow::end_sample`).
+    audio_end: u64,
+    /// Share of the window's audio the voice activity detector heard as
+    /// speech (set by the inference thread).
+    speech_ratio: Option<f32>,
     /// The media time the window covers, as events report it.
     span: Window,
     /// Capture time of the newest sample used.
@@ -373,6 +380,18 @@ pub struct Pipeline {
     switcher: Switcher,
     /// The face stage, for models that take face crops.
     faces: Option<FaceStage>,
+    /// Voice activity on the audio window, for models with audio.
+    speech: Option<SpeechGate>,
+}
+
+/// The voice activity detector and what the run asks of it.
+pub(crate) struct SpeechGate {
+    pub(crate) detector: VoiceDetector,
+    /// Windows whose speech ratio is below this have their audio treated
+    /// as missing (`--require-speech`).
+    pub(crate) require: Option<f32>,
+    /// The model's audio rate (what the windows hold).
+    pub(crate) rate: u32,
 }
 
 impl Pipeline {
@@ -466,7 +485,45 @@ impl Pipeline {
             status,
             switcher,
             faces: None,
+            speech: None,
         })
+    }
+
+    /// Adds voice activity: `detector` runs on each audio window, every
+    /// event carries the window's `speech_ratio`, and with `require` set,
+    /// windows below it have their audio treated as missing (the missing
+    /// policy applies).
+    ///
+    /// # Errors
+    /// [`PipelineError::Config`] when the model has no audio input, or
+    /// `require` is not a number from 0 to 1.
+    pub fn with_speech(
+        mut self,
+        detector: VoiceDetector,
+        require: Option<f32>,
+    ) -> Result<Self, PipelineError> {
+        let Some(audio) = self.needs.audio else {
+            return Err(PipelineError::Config(
+                "voice activity options given, but the model has no audio input".into(),
+            ));
+        };
+        if let Some(r) = require.filter(|r| !(0.0..=1.0).contains(r)) {
+            return Err(PipelineError::Config(format!(
+                "--require-speech {r}: expected a share of the window from 0 to 1"
+            )));
+        }
+        self.speech = Some(SpeechGate {
+            detector,
+            require,
+            rate: audio.sample_rate,
+        });
+        Ok(self)
+    }
+
+    /// Whether the model has an audio input (then [`Pipeline::with_speech`]
+    /// can add voice activity).
+    pub fn wants_audio(&self) -> bool {
+        self.needs.audio.is_some()
     }
 
     /// Whether the model takes face crops (`"crop": {"face": …}`): then
@@ -548,6 +605,7 @@ impl Pipeline {
             status,
             switcher,
             faces,
+            speech,
         } = self;
         if featurizer.face_crop().is_some() && faces.is_none() {
             return Err(PipelineError::Config(
@@ -590,6 +648,7 @@ impl Pipeline {
                 switcher: switcher.clone(),
                 max_consecutive_errors: config.max_consecutive_errors,
                 faces,
+                speech,
                 face_events: Default::default(),
                 post: config.post,
                 missing: config.missing,

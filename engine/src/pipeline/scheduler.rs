@@ -143,10 +143,12 @@ impl Scheduler<'_> {
             } else {
                 None
             };
+            let mut audio_end = 0;
             let audio = match self.audio.as_deref() {
                 Some(a) => match a.newest_at() {
                     Some(at) if a.is_full() && at + stale >= t => {
                         newest_at = newest_at.max(at);
+                        audio_end = a.end_sample();
                         let mut buf = Vec::new();
                         a.copy_into(&mut buf);
                         Some(buf)
@@ -176,6 +178,8 @@ impl Scheduler<'_> {
             let window = ReadyWindow {
                 frame,
                 audio,
+                audio_end,
+                speech_ratio: None,
                 span: Window {
                     start_s: (end_s - span_s).max(0.0),
                     end_s,

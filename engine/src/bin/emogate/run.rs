@@ -19,6 +19,7 @@ use emogate_engine::post::PostConfig;
 use emogate_engine::sink::{ControlHandle, OpenContext, OutputSpec, Sink};
 use emogate_infer::affect::{AffectModel, ModelSpec};
 use emogate_infer::face::{DetectorOptions, FaceDetector};
+use emogate_infer::vad::{VadOptions, VoiceDetector};
 use emogate_media::StopFlag;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -84,6 +85,16 @@ pub struct RunArgs {
     /// reused [default: 1000].
     #[arg(long)]
     pub track_timeout_ms: Option<f64>,
+    /// For models with audio: the voice activity detector (Silero VAD ONNX),
+    /// or `off`. Each event then carries `speech_ratio`
+    /// [default: models/vad/silero_vad_16k.onnx from the working directory,
+    /// when it is there].
+    #[arg(long)]
+    pub vad: Option<String>,
+    /// Treat an audio window whose speech ratio is below R (0-1) as missing
+    /// audio (the --missing policy applies).
+    #[arg(long, value_name = "R")]
+    pub require_speech: Option<f32>,
     /// Camera width to ask for [default: 640] (the nearest mode is used).
     #[arg(long)]
     pub width: Option<u32>,
@@ -150,6 +161,10 @@ const MAX_TRACK_TIMEOUT_MS: f64 = 3_600_000.0;
 /// Where `--face-detector` looks by default: the detector shipped in the
 /// repository, from the working directory.
 const DEFAULT_FACE_DETECTOR: &str = "models/face/blazeface-short.onnx";
+
+/// Where `--vad` looks by default: the detector shipped in the
+/// repository, from the working directory.
+const DEFAULT_VAD: &str = "models/vad/silero_vad_16k.onnx";
 
 /// The longest stall limit accepted, in ms (one hour).
 const MAX_STALL_MS: f64 = 3_600_000.0;
@@ -446,6 +461,42 @@ pub fn run(args: RunArgs) -> Result<()> {
         bail!(
             "--faces, --face-detector, --detect-every and --track-timeout-ms are for models that \
              take face crops; {} takes the whole frame (its manifest has no \"crop\": {{\"face\": …}})",
+            model.display()
+        );
+    }
+
+    if pipeline.wants_audio() {
+        let require = args.require_speech.or(file.require_speech);
+        let setting = args.vad.clone().or(file.vad.clone());
+        let path = match setting.as_deref() {
+            Some("off") if require.is_some() => {
+                bail!("--require-speech needs the voice activity detector; --vad is off")
+            }
+            Some("off") => None,
+            Some(path) => Some(PathBuf::from(path)),
+            None if Path::new(DEFAULT_VAD).exists() => Some(PathBuf::from(DEFAULT_VAD)),
+            None if require.is_some() => bail!(
+                "--require-speech needs the voice activity detector: {DEFAULT_VAD} is not \
+                 here; give --vad PATH"
+            ),
+            None => {
+                tracing::warn!(
+                    "no voice activity detector ({DEFAULT_VAD} is not here; --vad PATH): \
+                     events carry no speech_ratio"
+                );
+                None
+            }
+        };
+        if let Some(path) = path {
+            let detector = VoiceDetector::load(&path, &spec.backend, VadOptions::default())
+                .with_context(|| {
+                    format!("loading the voice activity detector {}", path.display())
+                })?;
+            pipeline = pipeline.with_speech(detector, require)?;
+        }
+    } else if args.vad.is_some() || args.require_speech.is_some() {
+        bail!(
+            "--vad and --require-speech are for models with an audio input; {} has none",
             model.display()
         );
     }
