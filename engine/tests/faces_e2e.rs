@@ -134,7 +134,10 @@ const FRAMES: usize = 60;
 /// Where the two faces' patches are in frame `i`: `a` goes right along
 /// the top, `b` left along the bottom; they pass each other at frame 20
 /// (2 s) and `b` has left the frame by frame 40 (4 s). `None`: not shown.
-fn patch_corners(i: usize) -> (Option<(i64, i64)>, Option<(i64, i64)>) {
+/// A patch's top-left corner in the frame.
+type Corner = (i64, i64);
+
+fn patch_corners(i: usize) -> (Option<Corner>, Option<Corner>) {
     let i = i as i64;
     let a = (5 * i, 0);
     let b = (300 - 10 * i, 120);

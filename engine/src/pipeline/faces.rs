@@ -165,7 +165,9 @@ impl FaceStage {
                     height: u32::try_from(frame.height).unwrap_or(u32::MAX),
                 };
                 let t = frame.captured_at;
-                let detect = self.frames % u64::from(self.settings.detect_every) == 0;
+                let detect = self
+                    .frames
+                    .is_multiple_of(u64::from(self.settings.detect_every));
                 self.frames += 1;
                 if detect {
                     let started = std::time::Instant::now();

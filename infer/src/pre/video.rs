@@ -467,10 +467,8 @@ impl VideoPre {
         ]
         .iter()
         .all(|v| v.is_finite());
-        if !finite
-            || !(region.width >= 1.0 && region.width <= max)
-            || !(region.height >= 1.0 && region.height <= max)
-        {
+        let fits = |side: f32| (1.0..=max).contains(&side);
+        if !(finite && fits(region.width) && fits(region.height)) {
             return Err(PreError::invalid(
                 "turned region of interest",
                 format!(
