@@ -14,6 +14,12 @@
 //!   and returns the window's `speech_ratio`: the fraction of its chunks
 //!   whose probability reaches [`VadOptions::threshold`].
 //!
+//! Per chunk the detector allocates nothing of its own once warm: the model
+//! inputs are refilled in place and the state copied back into them. The
+//! runtime allocates its tensors per run ([`crate::backend::Backend::run`]
+//! takes and returns owned tensors); at 7.8 chunks per 250 ms hop that is
+//! part of the measured cost (docs/benchmarks.md, "Voice activity").
+//!
 //! The model is the 16 kHz branch of the If-free export in the `silero-vad`
 //! 6.2.3 wheel (MIT, Silero Team), cut out by `models/vad/make_silero_vad.py`,
 //! which also records what silero-vad's own wrapper computes on a spoken
