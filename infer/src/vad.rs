@@ -14,6 +14,12 @@
 //!   and returns the window's `speech_ratio`: the fraction of its chunks
 //!   whose probability reaches [`VadOptions::threshold`].
 //!
+//! Per chunk the detector allocates nothing of its own once warm: the model
+//! inputs are refilled in place and the state copied back into them. The
+//! runtime allocates its tensors per run ([`crate::backend::Backend::run`]
+//! takes and returns owned tensors); at 7.8 chunks per 250 ms hop that is
+//! part of the measured cost (docs/benchmarks.md, "Voice activity").
+//!
 //! The model is the 16 kHz branch of the If-free export in the `silero-vad`
 //! 6.2.3 wheel (MIT, Silero Team), cut out by `models/vad/make_silero_vad.py`,
 //! which also records what silero-vad's own wrapper computes on a spoken
@@ -62,6 +68,11 @@ pub enum VadError {
     },
     #[error("voice activity: audio sample rate {rate} Hz: expected a positive rate")]
     SampleRate { rate: u32 },
+    #[error(
+        "voice activity: a window of {len} samples cannot end at sample {end_sample}: \
+         expected end_sample to be at least the window's length"
+    )]
+    Window { end_sample: u64, len: u64 },
 }
 
 /// How probabilities become a speech ratio.
@@ -264,9 +275,10 @@ impl VoiceDetector {
     ///
     /// # Errors
     /// [`VadError::SampleRate`] for rate 0; [`VadError::Pre`] for a rate
-    /// the resampler refuses (an odd ratio); [`VadError::Option`] when
+    /// the resampler refuses (an odd ratio); [`VadError::Window`] when
     /// `window` holds more samples than `end_sample`; as
-    /// [`VoiceDetector::push`] otherwise.
+    /// [`VoiceDetector::push`] otherwise (the detector then resets: the
+    /// next call starts a new stream).
     pub fn observe(
         &mut self,
         end_sample: u64,
@@ -279,11 +291,7 @@ impl VoiceDetector {
         let len = window.len() as u64;
         let start = end_sample
             .checked_sub(len)
-            .ok_or_else(|| VadError::Option {
-                field: "end_sample",
-                value: format!("{end_sample} for a window of {len} samples"),
-                expected: "at least the window's length",
-            })?;
+            .ok_or(VadError::Window { end_sample, len })?;
         let continues = self.stream.is_some_and(|s| {
             s.rate == sample_rate && start <= s.seen_end && end_sample >= s.seen_end
         });
@@ -310,8 +318,8 @@ impl VoiceDetector {
         let new = &window[(stream.seen_end - start) as usize..];
         self.recent.clear();
         let first_chunk = self.chunks;
-        if sample_rate == SAMPLE_RATE {
-            self.feed(new)?;
+        let fed = if sample_rate == SAMPLE_RATE {
+            self.feed(new)
         } else {
             let mut resampled = std::mem::take(&mut self.resampled);
             resampled.clear();
@@ -320,7 +328,13 @@ impl VoiceDetector {
             }
             let fed = self.feed(&resampled);
             self.resampled = resampled;
-            fed?;
+            fed
+        };
+        if let Err(e) = fed {
+            // Part of the new samples may have run: start over next time
+            // rather than run them twice.
+            self.reset();
+            return Err(e);
         }
         stream.seen_end = end_sample;
         stream.longest = stream.longest.max(len);

@@ -305,6 +305,16 @@ fn sample_rate_zero_and_impossible_positions_are_refused() {
     let err = det.observe(16_000, &[0.0; 16_000], 0).unwrap_err();
     assert!(matches!(err, VadError::SampleRate { rate: 0 }), "{err}");
     let err = det.observe(10, &[0.0; 16_000], 16_000).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VadError::Window {
+                end_sample: 10,
+                len: 16_000
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("end_sample"), "{err}");
     // A ratio no standard device clock has.
     let err = det.observe(16_000, &[0.0; 16_000], 44_057).unwrap_err();
