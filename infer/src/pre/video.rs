@@ -376,12 +376,14 @@ impl VideoPre {
         let right = left + (x1 - x0) * 3;
         for (ry, tmp_row) in (ry0..ry0 + rh as i64).zip(self.tmp.chunks_exact_mut(w * 3)) {
             if !inside || ry < y0 as i64 || ry >= y1 as i64 {
-                self.row.fill(0.0);
-            } else {
-                self.row[..left].fill(0.0);
-                self.row[right..].fill(0.0);
-                row_rgb(frame, ry as usize, x0, x1, &mut self.row[left..right]);
+                // A row of the padding: black, whatever the taps (a quarter
+                // of a 4:3 frame's letterbox for the face detector).
+                tmp_row.fill(0.0);
+                continue;
             }
+            self.row[..left].fill(0.0);
+            self.row[right..].fill(0.0);
+            row_rgb(frame, ry as usize, x0, x1, &mut self.row[left..right]);
             for (ox, o) in tmp_row.chunks_exact_mut(3).enumerate() {
                 let mut acc = [0f32; 3];
                 for (sx, wt) in self.cols.taps(ox) {
