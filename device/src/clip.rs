@@ -769,8 +769,7 @@ fn read_png_shrunk<R: BufRead + Seek>(
 mod tests {
     use super::*;
 
-    /// Writes a `width`×`height` PNG whose pixel (x, y) is `pixel(x, y)`,
-    /// one row at a time.
+    /// Writes a `width`×`height` PNG whose pixel (x, y) is `pixel(x, y)`.
     fn write_png(
         path: &Path,
         width: u32,
@@ -782,17 +781,12 @@ mod tests {
         let mut encoder = png::Encoder::new(file, width, height);
         encoder.set_color(color);
         encoder.set_depth(png::BitDepth::Eight);
-        encoder.set_compression(png::Compression::Fast);
-        let mut writer = encoder
-            .write_header()
-            .unwrap()
-            .into_stream_writer()
-            .unwrap();
-        for y in 0..height {
-            let row: Vec<u8> = (0..width).flat_map(|x| pixel(x, y)).collect();
-            std::io::Write::write_all(&mut writer, &row).unwrap();
-        }
-        writer.finish().unwrap();
+        let mut writer = encoder.write_header().unwrap();
+        let data: Vec<u8> = (0..height)
+            .flat_map(|y| (0..width).map(move |x| (x, y)))
+            .flat_map(|(x, y)| pixel(x, y))
+            .collect();
+        writer.write_image_data(&data).unwrap();
     }
 
     #[test]
@@ -819,15 +813,15 @@ mod tests {
         let frame = read_png_within(&edge, 0, 100).unwrap();
         assert_eq!((frame.width, frame.height), (26, 3));
         assert_eq!(frame.data[25 * 3], 30);
-        // Gray with alpha, 5000 x 4000 (20 MP): shrunk by 2, blocks averaged.
+        // Gray with alpha, 50 x 40: shrunk by 2, blocks averaged.
         let gray = dir.path().join("gray.png");
-        write_png(&gray, 5000, 4000, png::ColorType::GrayscaleAlpha, |x, y| {
+        write_png(&gray, 50, 40, png::ColorType::GrayscaleAlpha, |x, y| {
             vec![((x % 2) * 100 + (y % 2) * 50) as u8, 255]
         });
-        let frame = read_png(&gray, 0).unwrap();
+        let frame = read_png_within(&gray, 0, 1000).unwrap();
         assert_eq!(
             (frame.width, frame.height, frame.layout),
-            (2500, 2000, PixelLayout::Gray8)
+            (25, 20, PixelLayout::Gray8)
         );
         // (0 + 100 + 50 + 150) / 4 = 75 in every block.
         assert!(frame.data.iter().all(|v| *v == 75));
