@@ -47,12 +47,13 @@ use emogate_device::file_source::{VideoFile, WavFile};
 use emogate_engine::backend_choice::BackendSettings;
 use emogate_engine::pipeline::switch::SwitchOutcome;
 use emogate_engine::pipeline::{Pacing, Pipeline, PipelineConfig};
-use emogate_infer::affect::{AffectError, prepare_backend};
-use emogate_infer::backend::{Backend, InputFact};
+use emogate_infer::affect::{AffectError, Prepared, Switching, prepare_backend, to_tensors};
+use emogate_infer::backend::{Backend, BackendError, InputFact};
 use emogate_infer::{AffectModel, Featurizer, ModelSpec, Tensor};
 use emogate_media::{Frame, PixelLayout, StopFlag};
 use emogate_models::onnx::OnnxModel;
 use emogate_models::peft::Adapter;
+use emogate_models::slots::SlotGraph;
 use emogate_tools::synth::{DecoderSpec, write_decoder, write_gate_proj_adapter};
 
 /// Adapter switch latency (prepare and the whole switch), p50/p99.
@@ -66,6 +67,10 @@ struct Cli {
     /// Backends, in order: tract, ort (build with --features ort).
     #[arg(long, value_delimiter = ',', default_value = "tract,ort")]
     backends: Vec<String>,
+    /// How switches are made, in order: `slots` (the slot graph, planned
+    /// once; emogate's default) and `replan` (merge and plan per switch).
+    #[arg(long, value_delimiter = ',', default_value = "slots,replan")]
+    switching: Vec<Switching>,
     /// Timed switches per backend on the reference model (affect-gate → affect-all →
     /// base → …).
     #[arg(long, default_value_t = 60)]
@@ -136,6 +141,9 @@ struct Timings {
     prepare: Vec<f64>,
     switch: Vec<f64>,
     install: Vec<f64>,
+    /// Every forward pass the inference thread ran (what the slot
+    /// branches cost on each window).
+    window: Vec<f64>,
 }
 
 /// One row group of the table.
@@ -156,25 +164,28 @@ struct Sample {
     install: Duration,
 }
 
-/// A prepared backend waiting for the inference thread (`Ready` in
+/// A prepared switch waiting for the inference thread (`Ready` in
 /// `engine/src/pipeline/switch.rs`).
-struct Ready {
+struct Ready<P> {
     target: Option<String>,
     requested_at: Instant,
     prepare: Duration,
-    backend: Box<dyn Backend>,
+    prepared: P,
 }
 
 /// What the inference thread owns: the model it serves windows from.
-trait Served: Send {
+/// `P` is what a switch prepares: a [`Prepared`] for an [`AffectModel`], a
+/// [`LargeSwitch`] for the large decoder.
+trait Served<P>: Send {
     /// One forward pass.
     fn window(&mut self) -> Result<()>;
-    /// Swaps in `backend`, dropping the old one.
-    fn install(&mut self, target: Option<String>, backend: Box<dyn Backend>);
+    /// Installs a prepared switch (binding slot factors, or swapping in
+    /// a new backend and dropping the old one).
+    fn install(&mut self, target: Option<String>, prepared: P) -> Result<()>;
 }
 
-/// Builds the backend for an adapter (`None`: the base model).
-type Prepare<'a> = dyn Fn(Option<&str>) -> Result<Box<dyn Backend>, AffectError> + Sync + 'a;
+/// Prepares the switch to an adapter (`None`: the base model).
+type Prepare<'a, P> = dyn Fn(Option<&str>) -> Result<P, AffectError> + Sync + 'a;
 
 /// The reference model with its manifest's inputs, built once.
 struct ReferenceServed {
@@ -182,15 +193,23 @@ struct ReferenceServed {
     inputs: Vec<Tensor>,
 }
 
-impl Served for ReferenceServed {
+impl Served<Prepared> for ReferenceServed {
     fn window(&mut self) -> Result<()> {
         self.model.run(&self.inputs)?;
         Ok(())
     }
 
-    fn install(&mut self, target: Option<String>, backend: Box<dyn Backend>) {
-        self.model.install(target, backend);
+    fn install(&mut self, target: Option<String>, prepared: Prepared) -> Result<()> {
+        Ok(self.model.install(target, prepared)?)
     }
+}
+
+/// A switch of the large decoder, as `AffectModel::prepare` makes them.
+enum LargeSwitch {
+    /// Slot factors for the running slot graph.
+    Factors(Vec<Tensor>),
+    /// A backend with the adapter merged.
+    Backend(Box<dyn Backend>),
 }
 
 /// The large decoder: a backend and its token ids.
@@ -199,14 +218,18 @@ struct LargeServed {
     input: Tensor,
 }
 
-impl Served for LargeServed {
+impl Served<LargeSwitch> for LargeServed {
     fn window(&mut self) -> Result<()> {
         self.backend.run(std::slice::from_ref(&self.input))?;
         Ok(())
     }
 
-    fn install(&mut self, _target: Option<String>, backend: Box<dyn Backend>) {
-        self.backend = backend;
+    fn install(&mut self, _target: Option<String>, prepared: LargeSwitch) -> Result<()> {
+        match prepared {
+            LargeSwitch::Factors(factors) => self.backend.bind(&factors)?,
+            LargeSwitch::Backend(backend) => self.backend = backend,
+        }
+        Ok(())
     }
 }
 
@@ -235,18 +258,20 @@ fn schedule(
 
 /// Switches `served` through `targets` with a preparer thread and an
 /// inference thread serving windows, as `emogate run` does.
-fn run_switches(
-    served: &mut dyn Served,
-    prepare: &Prepare<'_>,
+fn run_switches<P: Send>(
+    served: &mut dyn Served<P>,
+    prepare: &Prepare<'_, P>,
     targets: &[Option<String>],
     warmup: usize,
     hop: Duration,
 ) -> Result<Timings> {
-    let slot: Mutex<Option<Ready>> = Mutex::new(None);
+    let slot: Mutex<Option<Ready<P>>> = Mutex::new(None);
     let stop = StopFlag::new();
     let (request_tx, request_rx) = mpsc::channel::<(Option<String>, Instant)>();
     let (done_tx, done_rx) = mpsc::channel::<Result<Sample>>();
     let mut timings = Timings::default();
+    let windows: Mutex<Vec<f64>> = Mutex::new(Vec::new());
+    let windows_ref = &windows;
     std::thread::scope(|s| -> Result<()> {
         // The preparer thread (`Switcher::prepare_loop`).
         let preparer_done = done_tx.clone();
@@ -255,12 +280,12 @@ fn run_switches(
             for (target, requested_at) in request_rx {
                 let started = Instant::now();
                 match prepare(target.as_deref()) {
-                    Ok(backend) => {
+                    Ok(prepared) => {
                         *slot_ref.lock().unwrap_or_else(PoisonError::into_inner) = Some(Ready {
                             target,
                             requested_at,
                             prepare: started.elapsed(),
-                            backend,
+                            prepared,
                         });
                     }
                     Err(e) => {
@@ -281,20 +306,29 @@ fn run_switches(
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .take();
-                let sample = ready.map(|ready| {
+                let mut sample = None;
+                if let Some(ready) = ready {
                     let switch = ready.requested_at.elapsed();
                     let started = Instant::now();
-                    served.install(ready.target, ready.backend);
-                    Sample {
+                    if let Err(e) = served.install(ready.target, ready.prepared) {
+                        let _ = done_tx.send(Err(e.context("installing a switch failed")));
+                        return;
+                    }
+                    sample = Some(Sample {
                         prepare: ready.prepare,
                         switch,
                         install: started.elapsed(),
-                    }
-                });
+                    });
+                }
+                let started = Instant::now();
                 if let Err(e) = served.window() {
                     let _ = done_tx.send(Err(e.context("a window failed")));
                     return;
                 }
+                windows_ref
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(started.elapsed().as_secs_f64() * 1e3);
                 // Reported after the first window on the new backend ran.
                 if let Some(sample) = sample {
                     let _ = done_tx.send(Ok(sample));
@@ -338,10 +372,11 @@ fn run_switches(
         drop(request_tx);
         result
     })?;
+    timings.window = windows.into_inner().unwrap_or_else(PoisonError::into_inner);
     Ok(timings)
 }
 
-fn reference_spec(cli: &Cli, backend: &str) -> Result<ModelSpec> {
+fn reference_spec(cli: &Cli, backend: &str, switching: Switching) -> Result<ModelSpec> {
     Ok(ModelSpec {
         path: cli.reference.clone(),
         manifest: None,
@@ -351,12 +386,13 @@ fn reference_spec(cli: &Cli, backend: &str) -> Result<ModelSpec> {
             .map(|a| (a.to_string(), cli.reference_adapters.join(a)))
             .collect(),
         active: None,
+        switching,
     })
 }
 
 /// Switches on the reference model with this harness.
-fn bench_reference(cli: &Cli, backend: &str) -> Result<Row> {
-    let model = AffectModel::load(&reference_spec(cli, backend)?)
+fn bench_reference(cli: &Cli, backend: &str, switching: Switching) -> Result<Row> {
+    let model = AffectModel::load(&reference_spec(cli, backend, switching)?)
         .with_context(|| format!("loading {}", cli.reference.display()))?;
     let mut featurizer = Featurizer::new(model.manifest())?;
     // Synthetic media of the manifest's sizes, as emogate-bench-model uses.
@@ -381,12 +417,16 @@ fn bench_reference(cli: &Cli, backend: &str) -> Result<Row> {
         cli.switches,
         cli.warmup_rounds,
     );
+    let slotted = model.switches_by_slots();
+    if slotted != (switching == Switching::Slots) {
+        bail!("asked for {switching:?} but the model switches by slots: {slotted}");
+    }
     let mut served = ReferenceServed { model, inputs };
     let timings = run_switches(&mut served, &prepare, &targets, warmup, hop(cli))?;
     Ok(Row {
         model: "reference",
         backend: served.model.backend_name().to_string(),
-        path: "harness",
+        path: path_name("harness", switching),
         timings,
         elsewhere: f64::NAN,
     })
@@ -394,8 +434,8 @@ fn bench_reference(cli: &Cli, backend: &str) -> Result<Row> {
 
 /// Switches on the reference model through emogate's own pipeline and its
 /// `Switcher`: the numbers its `adapter_changed` events carry.
-fn bench_reference_pipeline(cli: &Cli, backend: &str) -> Result<Row> {
-    let model = AffectModel::load(&reference_spec(cli, backend)?)
+fn bench_reference_pipeline(cli: &Cli, backend: &str, switching: Switching) -> Result<Row> {
+    let model = AffectModel::load(&reference_spec(cli, backend, switching)?)
         .with_context(|| format!("loading {}", cli.reference.display()))?;
     let backend_name = model.backend_name().to_string();
     let video = VideoFile::open(&cli.video, 10.0, true)
@@ -445,7 +485,7 @@ fn bench_reference_pipeline(cli: &Cli, backend: &str) -> Result<Row> {
     Ok(Row {
         model: "reference",
         backend: backend_name,
-        path: "pipeline",
+        path: path_name("pipeline", switching),
         timings,
         elsewhere: f64::NAN,
     })
@@ -477,7 +517,7 @@ fn large_files(dir: &Path, spec: &DecoderSpec) -> Result<(PathBuf, [PathBuf; 2])
 /// Switches on the large decoder: the same merge and load as
 /// `Preparer::prepare` ([`prepare_backend`]), given the token-id input the
 /// model takes (it carries no emogate manifest, so no `AffectModel`).
-fn bench_large(cli: &Cli, backend: &str, dir: &Path) -> Result<Row> {
+fn bench_large(cli: &Cli, backend: &str, dir: &Path, switching: Switching) -> Result<Row> {
     let spec = DecoderSpec::qwen2_5_0_5b();
     let (model_path, adapter_dirs) = large_files(dir, &spec)?;
     let runtime = cli.settings(backend).choice()?.runtime();
@@ -490,17 +530,48 @@ fn bench_large(cli: &Cli, backend: &str, dir: &Path) -> Result<Row> {
             Adapter::load(dir).with_context(|| format!("loading {}", dir.display()))?,
         );
     }
-    let facts = [InputFact::I64(vec![1, spec.seq_len])];
-    let prepare = |target: Option<&str>| {
-        let adapter = target.map(|name| &adapters[name]);
-        prepare_backend(runtime.as_ref(), &onnx, adapter, &facts)
-    };
+    let mut facts = vec![InputFact::I64(vec![1, spec.seq_len])];
+    let rss_before = rss_kb("VmRSS");
     let started = Instant::now();
-    let base = prepare(None)?;
+    // What `AffectModel::load` and `AffectModel::prepare` do, for a model
+    // without a manifest.
+    let slots = match switching {
+        Switching::Slots => {
+            let all: Vec<&Adapter> = adapters.values().collect();
+            Some(SlotGraph::new(&onnx, &all).map_err(|e| anyhow!("slot graph: {e}"))?)
+        }
+        Switching::Replan => None,
+    };
+    let base = match &slots {
+        Some(slots) => {
+            facts.extend(slots.inputs().iter().map(|i| InputFact::F32(i.dims.clone())));
+            let mut backend = runtime.load_graph(&onnx, slots.proto(), &facts)?;
+            let zeros = slots.factors(&onnx, None).map_err(|e| anyhow!("{e}"))?;
+            backend.bind(&to_tensors(zeros))?;
+            backend
+        }
+        None => prepare_backend(runtime.as_ref(), &onnx, None, &facts)?,
+    };
+    let prepare = |target: Option<&str>| -> Result<LargeSwitch, AffectError> {
+        let adapter = target.map(|name| &adapters[name]);
+        match &slots {
+            Some(slots) => slots
+                .factors(&onnx, adapter)
+                .map(|f| LargeSwitch::Factors(to_tensors(f)))
+                .map_err(|e| AffectError::Backend(BackendError::Config {
+                    field: "slots".into(),
+                    message: e.to_string(),
+                })),
+            None => prepare_backend(runtime.as_ref(), &onnx, adapter, &facts)
+                .map(LargeSwitch::Backend),
+        }
+    };
     eprintln!(
-        "large model on {}: base loaded in {:.2} s",
+        "large model on {} ({switching:?}): base loaded in {:.2} s; RSS {:.0} → {:.0} MB",
         base.name(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        rss_before / 1024.0,
+        rss_kb("VmRSS") / 1024.0,
     );
     let backend_name = base.name().to_string();
     let mut served = LargeServed {
@@ -517,11 +588,19 @@ fn bench_large(cli: &Cli, backend: &str, dir: &Path) -> Result<Row> {
         started.elapsed().as_secs_f64() * 1e3
     );
     let (targets, warmup) = schedule(&["a", "b"], cli.large_switches, cli.warmup_rounds);
+    let rss_loaded = rss_kb("VmRSS");
     let timings = run_switches(&mut served, &prepare, &targets, warmup, hop(cli))?;
+    eprintln!(
+        "large model on {backend_name} ({switching:?}): RSS after load {:.0} MB, now {:.0} MB; \
+         peak {:.0} MB (the process's, since it started)",
+        rss_loaded / 1024.0,
+        rss_kb("VmRSS") / 1024.0,
+        rss_kb("VmHWM") / 1024.0,
+    );
     Ok(Row {
         model: "Qwen2.5-0.5B-shaped",
         backend: backend_name,
-        path: "harness",
+        path: path_name("harness", switching),
         timings,
         elsewhere: f64::NAN,
     })
@@ -552,6 +631,7 @@ fn print_row(row: &Row) {
         ("prepare", &row.timings.prepare),
         ("switch", &row.timings.switch),
         ("install", &row.timings.install),
+        ("window", &row.timings.window),
     ] {
         if values.is_empty() {
             continue;
@@ -649,6 +729,29 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// A `kB` field of /proc/self/status (`VmRSS`, `VmHWM`), NaN if unreadable.
+fn rss_kb(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// `harness/slots`, `pipeline/replan`, …
+fn path_name(path: &'static str, switching: Switching) -> &'static str {
+    match (path, switching) {
+        ("harness", Switching::Slots) => "harness/slots",
+        ("harness", Switching::Replan) => "harness/replan",
+        ("pipeline", Switching::Slots) => "pipeline/slots",
+        _ => "pipeline/replan",
+    }
+}
+
 fn peak_rss_mb() -> f64 {
     // SAFETY: getrusage fills a plain struct for this process.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -678,16 +781,19 @@ fn main() -> Result<()> {
                 "reference" | "large" => &["harness"],
                 other => bail!("--models: `{other}`: expected reference or large"),
             };
-            for path in paths {
+            for (path, switching) in paths
+                .iter()
+                .flat_map(|p| cli.switching.iter().map(move |s| (p, *s)))
+            {
                 let before = load_average();
                 let cpu_before = cpu_seconds();
                 let started = Instant::now();
                 let row = match (model.as_str(), *path) {
-                    ("large", _) => bench_large(&cli, backend, &large_dir),
-                    (_, "pipeline") => bench_reference_pipeline(&cli, backend),
-                    _ => bench_reference(&cli, backend),
+                    ("large", _) => bench_large(&cli, backend, &large_dir, switching),
+                    (_, "pipeline") => bench_reference_pipeline(&cli, backend, switching),
+                    _ => bench_reference(&cli, backend, switching),
                 };
-                let mut row = row.with_context(|| format!("{model} on {backend} ({path})"))?;
+                let mut row = row.with_context(|| format!("{model} on {backend} ({path}, {switching:?})"))?;
                 let wall = started.elapsed().as_secs_f64();
                 let cpu_after = cpu_seconds();
                 let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
@@ -695,7 +801,7 @@ fn main() -> Result<()> {
                     .max(0.0)
                     / (wall * cpus);
                 eprintln!(
-                    "{model} on {backend} ({path}): {wall:.1} s; load average {before} before, {} after; \
+                    "{model} on {backend} ({path}, {switching:?}): {wall:.1} s; load average {before} before, {} after; \
                      other processes {:.0} % of {cpus} CPUs; peak RSS so far {:.0} MB",
                     load_average(),
                     row.elsewhere * 100.0,

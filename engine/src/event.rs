@@ -229,12 +229,15 @@ pub struct AdapterChange {
     pub to: Option<String>,
     /// `seq` of the first emotion event the new adapter produces.
     pub seq: u64,
-    /// Time to build the new backend (merge and load), off the inference
-    /// thread.
+    /// Time to make the switch ready off the inference thread: compute
+    /// the adapter slot factors, or merge and plan a new backend.
     pub prepare_ms: f64,
-    /// From the request to the new backend serving: preparing, plus the
+    /// From the request to the new adapter serving: preparing, plus the
     /// wait for the window in progress to finish.
     pub switch_ms: f64,
+    /// Whether the switch planned a new backend (`false`: it bound new
+    /// slot factors to the running one).
+    pub replanned: bool,
 }
 
 /// Where in the model path a window failed.

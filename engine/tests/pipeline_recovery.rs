@@ -99,6 +99,7 @@ fn a_camera_that_disappears_is_reported_retried_and_recovered() {
         backend: BackendChoice::Tract { threads: 1 },
         adapters: vec![],
         active: None,
+        switching: Default::default(),
     })
     .unwrap();
     let video = Unplugged {

@@ -1,17 +1,31 @@
 //! An affect model ready to run: the ONNX file, its manifest, a backend,
 //! and the gate_proj adapters it can switch between.
 //!
-//! Adapters are merged in memory with the converter's own merge code
-//! ([`emogate_models::merge::MergePlan`]). Switching builds the new backend
-//! first ([`AffectModel::prepare`], or [`Preparer::prepare`] on another
-//! thread while the current one keeps serving windows) and then swaps it in
-//! between two windows ([`AffectModel::install`]), so no window is lost or
-//! run twice. The set of adapters can change while the model runs
-//! ([`Preparer::add_adapter`], [`Preparer::remove_adapter`]): a config
-//! reload adds and drops them without touching the running backend.
+//! Two ways to switch adapters, chosen by [`Switching`]:
+//!
+//! * **slots** (the default when every adapter given at load fits): the
+//!   runtime plans the adapter slot graph ([`emogate_models::slots`]) once,
+//!   and a switch only computes the slot factors and binds them to the
+//!   running backend: milliseconds, whatever the model's size, and no
+//!   second copy of the model in memory.
+//! * **replan**: the adapter is merged in memory with the converter's own
+//!   merge code ([`emogate_models::merge::MergePlan`]) and the runtime plans
+//!   the merged model. No branch costs time on each window, but a switch
+//!   costs a full load and plan, and the old and new backends live at once.
+//!
+//! Either way a switch is made ready first ([`AffectModel::prepare`], or
+//! [`Preparer::prepare`] on another thread while the current backend keeps
+//! serving windows) and then installed between two windows
+//! ([`AffectModel::install`]), so no window is lost or run twice. The set of
+//! adapters can change while the model runs ([`Preparer::insert_adapter`],
+//! [`Preparer::remove_adapter`]): a config reload adds and drops them without
+//! touching the running backend. An adapter added later that does not fit
+//! the slots (a new layer, a higher rank, DoRA) is switched to by
+//! re-planning, and so is every switch after it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -19,6 +33,7 @@ use emogate_models::manifest::{InputSpec, Manifest};
 use emogate_models::merge::MergePlan;
 use emogate_models::onnx::OnnxModel;
 use emogate_models::peft::Adapter;
+use emogate_models::slots::{SlotGraph, Unfit};
 
 use crate::Tensor;
 use crate::backend::tract::TractRuntime;
@@ -37,6 +52,33 @@ pub enum AffectError {
     UnknownAdapter { name: String, loaded: String },
     #[error("--adapter `{spec}`: expected NAME=DIR")]
     AdapterSpec { spec: String },
+    #[error(
+        "{}: adapter `{name}` was prepared for the slot graph, which is no longer running",
+        path.display()
+    )]
+    SlotsGone { path: PathBuf, name: String },
+}
+
+/// How an [`AffectModel`] switches adapters (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Switching {
+    /// The slot graph when the adapters fit it, else `Replan`.
+    #[default]
+    Slots,
+    /// Merge and plan the model again on every switch.
+    Replan,
+}
+
+impl std::str::FromStr for Switching {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "slots" => Ok(Switching::Slots),
+            "replan" => Ok(Switching::Replan),
+            other => Err(format!("`{other}`: expected slots or replan")),
+        }
+    }
 }
 
 /// Which runtime runs the model.
@@ -79,6 +121,8 @@ pub struct ModelSpec {
     pub adapters: Vec<(String, PathBuf)>,
     /// The adapter active at start; `None` runs the base model.
     pub active: Option<String>,
+    /// How adapters are switched.
+    pub switching: Switching,
 }
 
 /// Parses `NAME=DIR`.
@@ -96,6 +140,25 @@ pub struct AffectModel {
     blueprint: Arc<Blueprint>,
     active: Option<String>,
     backend: Box<dyn Backend>,
+    /// Whether `backend` runs the blueprint's slot graph.
+    slotted: bool,
+}
+
+/// A switch made ready off the inference thread ([`AffectModel::prepare`],
+/// [`Preparer::prepare`]), for [`AffectModel::install`].
+pub struct Prepared {
+    /// A new backend (`None`: keep the running slot graph).
+    backend: Option<Box<dyn Backend>>,
+    /// Slot factors to bind (`None`: `backend` is a merged model).
+    factors: Option<Vec<Tensor>>,
+}
+
+impl Prepared {
+    /// Whether this switch planned a new backend (rather than only
+    /// computing slot factors).
+    pub fn replanned(&self) -> bool {
+        self.backend.is_some()
+    }
 }
 
 /// Everything but the running backend: what a new backend is built from.
@@ -113,6 +176,14 @@ struct Blueprint {
     outputs: Vec<usize>,
     /// Every graph input and output has a symbolic leading (batch) axis.
     free_batch: bool,
+    /// The slot graph, when adapters are switched through slots.
+    slots: Option<SlotGraph>,
+    /// Cleared for good when an adapter that does not fit the slots is
+    /// prepared: from then on every switch re-plans. One-way, so that a
+    /// factors-only switch is never installed after the slot graph's
+    /// backend was replaced (switches install in the order they were
+    /// prepared).
+    slots_live: AtomicBool,
 }
 
 /// The most faces [`AffectModel::max_batch`] puts in one forward pass.
@@ -161,8 +232,29 @@ impl AffectModel {
             && graph.output.iter().all(leading_free);
         let mut adapters = BTreeMap::new();
         for (name, dir) in &spec.adapters {
-            adapters.insert(name.clone(), Arc::new(Adapter::load(dir)?));
+            let adapter = Adapter::load(dir)?;
+            // Resolution errors name the module and the layers there are.
+            MergePlan::new(&onnx, &adapter)?;
+            adapters.insert(name.clone(), Arc::new(adapter));
         }
+        let slots = match spec.switching {
+            _ if adapters.is_empty() => None,
+            Switching::Replan => None,
+            Switching::Slots => {
+                let all: Vec<&Adapter> = adapters.values().map(|a| a.as_ref()).collect();
+                match SlotGraph::new(&onnx, &all) {
+                    Ok(slots) => Some(slots),
+                    Err(Unfit(why)) => {
+                        tracing::warn!(
+                            model = %spec.path.display(),
+                            reason = %why,
+                            "adapters do not fit a slot graph: each switch re-plans the model"
+                        );
+                        None
+                    }
+                }
+            }
+        };
         let blueprint = Blueprint {
             onnx,
             manifest,
@@ -171,13 +263,42 @@ impl AffectModel {
             feed,
             outputs,
             free_batch,
+            slots_live: AtomicBool::new(slots.is_some()),
+            slots,
         };
-        let backend = blueprint.prepare(spec.active.as_deref())?;
+        let (backend, slotted) = match &blueprint.slots {
+            Some(slots) => {
+                let mut facts = blueprint.input_facts();
+                facts.extend(slots.inputs().iter().map(|i| InputFact::F32(i.dims.clone())));
+                let mut backend =
+                    blueprint
+                        .runtime
+                        .load_graph(&blueprint.onnx, slots.proto(), &facts)?;
+                let adapter = spec
+                    .active
+                    .as_deref()
+                    .map(|name| blueprint.adapter(name))
+                    .transpose()?;
+                let factors = blueprint.factors(slots, adapter.as_deref())?;
+                backend.bind(&factors)?;
+                (backend, true)
+            }
+            None => {
+                let prepared = blueprint.prepare(spec.active.as_deref())?;
+                (prepared.backend.expect("without slots a backend is planned"), false)
+            }
+        };
         Ok(AffectModel {
             blueprint: Arc::new(blueprint),
             active: spec.active.clone(),
             backend,
+            slotted,
         })
+    }
+
+    /// Whether adapter switches only bind new slot factors (no re-plan).
+    pub fn switches_by_slots(&self) -> bool {
+        self.slotted && self.blueprint.slots_live.load(Ordering::Acquire)
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -261,13 +382,13 @@ impl AffectModel {
             .collect()
     }
 
-    /// Builds a backend with `adapter` merged (or the base model for
-    /// `None`). Does not touch the running backend, so it can run while
-    /// windows are still being served.
+    /// Makes a switch to `adapter` (`None`: the base model) ready: its slot
+    /// factors, or a backend with it merged. Does not touch the running
+    /// backend, so it can run while windows are still being served.
     ///
     /// # Errors
     /// [`AffectError::UnknownAdapter`], merge errors, backend errors.
-    pub fn prepare(&self, adapter: Option<&str>) -> Result<Box<dyn Backend>, AffectError> {
+    pub fn prepare(&self, adapter: Option<&str>) -> Result<Prepared, AffectError> {
         self.blueprint.prepare(adapter)
     }
 
@@ -277,17 +398,47 @@ impl AffectModel {
         Preparer(Arc::clone(&self.blueprint))
     }
 
-    /// Swaps in a backend made by [`AffectModel::prepare`].
-    pub fn install(&mut self, active: Option<String>, backend: Box<dyn Backend>) {
-        self.backend = backend;
+    /// Installs a switch made by [`AffectModel::prepare`]: binds the slot
+    /// factors, or swaps in the new backend (dropping the old one).
+    ///
+    /// # Errors
+    /// [`AffectError::SlotsGone`] for factors prepared for a slot graph
+    /// that no longer runs (switches must install in the order they were
+    /// prepared); [`BackendError`] when the runtime refuses the factors.
+    /// The running backend is unchanged then.
+    pub fn install(&mut self, active: Option<String>, prepared: Prepared) -> Result<(), AffectError> {
+        match (prepared.backend, prepared.factors) {
+            (Some(backend), None) => {
+                self.backend = backend;
+                self.slotted = false;
+            }
+            (backend, Some(factors)) => {
+                match backend {
+                    Some(mut backend) => {
+                        backend.bind(&factors)?;
+                        self.backend = backend;
+                        self.slotted = true;
+                    }
+                    None if self.slotted => self.backend.bind(&factors)?,
+                    None => {
+                        return Err(AffectError::SlotsGone {
+                            path: self.path().to_path_buf(),
+                            name: active.unwrap_or_else(|| "base".into()),
+                        });
+                    }
+                }
+            }
+            (None, None) => unreachable!("Prepared is made with a backend or factors"),
+        }
         self.active = active;
+        Ok(())
     }
 
     /// Prepares and installs `adapter`; returns how long the switch took.
     pub fn switch(&mut self, adapter: Option<&str>) -> Result<Duration, AffectError> {
         let started = Instant::now();
-        let backend = self.prepare(adapter)?;
-        self.install(adapter.map(str::to_string), backend);
+        let prepared = self.prepare(adapter)?;
+        self.install(adapter.map(str::to_string), prepared)?;
         Ok(started.elapsed())
     }
 
@@ -330,7 +481,7 @@ pub struct Preparer(Arc<Blueprint>);
 
 impl Preparer {
     /// Same as [`AffectModel::prepare`].
-    pub fn prepare(&self, adapter: Option<&str>) -> Result<Box<dyn Backend>, AffectError> {
+    pub fn prepare(&self, adapter: Option<&str>) -> Result<Prepared, AffectError> {
         self.0.prepare(adapter)
     }
 
@@ -416,14 +567,49 @@ impl Blueprint {
             })
     }
 
-    fn prepare(&self, adapter: Option<&str>) -> Result<Box<dyn Backend>, AffectError> {
-        let adapter = adapter.map(|name| self.adapter(name)).transpose()?;
-        prepare_backend(
-            self.runtime.as_ref(),
-            &self.onnx,
-            adapter.as_deref(),
-            &self.input_facts(),
-        )
+    fn prepare(&self, name: Option<&str>) -> Result<Prepared, AffectError> {
+        let adapter = name.map(|name| self.adapter(name)).transpose()?;
+        if let Some(slots) = &self.slots
+            && self.slots_live.load(Ordering::Acquire)
+        {
+            match slots.factors(&self.onnx, adapter.as_deref()) {
+                Ok(factors) => {
+                    return Ok(Prepared {
+                        backend: None,
+                        factors: Some(to_tensors(factors)),
+                    });
+                }
+                Err(Unfit(why)) => {
+                    tracing::warn!(
+                        adapter = name.unwrap_or("base"),
+                        reason = %why,
+                        "adapter does not fit the slot graph: switching by re-planning from now on"
+                    );
+                    self.slots_live.store(false, Ordering::Release);
+                }
+            }
+        }
+        Ok(Prepared {
+            backend: Some(prepare_backend(
+                self.runtime.as_ref(),
+                &self.onnx,
+                adapter.as_deref(),
+                &self.input_facts(),
+            )?),
+            factors: None,
+        })
+    }
+
+    fn factors(&self, slots: &SlotGraph, adapter: Option<&Adapter>) -> Result<Vec<Tensor>, AffectError> {
+        slots
+            .factors(&self.onnx, adapter)
+            .map(to_tensors)
+            .map_err(|Unfit(why)| {
+                AffectError::Backend(BackendError::Load {
+                    path: self.onnx.path().to_path_buf(),
+                    message: format!("binding adapter slots: {why}"),
+                })
+            })
     }
 
     /// Input shapes in graph order, from the manifest.
@@ -433,4 +619,13 @@ impl Blueprint {
             .map(|i| InputFact::F32(Manifest::input_shape(&self.manifest.inputs[*i])))
             .collect()
     }
+}
+
+/// Slot factors as tensors, in the slot graph's input order.
+pub fn to_tensors(factors: emogate_models::slots::Factors) -> Vec<Tensor> {
+    factors
+        .0
+        .into_iter()
+        .map(|(dims, values)| Tensor::f32(dims, values))
+        .collect()
 }

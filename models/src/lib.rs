@@ -28,6 +28,9 @@
 //! * [`merge::MergePlan`] — an adapter resolved against a graph: which
 //!   initializer each module adapts, in which orientation, and the merged
 //!   values; [`merge::merge_to_file`] streams them into a new model.
+//! * [`slots::SlotGraph`] — the same adapters as graph inputs instead: a
+//!   low-rank branch on each adapted layer, so a runtime plans the model
+//!   once and an adapter switch only changes the values it is fed.
 //! * [`quantize::quantize_to_file`] — fp16 conversion that keeps
 //!   normalization and Softmax in f32, int8 weight-only QDQ (per-channel,
 //!   symmetric, TensorRT's form, optionally GPTQ-rounded) and ONNX Runtime's
@@ -53,6 +56,7 @@ pub mod merge;
 pub mod onnx;
 pub mod peft;
 pub mod quantize;
+pub mod slots;
 pub mod staging;
 pub mod surgery;
 

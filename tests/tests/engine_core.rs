@@ -181,7 +181,7 @@ fn switching_while_running_loses_and_repeats_no_window() {
     }
     let before = served.len();
     served.push(model.run(&inputs).unwrap()[0].as_f32().unwrap().to_vec());
-    model.install(Some("affect-all".into()), prepared);
+    model.install(Some("affect-all".into()), prepared).unwrap();
     for _ in 0..3 {
         served.push(model.run(&inputs).unwrap()[0].as_f32().unwrap().to_vec());
     }

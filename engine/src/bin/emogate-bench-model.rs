@@ -84,6 +84,7 @@ impl LoadArgs {
             backend: self.settings().choice()?,
             adapters,
             active: self.active.clone(),
+            switching: Default::default(),
         })
     }
 }

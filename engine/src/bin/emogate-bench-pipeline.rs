@@ -118,6 +118,7 @@ fn run_rust(args: &Args, hop: Duration) -> Result<Measure> {
         backend: BackendChoice::Tract { threads: 1 },
         adapters: vec![],
         active: None,
+        switching: Default::default(),
     })
     .with_context(|| format!("loading {}", args.model.display()))?;
     let windows = ((args.seconds - 2.0) / hop.as_secs_f64()).floor() as u64 + 1;

@@ -170,18 +170,25 @@ impl Inference {
     /// `newest_at` and `stamp_s` are those of the window about to run: the
     /// change is stamped with the first media the new adapter sees.
     fn install_prepared(&mut self, newest_at: emogate_media::Nanos, stamp_s: f64) {
-        let Some(ready) = self.switcher.take_ready() else {
+        let Some(mut ready) = self.switcher.take_ready() else {
             return;
         };
-        let installed = self.switcher.installed(&ready, self.seq);
         let target = ready.target();
-        self.model.install(target.clone(), ready.backend);
+        if let Some(prepared) = ready.take_prepared()
+            && let Err(e) = self.model.install(target.clone(), prepared)
+        {
+            tracing::error!(adapter = ?target, error = %e, "installing the adapter failed; the current one keeps serving");
+            self.switcher.install_failed(&ready, e.to_string());
+            return;
+        }
+        let installed = self.switcher.installed(&ready, self.seq);
         self.status.set_adapter(target);
         tracing::info!(
             from = ?installed.from,
             to = ?installed.to,
             seq = installed.seq,
             prepare_ms = installed.prepare_ms,
+            replanned = installed.replanned,
             "adapter switched"
         );
         self.publish(Message::AdapterChanged(AdapterChange {
@@ -192,6 +199,7 @@ impl Inference {
             seq: installed.seq,
             prepare_ms: installed.prepare_ms,
             switch_ms: installed.switch_ms,
+            replanned: installed.replanned,
         }));
     }
 

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use emogate_infer::affect::{AffectError, Preparer};
-use emogate_infer::backend::Backend;
+use emogate_infer::affect::Prepared;
 use serde::Serialize;
 
 /// Outcomes kept for requesters that have not read theirs yet; a
@@ -60,6 +60,9 @@ pub struct Installed {
     pub prepare_ms: f64,
     /// From the request to the new backend installed.
     pub switch_ms: f64,
+    /// Whether the switch planned a new backend; `false`: it only bound
+    /// new adapter slot factors to the running one.
+    pub replanned: bool,
 }
 
 /// A request accepted for preparation.
@@ -80,16 +83,23 @@ struct Request {
     at: Instant,
 }
 
-/// A prepared backend waiting for the inference thread.
+/// A prepared switch waiting for the inference thread.
 pub(crate) struct Ready {
     request: Request,
     prepare: Duration,
-    pub(crate) backend: Box<dyn Backend>,
+    replanned: bool,
+    /// Taken by the inference thread to install it.
+    prepared: Option<Prepared>,
 }
 
 impl Ready {
     pub(crate) fn target(&self) -> Option<String> {
         self.request.target.clone()
+    }
+
+    /// The switch to hand to [`emogate_infer::AffectModel::install`].
+    pub(crate) fn take_prepared(&mut self) -> Option<Prepared> {
+        self.prepared.take()
     }
 }
 
@@ -318,11 +328,12 @@ impl Switcher {
                 state.finish(request.id, SwitchOutcome::Superseded { by });
             } else {
                 match result {
-                    Ok(backend) => {
+                    Ok(prepared) => {
                         state.ready = Some(Ready {
                             request,
                             prepare,
-                            backend,
+                            replanned: prepared.replanned(),
+                            prepared: Some(prepared),
                         });
                     }
                     Err(e) => {
@@ -356,6 +367,7 @@ impl Switcher {
             seq,
             prepare_ms: ready.prepare.as_secs_f64() * 1e3,
             switch_ms: ready.request.at.elapsed().as_secs_f64() * 1e3,
+            replanned: ready.replanned,
         };
         state.active = ready.request.target.clone();
         state.finish(
@@ -364,6 +376,14 @@ impl Switcher {
         );
         self.shared.changed.notify_all();
         installed
+    }
+
+    /// Records that installing `ready` failed: the previous adapter keeps
+    /// serving.
+    pub(crate) fn install_failed(&self, ready: &Ready, error: String) {
+        let mut state = self.state();
+        state.finish(ready.request.id, SwitchOutcome::Failed { error });
+        self.shared.changed.notify_all();
     }
 
     /// Ends switching: pending requests fail with `why`, the preparer

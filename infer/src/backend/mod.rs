@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use emogate_models::merge::MergePlan;
 use emogate_models::onnx::OnnxModel;
+use emogate_models::onnx::proto::ModelProto;
 
 use crate::Tensor;
 
@@ -47,6 +48,15 @@ pub trait Backend: Send {
     /// [`BackendError::Input`] for a tensor of the wrong type or shape,
     /// [`BackendError::Run`] when the runtime fails.
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError>;
+
+    /// Sets the values of the model's last `values.len()` inputs: every
+    /// later [`Backend::run`] feeds them after the caller's inputs. This is
+    /// how an adapter slot graph ([`emogate_models::slots`]) switches
+    /// adapters: the values are converted once here, not on every run.
+    ///
+    /// # Errors
+    /// [`BackendError::Input`] for a value the runtime cannot take.
+    fn bind(&mut self, values: &[Tensor]) -> Result<(), BackendError>;
 }
 
 /// A runtime that turns ONNX models into [`Backend`]s: tract
@@ -70,6 +80,20 @@ pub trait Runtime: Send + Sync {
         &self,
         model: &OnnxModel,
         merged: Option<&MergePlan<'_>>,
+        inputs: &[InputFact],
+    ) -> Result<Box<dyn Backend>, BackendError>;
+
+    /// Loads `graph`, an edited form of `model`'s graph (an adapter slot
+    /// graph) whose external tensors are still `model`'s side files.
+    /// `model` is never modified; `inputs` as in [`Runtime::load`], for
+    /// every input of `graph`.
+    ///
+    /// # Errors
+    /// As [`Runtime::load`].
+    fn load_graph(
+        &self,
+        model: &OnnxModel,
+        graph: &ModelProto,
         inputs: &[InputFact],
     ) -> Result<Box<dyn Backend>, BackendError>;
 }

@@ -22,6 +22,7 @@ use prost::Message;
 
 use emogate_models::merge::MergePlan;
 use emogate_models::onnx::build::entry;
+use emogate_models::onnx::proto::ModelProto;
 use emogate_models::onnx::proto::tensor_proto::DataLocation;
 use emogate_models::onnx::{
     FloatType, OnnxModel, TensorBytes, TensorUpdate, initializer_positions, initializers_by_name,
@@ -238,6 +239,21 @@ impl Runtime for OrtRuntime {
             &self.options,
         )?))
     }
+
+    fn load_graph(
+        &self,
+        model: &OnnxModel,
+        graph: &ModelProto,
+        _inputs: &[InputFact],
+    ) -> Result<Box<dyn Backend>, BackendError> {
+        load_library(&self.options)?;
+        Ok(Box::new(OrtBackend::create(
+            model.path(),
+            in_memory(model, graph.clone(), Vec::new())?,
+            Initializers::Overrides(Vec::new()),
+            &self.options,
+        )?))
+    }
 }
 
 /// Where a session's model comes from.
@@ -342,13 +358,22 @@ fn merged_in_memory(
     plan: &MergePlan<'_>,
     updates: Vec<TensorUpdate>,
 ) -> Result<ModelSource<'static>, BackendError> {
-    let model = plan.model();
+    in_memory(plan.model(), plan.proto.clone(), updates)
+}
+
+/// `proto`, an edited graph of `model` whose external tensors are
+/// `model`'s side files, with `updates` replacing initializers, as a
+/// model source in memory (see [`merged_in_memory`]).
+fn in_memory(
+    model: &OnnxModel,
+    mut proto: ModelProto,
+    updates: Vec<TensorUpdate>,
+) -> Result<ModelSource<'static>, BackendError> {
     let load_err = |message: String| BackendError::Load {
         path: model.path().to_path_buf(),
         message,
     };
     let external = model.uses_external_data();
-    let mut proto = plan.proto.clone();
     let graph = proto
         .graph
         .as_mut()
@@ -439,6 +464,8 @@ pub struct OrtBackend {
     session: Session,
     /// The providers registered, in priority order (CPU last).
     pub providers: Vec<Provider>,
+    /// Values of the last inputs, fed after the caller's ([`Backend::bind`]).
+    bound: Vec<ort::value::DynValue>,
 }
 
 impl OrtBackend {
@@ -587,6 +614,7 @@ impl OrtBackend {
             label: path.display().to_string(),
             session,
             providers: registered,
+            bound: Vec::new(),
         })
     }
 }
@@ -608,8 +636,24 @@ impl Backend for OrtBackend {
         self.providers.iter().map(|p| p.name()).collect()
     }
 
+    fn bind(&mut self, values: &[Tensor]) -> Result<(), BackendError> {
+        let first = self.session.inputs().len().saturating_sub(values.len());
+        self.bound = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                to_ort(v).map_err(|e| BackendError::Input {
+                    model: self.label.clone(),
+                    index: first + i,
+                    message: e.to_string(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(())
+    }
+
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
-        let mut values = Vec::with_capacity(inputs.len());
+        let mut values = Vec::with_capacity(inputs.len() + self.bound.len());
         for (index, input) in inputs.iter().enumerate() {
             let value = to_ort(input).map_err(|e| BackendError::Input {
                 model: self.label.clone(),
@@ -618,6 +662,7 @@ impl Backend for OrtBackend {
             })?;
             values.push(ort::session::SessionInputValue::from(value));
         }
+        values.extend(self.bound.iter().map(ort::session::SessionInputValue::from));
         let run_err = |message: String| BackendError::Run {
             model: self.label.clone(),
             message,

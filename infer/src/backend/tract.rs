@@ -60,6 +60,21 @@ impl Runtime for TractRuntime {
         };
         Ok(Box::new(backend))
     }
+
+    fn load_graph(
+        &self,
+        model: &OnnxModel,
+        graph: &ModelProto,
+        inputs: &[InputFact],
+    ) -> Result<Box<dyn Backend>, BackendError> {
+        let options = TractOptions {
+            inputs: Some(inputs.to_vec()),
+            threads: self.threads,
+        };
+        let mut backend = TractBackend::from_proto(graph, model.dir(), &options)?;
+        backend.label = model.path().display().to_string();
+        Ok(Box::new(backend))
+    }
 }
 
 impl TractBackend {
@@ -151,6 +166,8 @@ impl TractBackend {
 pub struct TractBackend {
     label: String,
     plan: Plan,
+    /// Values of the last inputs, fed after the caller's ([`Backend::bind`]).
+    bound: TVec<TValue>,
 }
 
 impl TractBackend {
@@ -224,7 +241,11 @@ impl TractBackend {
             }
         }
         let plan = model.into_optimized()?.into_runnable()?;
-        Ok(TractBackend { label, plan })
+        Ok(TractBackend {
+            label,
+            plan,
+            bound: TVec::new(),
+        })
     }
 }
 
@@ -233,26 +254,22 @@ impl Backend for TractBackend {
         "tract"
     }
 
+    fn bind(&mut self, values: &[Tensor]) -> Result<(), BackendError> {
+        let first = self.plan.model().inputs.len().saturating_sub(values.len());
+        self.bound = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| to_tract(v, &self.label, first + i).map(|t| t.into_tvalue()))
+            .collect::<Result<_, _>>()?;
+        Ok(())
+    }
+
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
-        let mut values = TVec::new();
+        let mut values = TVec::with_capacity(inputs.len() + self.bound.len());
         for (index, input) in inputs.iter().enumerate() {
-            let t = match &input.data {
-                TensorData::F32(v) => {
-                    tract_ndarray::ArrayD::from_shape_vec(input.shape.clone(), v.clone())
-                        .map(|a| a.into_tensor())
-                }
-                TensorData::I64(v) => {
-                    tract_ndarray::ArrayD::from_shape_vec(input.shape.clone(), v.clone())
-                        .map(|a| a.into_tensor())
-                }
-            }
-            .map_err(|e| BackendError::Input {
-                model: self.label.clone(),
-                index,
-                message: e.to_string(),
-            })?;
-            values.push(t.into_tvalue());
+            values.push(to_tract(input, &self.label, index)?.into_tvalue());
         }
+        values.extend(self.bound.iter().cloned());
         let outputs = self.plan.run(values).map_err(|e| BackendError::Run {
             model: self.label.clone(),
             message: format!("{e:#}"),
@@ -281,6 +298,25 @@ impl Backend for TractBackend {
             })
             .collect()
     }
+}
+
+/// One of our tensors as tract's; `index` names the input in errors.
+fn to_tract(
+    input: &Tensor,
+    label: &str,
+    index: usize,
+) -> Result<tract_onnx::prelude::Tensor, BackendError> {
+    match &input.data {
+        TensorData::F32(v) => tract_ndarray::ArrayD::from_shape_vec(input.shape.clone(), v.clone())
+            .map(|a| a.into_tensor()),
+        TensorData::I64(v) => tract_ndarray::ArrayD::from_shape_vec(input.shape.clone(), v.clone())
+            .map(|a| a.into_tensor()),
+    }
+    .map_err(|e| BackendError::Input {
+        model: label.to_string(),
+        index,
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]

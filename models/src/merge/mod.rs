@@ -703,7 +703,7 @@ fn row_of(idx: usize, layout: Layout, out: usize, inp: usize) -> usize {
 }
 
 /// Lays out a row-major `[out, in]` tensor as `layout`.
-fn to_layout(values: &[f32], out: usize, inp: usize, layout: Layout) -> Vec<f32> {
+pub(crate) fn to_layout(values: &[f32], out: usize, inp: usize, layout: Layout) -> Vec<f32> {
     match layout {
         Layout::OutIn => values.to_vec(),
         Layout::InOut => {

@@ -324,6 +324,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         backend,
         adapters,
         active: args.active.clone().or(file.active.clone()),
+        switching: Default::default(),
     };
     let affect =
         AffectModel::load(&spec).with_context(|| format!("loading {}", model.display()))?;
