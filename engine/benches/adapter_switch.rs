@@ -544,7 +544,12 @@ fn bench_large(cli: &Cli, backend: &str, dir: &Path, switching: Switching) -> Re
     };
     let base = match &slots {
         Some(slots) => {
-            facts.extend(slots.inputs().iter().map(|i| InputFact::F32(i.dims.clone())));
+            facts.extend(
+                slots
+                    .inputs()
+                    .iter()
+                    .map(|i| InputFact::F32(i.dims.clone())),
+            );
             let mut backend = runtime.load_graph(&onnx, slots.proto(), &facts)?;
             let zeros = slots.factors(&onnx, None).map_err(|e| anyhow!("{e}"))?;
             backend.bind(&to_tensors(zeros))?;
@@ -558,12 +563,15 @@ fn bench_large(cli: &Cli, backend: &str, dir: &Path, switching: Switching) -> Re
             Some(slots) => slots
                 .factors(&onnx, adapter)
                 .map(|f| LargeSwitch::Factors(to_tensors(f)))
-                .map_err(|e| AffectError::Backend(BackendError::Config {
-                    field: "slots".into(),
-                    message: e.to_string(),
-                })),
-            None => prepare_backend(runtime.as_ref(), &onnx, adapter, &facts)
-                .map(LargeSwitch::Backend),
+                .map_err(|e| {
+                    AffectError::Backend(BackendError::Config {
+                        field: "slots".into(),
+                        message: e.to_string(),
+                    })
+                }),
+            None => {
+                prepare_backend(runtime.as_ref(), &onnx, adapter, &facts).map(LargeSwitch::Backend)
+            }
         }
     };
     eprintln!(
@@ -793,7 +801,8 @@ fn main() -> Result<()> {
                     (_, "pipeline") => bench_reference_pipeline(&cli, backend, switching),
                     _ => bench_reference(&cli, backend, switching),
                 };
-                let mut row = row.with_context(|| format!("{model} on {backend} ({path}, {switching:?})"))?;
+                let mut row =
+                    row.with_context(|| format!("{model} on {backend} ({path}, {switching:?})"))?;
                 let wall = started.elapsed().as_secs_f64();
                 let cpu_after = cpu_seconds();
                 let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;

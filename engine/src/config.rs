@@ -191,6 +191,8 @@ pub struct RunConfig {
     /// The voice activity detector, or `off` (see `--vad`).
     pub vad: Option<String>,
     pub require_speech: Option<f32>,
+    /// `slots` or `replan` (see `--switch-by`).
+    pub switch_by: Option<String>,
 }
 
 impl RunConfig {
@@ -306,6 +308,7 @@ impl RunConfig {
             track_timeout_ms,
             vad,
             require_speech,
+            switch_by,
         } = self;
         let mut keys = Vec::new();
         let mut check = |key: &'static str, same: bool| {
@@ -352,6 +355,7 @@ impl RunConfig {
         );
         check("vad", *vad == other.vad);
         check("require_speech", *require_speech == other.require_speech);
+        check("switch_by", *switch_by == other.switch_by);
         keys
     }
 }

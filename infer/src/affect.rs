@@ -269,7 +269,12 @@ impl AffectModel {
         let (backend, slotted) = match &blueprint.slots {
             Some(slots) => {
                 let mut facts = blueprint.input_facts();
-                facts.extend(slots.inputs().iter().map(|i| InputFact::F32(i.dims.clone())));
+                facts.extend(
+                    slots
+                        .inputs()
+                        .iter()
+                        .map(|i| InputFact::F32(i.dims.clone())),
+                );
                 let mut backend =
                     blueprint
                         .runtime
@@ -285,7 +290,12 @@ impl AffectModel {
             }
             None => {
                 let prepared = blueprint.prepare(spec.active.as_deref())?;
-                (prepared.backend.expect("without slots a backend is planned"), false)
+                (
+                    prepared
+                        .backend
+                        .expect("without slots a backend is planned"),
+                    false,
+                )
             }
         };
         Ok(AffectModel {
@@ -406,28 +416,30 @@ impl AffectModel {
     /// that no longer runs (switches must install in the order they were
     /// prepared); [`BackendError`] when the runtime refuses the factors.
     /// The running backend is unchanged then.
-    pub fn install(&mut self, active: Option<String>, prepared: Prepared) -> Result<(), AffectError> {
+    pub fn install(
+        &mut self,
+        active: Option<String>,
+        prepared: Prepared,
+    ) -> Result<(), AffectError> {
         match (prepared.backend, prepared.factors) {
             (Some(backend), None) => {
                 self.backend = backend;
                 self.slotted = false;
             }
-            (backend, Some(factors)) => {
-                match backend {
-                    Some(mut backend) => {
-                        backend.bind(&factors)?;
-                        self.backend = backend;
-                        self.slotted = true;
-                    }
-                    None if self.slotted => self.backend.bind(&factors)?,
-                    None => {
-                        return Err(AffectError::SlotsGone {
-                            path: self.path().to_path_buf(),
-                            name: active.unwrap_or_else(|| "base".into()),
-                        });
-                    }
+            (backend, Some(factors)) => match backend {
+                Some(mut backend) => {
+                    backend.bind(&factors)?;
+                    self.backend = backend;
+                    self.slotted = true;
                 }
-            }
+                None if self.slotted => self.backend.bind(&factors)?,
+                None => {
+                    return Err(AffectError::SlotsGone {
+                        path: self.path().to_path_buf(),
+                        name: active.unwrap_or_else(|| "base".into()),
+                    });
+                }
+            },
             (None, None) => unreachable!("Prepared is made with a backend or factors"),
         }
         self.active = active;
@@ -600,7 +612,11 @@ impl Blueprint {
         })
     }
 
-    fn factors(&self, slots: &SlotGraph, adapter: Option<&Adapter>) -> Result<Vec<Tensor>, AffectError> {
+    fn factors(
+        &self,
+        slots: &SlotGraph,
+        adapter: Option<&Adapter>,
+    ) -> Result<Vec<Tensor>, AffectError> {
         slots
             .factors(&self.onnx, adapter)
             .map(to_tensors)

@@ -427,9 +427,7 @@ fn resolve<'a>(
             )));
         }
         if lora.bias.is_some() {
-            return Err(Unfit(format!(
-                "{dir}: module `{module}` has a lora_B bias"
-            )));
+            return Err(Unfit(format!("{dir}: module `{module}` has a lora_B bias")));
         }
         let site = site_of(module)?;
         let s = &index.sites[site];

@@ -56,8 +56,14 @@ fn logits(backend: &mut dyn Backend, input: &Tensor) -> Vec<f32> {
 /// `adapter` merged into `model` by `emogate-convert merge`'s code, to a file.
 fn merged_offline(model: &OnnxModel, adapter: &Adapter, dir: &Path) -> PathBuf {
     let out = dir.join("merged.onnx");
-    merge_to_file(model, adapter, &out, &MergeOptions::default(), &mut |_, _| {})
-        .expect("offline merge");
+    merge_to_file(
+        model,
+        adapter,
+        &out,
+        &MergeOptions::default(),
+        &mut |_, _| {},
+    )
+    .expect("offline merge");
     out
 }
 
@@ -103,7 +109,9 @@ fn every_fixture_through_slots(runtime: &dyn Runtime) {
             let tmp = tempfile::tempdir().expect("tempdir");
             let merged_model = OnnxModel::load(merged_offline(&model, &adapter, tmp.path()))
                 .expect("merged model loads");
-            let mut merged = runtime.load(&merged_model, None, &[]).expect("merged loads");
+            let mut merged = runtime
+                .load(&merged_model, None, &[])
+                .expect("merged loads");
             let merged_logits = logits(merged.as_mut(), &input);
             let diff = max_abs_diff(&slot_logits, &merged_logits);
             assert!(diff <= 1e-5, "{label}: slots vs offline merge: {diff}");
@@ -186,7 +194,10 @@ fn reference_switches(backend: BackendChoice) {
         Some("affect-gate"),
     ] {
         let prepared = model.prepare(target).expect("prepares");
-        assert!(!prepared.replanned(), "{target:?}: a slot switch re-planned");
+        assert!(
+            !prepared.replanned(),
+            "{target:?}: a slot switch re-planned"
+        );
         model
             .install(target.map(str::to_string), prepared)
             .expect("installs");
@@ -247,9 +258,8 @@ fn an_adapter_outside_the_slots_switches_by_replanning_from_then_on() {
         .load_adapter(&adapter_dir("affect-all"))
         .expect("affect-all loads");
     preparer.insert_adapter("affect-all", all);
-    let expect = |name: &str| {
-        emogate_tests::json_floats(&e["adapters"][name]["merged"]["probabilities"])
-    };
+    let expect =
+        |name: &str| emogate_tests::json_floats(&e["adapters"][name]["merged"]["probabilities"]);
     let steps = [
         ("affect-gate", false, true),
         ("affect-all", true, false),

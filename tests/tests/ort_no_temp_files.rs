@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use emogate_infer::affect::{AffectModel, BackendChoice, ModelSpec};
+use emogate_infer::affect::{AffectModel, BackendChoice, ModelSpec, Switching};
 use emogate_infer::backend::Runtime;
 use emogate_infer::backend::ort::{OrtOptions, OrtRuntime, Provider};
 use emogate_models::merge::MergePlan;
@@ -136,6 +136,8 @@ fn preparing_merged_adapters_writes_no_file() {
                 ),
             ],
             backend: BackendChoice::Ort(options()),
+            // The merge path: slot switches write and merge nothing.
+            switching: Switching::Replan,
             ..ModelSpec::default()
         })
         .unwrap_or_else(|e| panic!("{}: {e}", model_path.display()));
@@ -143,18 +145,16 @@ fn preparing_merged_adapters_writes_no_file() {
     }
     let watch = Watch::new(tmp);
     let inputs = reference_inputs(&reference_expected());
-    for (model_path, model) in &models {
+    for (model_path, model) in &mut models {
         let model_dir = model_path.parent().expect("model folder");
         let before = listing(model_dir);
         for name in ["affect-gate", "affect-all"] {
             let what = format!("{} + {name}", model_path.display());
-            let mut backend = model
-                .prepare(Some(name))
+            model
+                .switch(Some(name))
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
             watch.check(&what, model_dir, &before);
-            backend
-                .run(&inputs)
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            model.run(&inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
             watch.check(&what, model_dir, &before);
         }
     }

@@ -6,7 +6,7 @@
 //!
 //! | request | reply |
 //! |---|---|
-//! | `{"cmd": "adapter", "active": "NAME"}` (`null`: the base model) | `{"ok": true, "active", "from", "seq", "prepare_ms", "switch_ms"}` once the new adapter serves; `seq` is the first event it produced |
+//! | `{"cmd": "adapter", "active": "NAME"}` (`null`: the base model) | `{"ok": true, "active", "from", "seq", "prepare_ms", "switch_ms", "replanned"}` once the new adapter serves; `seq` is the first event it produced |
 //! | `{"cmd": "status"}` | the `/status` object |
 //! | `{"cmd": "reload"}` | what changed: `added`, `removed`, `restart_needed` |
 //!
@@ -191,6 +191,7 @@ impl Controller {
                 "ok": true, "cmd": "adapter",
                 "active": i.to, "from": i.from, "seq": i.seq,
                 "prepare_ms": i.prepare_ms, "switch_ms": i.switch_ms,
+                "replanned": i.replanned,
             }),
             Some(SwitchOutcome::Unchanged { active }) => json!({
                 "ok": true, "cmd": "adapter", "active": active, "unchanged": true,

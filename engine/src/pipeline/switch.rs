@@ -16,8 +16,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use emogate_infer::affect::{AffectError, Preparer};
 use emogate_infer::affect::Prepared;
+use emogate_infer::affect::{AffectError, Preparer};
 use serde::Serialize;
 
 /// Outcomes kept for requesters that have not read theirs yet; a

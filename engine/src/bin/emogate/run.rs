@@ -38,12 +38,21 @@ pub struct RunArgs {
     /// Sidecar manifest (emogate.manifest/1 JSON) for models that carry none.
     #[arg(long)]
     pub manifest: Option<PathBuf>,
-    /// A gate_proj adapter to merge at load, as NAME=DIR (PEFT folder); repeatable.
+    /// A gate_proj adapter to load, as NAME=DIR (PEFT folder); repeatable.
     #[arg(long = "adapter")]
     pub adapters: Vec<String>,
     /// The adapter active at start (default: the base model).
     #[arg(long)]
     pub active: Option<String>,
+    /// How adapter switches are made: `slots` (default) plans the model
+    /// once with a low-rank branch per adapted layer, so a switch only
+    /// binds new factors (milliseconds) at a small cost per window;
+    /// `replan` merges the adapter and plans the model again on every
+    /// switch (no branch cost, but seconds on a large model and two
+    /// models in memory while switching). Adapters that cannot run in
+    /// slots (DoRA, lora_bias) always re-plan.
+    #[arg(long, value_name = "slots|replan")]
+    pub switch_by: Option<String>,
     /// tract (pure Rust CPU, default) or ort (ONNX Runtime; build with --features ort).
     #[arg(long)]
     pub backend: Option<String>,
@@ -324,11 +333,27 @@ pub fn run(args: RunArgs) -> Result<()> {
         backend,
         adapters,
         active: args.active.clone().or(file.active.clone()),
-        switching: Default::default(),
+        switching: match args.switch_by.as_deref().or(file.switch_by.as_deref()) {
+            None => Default::default(),
+            Some(s) => s
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--switch-by / switch_by: {e}"))?,
+        },
     };
     let affect =
         AffectModel::load(&spec).with_context(|| format!("loading {}", model.display()))?;
     let model_loaded = started.elapsed();
+    if !spec.adapters.is_empty() {
+        tracing::info!(
+            adapters = spec.adapters.len(),
+            switch_by = if affect.switches_by_slots() {
+                "slots"
+            } else {
+                "replan"
+            },
+            "adapter switching"
+        );
+    }
 
     let hop = match (hop, affect.manifest().hop_ms) {
         (Some(hop), _) => hop,
