@@ -334,6 +334,11 @@ impl AffectModel {
         self.backend.name()
     }
 
+    /// The kernels the running backend chose (tract only).
+    pub fn kernels(&self) -> Option<crate::backend::tract::KernelReport> {
+        self.backend.kernels()
+    }
+
     /// The execution providers the backend runs on, best first.
     pub fn providers(&self) -> Vec<&'static str> {
         self.backend.providers()

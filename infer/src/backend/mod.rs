@@ -49,6 +49,12 @@ pub trait Backend: Send {
     /// [`BackendError::Run`] when the runtime fails.
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError>;
 
+    /// The kernels the runtime chose, where it says (tract); for
+    /// `emogate info --verbose`.
+    fn kernels(&self) -> Option<tract::KernelReport> {
+        None
+    }
+
     /// Sets the values of the model's last `values.len()` inputs: every
     /// later [`Backend::run`] feeds them after the caller's inputs. This is
     /// how an adapter slot graph ([`emogate_models::slots`]) switches

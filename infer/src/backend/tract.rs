@@ -162,6 +162,45 @@ impl TractBackend {
     }
 }
 
+/// What tract chose for a planned model: the matrix-product kernels its
+/// nodes run and the CPU features it detected. On a Jetson the kernels
+/// should be tract's NEON ones (`arm64simd_…`); a `generic_…` kernel there
+/// means a slow, portable fallback.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct KernelReport {
+    /// The CPU architecture this binary was built for.
+    pub arch: &'static str,
+    /// Whether the CPU has native f16 arithmetic (aarch64 FEAT_FP16),
+    /// which tract's f16 kernels need.
+    pub fp16_cpu: bool,
+    /// Matrix-product kernel name → how many nodes can run it (a node
+    /// lists one kernel per shape mode tract may pick at run time).
+    pub matmul: std::collections::BTreeMap<String, usize>,
+    /// Operator name of every node of the optimized plan → count.
+    pub ops: std::collections::BTreeMap<String, usize>,
+}
+
+impl TractBackend {
+    /// The kernels the optimized plan runs (see [`KernelReport`]).
+    pub fn kernels(&self) -> KernelReport {
+        use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
+        let mut report = KernelReport {
+            arch: std::env::consts::ARCH,
+            fp16_cpu: tract_linalg::has_fp16(),
+            ..KernelReport::default()
+        };
+        for node in self.plan.model().nodes() {
+            *report.ops.entry(node.op.name().to_string()).or_default() += 1;
+            if let Some(mm) = node.op_as::<OptMatMul>() {
+                for kernel in &mm.mmm {
+                    *report.matmul.entry(kernel.name().to_string()).or_default() += 1;
+                }
+            }
+        }
+        report
+    }
+}
+
 /// A model optimized and planned by tract.
 pub struct TractBackend {
     label: String,
@@ -252,6 +291,10 @@ impl TractBackend {
 impl Backend for TractBackend {
     fn name(&self) -> &'static str {
         "tract"
+    }
+
+    fn kernels(&self) -> Option<KernelReport> {
+        Some(TractBackend::kernels(self))
     }
 
     fn bind(&mut self, values: &[Tensor]) -> Result<(), BackendError> {
@@ -352,6 +395,43 @@ mod tests {
                 (InputFact::F32(shape.clone()), Tensor::f32(shape, values))
             })
             .unzip()
+    }
+
+    /// The reference model's plan runs this CPU's own matrix-product
+    /// kernels: NEON on aarch64 (CI runs this under qemu), never tract's
+    /// portable `generic_` fallback where the CPU has better.
+    #[test]
+    fn the_plan_runs_this_cpus_own_kernels() {
+        let model = OnnxModel::load(reference().join("emogate-ref.onnx")).expect("model");
+        let manifest = Manifest::from_model(&model)
+            .expect("manifest")
+            .expect("embedded manifest");
+        let (facts, _) = inputs(&manifest);
+        let options = TractOptions {
+            inputs: Some(facts),
+            threads: 1,
+        };
+        let report = TractBackend::load_with(model.path(), &options)
+            .expect("loads")
+            .kernels();
+        assert_eq!(report.arch, std::env::consts::ARCH);
+        assert!(
+            report.ops.get("OptMatMul").is_some_and(|n| *n > 0),
+            "{report:?}"
+        );
+        assert!(!report.matmul.is_empty(), "{report:?}");
+        #[cfg(target_arch = "aarch64")]
+        assert!(
+            report.matmul.keys().all(|k| k.starts_with("arm64")),
+            "not all NEON: {report:?}"
+        );
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("fma") {
+            assert!(
+                report.matmul.keys().all(|k| !k.starts_with("generic")),
+                "portable kernels on an FMA CPU: {report:?}"
+            );
+        }
     }
 
     /// The constant swap is the path adapters take, and it gives what the

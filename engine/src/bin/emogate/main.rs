@@ -37,6 +37,13 @@ enum Command {
         /// Sidecar manifest for models that carry none.
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// Also plan the model on tract (1 thread, the manifest's shapes)
+        /// and print the kernels it chose: the matrix-product kernel per
+        /// node (NEON `arm64simd_…` on a Jetson; `generic_…` is the slow
+        /// portable fallback), the CPU's f16 support and the plan's
+        /// operators.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Stream video and/or audio (cameras, microphones, GStreamer pipelines
     /// or recordings) through a model and publish emotions.
@@ -83,7 +90,11 @@ fn run(command: Command) -> Result<std::process::ExitCode> {
             devices();
             done(Ok(()))
         }
-        Command::Info { model, manifest } => done(info(model, manifest)),
+        Command::Info {
+            model,
+            manifest,
+            verbose,
+        } => done(info(model, manifest, verbose)),
         Command::Run(args) => done(run::run(*args)),
         Command::Ctl(args) => ctl::ctl(args),
     }
@@ -115,9 +126,10 @@ fn devices() {
     }
 }
 
-fn info(model: PathBuf, manifest: Option<PathBuf>) -> Result<()> {
+fn info(model: PathBuf, manifest: Option<PathBuf>, verbose: bool) -> Result<()> {
     let onnx = emogate_models::onnx::OnnxModel::load(&model)
         .with_context(|| format!("loading {}", model.display()))?;
+    let manifest_path = manifest.clone();
     let manifest = match manifest {
         Some(path) => Some(emogate_models::manifest::Manifest::from_file(&path)?),
         None => emogate_models::manifest::Manifest::from_model(&onnx)?,
@@ -175,6 +187,36 @@ fn info(model: PathBuf, manifest: Option<PathBuf>) -> Result<()> {
             "  {path}: node `{}`, weight `{}` ({:?})",
             site.node_name, site.weight, site.layout
         );
+    }
+    if verbose {
+        print_kernels(&model, manifest_path)?;
+    }
+    Ok(())
+}
+
+/// Plans `model` on tract and prints the kernels it chose.
+fn print_kernels(model: &std::path::Path, manifest: Option<PathBuf>) -> Result<()> {
+    let affect = emogate_infer::AffectModel::load(&emogate_infer::ModelSpec {
+        path: model.to_path_buf(),
+        manifest,
+        ..Default::default()
+    })
+    .with_context(|| format!("planning {} on tract", model.display()))?;
+    let Some(report) = affect.kernels() else {
+        return Ok(());
+    };
+    println!(
+        "tract plan ({}; CPU f16 arithmetic: {}):",
+        report.arch,
+        if report.fp16_cpu { "yes" } else { "no" }
+    );
+    println!("  matrix-product kernels:");
+    for (kernel, nodes) in &report.matmul {
+        println!("    {kernel}: {nodes} node(s)");
+    }
+    println!("  operators:");
+    for (op, nodes) in &report.ops {
+        println!("    {op}: {nodes}");
     }
     Ok(())
 }
