@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use emogate_engine::backend_choice::BackendSettings;
 use emogate_engine::post::PostConfig;
+use emogate_infer::affect::Switching;
 use emogate_infer::{AffectModel, Featurizer, ModelSpec, parse_adapter_spec};
 use emogate_media::{Frame, PixelLayout};
 
@@ -46,6 +47,11 @@ struct LoadArgs {
     /// The adapter active at start (default: the base model).
     #[arg(long)]
     active: Option<String>,
+    /// How switches are made: slots or replan (as `emogate run --switch-by`).
+    /// With adapters, the per-window cost of slots against replan is
+    /// measured too.
+    #[arg(long, default_value = "slots")]
+    switch_by: Switching,
     /// tract (pure Rust CPU) or ort (ONNX Runtime; build with --features ort).
     #[arg(long, default_value = "tract")]
     backend: String,
@@ -84,7 +90,7 @@ impl LoadArgs {
             backend: self.settings().choice()?,
             adapters,
             active: self.active.clone(),
-            switching: Default::default(),
+            switching: self.switch_by,
         })
     }
 }
@@ -178,6 +184,11 @@ fn bench(model: PathBuf, load: LoadArgs, windows: usize, python: &str) -> Result
         bench_log_mel(&audio_spec, &windows_of_stream, warmup, python)?;
     }
     bench_switch(&mut affect)?;
+    bench_slot_cost(
+        &model,
+        &load,
+        &featurizer_inputs(&mut featurizer, &frame, &stream[..window_samples])?,
+    )?;
     if python != "none" {
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -318,8 +329,67 @@ fn bench_log_mel(
     Ok(())
 }
 
-/// Median time to switch between the loaded adapters (merge in memory and
-/// plan a new backend) and back to the base model.
+/// One window's inputs.
+fn featurizer_inputs(
+    featurizer: &mut Featurizer,
+    frame: &Frame,
+    audio: &[f32],
+) -> Result<Vec<emogate_infer::Tensor>> {
+    Ok(featurizer.build(Some(frame), (!audio.is_empty()).then_some(audio))?)
+}
+
+/// What the adapter slot graph costs per window: the model with the
+/// adapters switched by slots (the default) and by re-planning, both
+/// running the active adapter, timed alternately on the same inputs so
+/// that drift in the machine's speed hits both alike.
+fn bench_slot_cost(
+    model: &std::path::Path,
+    load: &LoadArgs,
+    inputs: &[emogate_infer::Tensor],
+) -> Result<()> {
+    if load.adapters.is_empty() {
+        return Ok(());
+    }
+    let mut slots = AffectModel::load(&load.spec(model.to_path_buf())?)?;
+    let mut replan = AffectModel::load(&ModelSpec {
+        switching: Switching::Replan,
+        ..load.spec(model.to_path_buf())?
+    })?;
+    if !slots.switches_by_slots() {
+        println!("slot graph: not used (the adapters do not fit; see the log)");
+        return Ok(());
+    }
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for round in 0..(WARMUP + 300) {
+        let t = Instant::now();
+        slots.run(inputs)?;
+        let ta = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        replan.run(inputs)?;
+        let tb = t.elapsed().as_secs_f64() * 1e3;
+        if round >= WARMUP {
+            a.push(ta);
+            b.push(tb);
+        }
+    }
+    a.sort_by(f64::total_cmp);
+    b.sort_by(f64::total_cmp);
+    println!(
+        "inference with adapter slots: p50 {:.3} ms (p10 {:.3}, p90 {:.3}); merged (replan): p50 {:.3} ms (p10 {:.3}, p90 {:.3}); slots/merged = {:.2}× ({} windows each, alternating)",
+        percentile(&a, 0.5),
+        percentile(&a, 0.1),
+        percentile(&a, 0.9),
+        percentile(&b, 0.5),
+        percentile(&b, 0.1),
+        percentile(&b, 0.9),
+        percentile(&a, 0.5) / percentile(&b, 0.5),
+        a.len()
+    );
+    Ok(())
+}
+
+/// Median time to switch between the loaded adapters and back to the base
+/// model (slot factors bound, or a merge and a new plan; see --switch-by).
 fn bench_switch(affect: &mut AffectModel) -> Result<()> {
     let names = affect.adapter_names();
     if names.is_empty() {
