@@ -51,7 +51,11 @@ export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="${BINDGEN_EXTRA_CLANG
 # multiarch libc6:arm64 installed it would pair the cross ld.so with that
 # libc.so.6, a different build, and every pthread_create then spins forever.
 # `-E` sets the variable for the emulated program only.
-AARCH64_QEMU="qemu-aarch64 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH=/usr/aarch64-linux-gnu/lib:$AARCH64_LIBDIR"
+# `-cpu cortex-a76`: an ARMv8.2-A core with FP16 and dot product and no SVE,
+# like the Jetson Orin's Cortex-A78AE, so tract picks the NEON kernels a
+# board runs; qemu's default CPU (`max`) has SVE, and tract then prefers its
+# SVE kernels, which no Jetson runs.
+AARCH64_QEMU="qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH=/usr/aarch64-linux-gnu/lib:$AARCH64_LIBDIR"
 
 aarch64_die() {
   echo "error: $*" >&2

@@ -1,5 +1,6 @@
 //! A camera that disappears mid-run: the pipeline reports it, retries with
 //! backoff, keeps serving audio meanwhile, and recovers when it returns.
+//! And a stop in the middle of a hop ends the run without one more window.
 //!
 //! The "camera" is the real file replay source behind a wrapper that fails
 //! the way a USB camera does (a stream error, then a refused reopen), so
@@ -222,4 +223,63 @@ fn a_camera_that_disappears_is_reported_retried_and_recovered() {
     assert_eq!(s["backend"], "tract");
     assert_eq!(s["ep"], serde_json::json!(["cpu"]));
     assert!(s["counters"]["degraded"].as_u64().unwrap() >= 5);
+}
+
+/// A stop raised in the middle of a hop ends the run at once: no window is
+/// built for the tick still in the future (it used to be, repeating the
+/// previous window's media: one more event per face).
+#[test]
+fn a_stop_mid_hop_builds_no_extra_window() {
+    let root = repo();
+    let model = AffectModel::load(&ModelSpec {
+        path: root.join("models/reference/emogate-ref.onnx"),
+        ..ModelSpec::default()
+    })
+    .unwrap();
+    let video = VideoFile::open(&root.join("tests/fixtures/sample/face.y4m"), 10.0, true).unwrap();
+    let audio = WavFile::open(&root.join("tests/fixtures/sample/voice.wav"), true).unwrap();
+    let pipeline = Pipeline::new(
+        model,
+        Some(Box::new(video)),
+        Some(Box::new(audio)),
+        Pacing::RealTime,
+        PipelineConfig {
+            hop: Duration::from_millis(200),
+            ..PipelineConfig::default()
+        },
+    )
+    .unwrap();
+    let sink = Collect::default();
+    let stop = StopFlag::new();
+    let raiser = {
+        let stop = stop.clone();
+        // The first window ends 2 s in; stop 50 ms into the fourth hop
+        // after it.
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(2000 + 3 * 200 + 50));
+            stop.raise();
+        })
+    };
+    pipeline.run(vec![Box::new(sink.clone())], stop).unwrap();
+    raiser.join().unwrap();
+    let spans: Vec<(f64, f64)> = sink
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|m| match m {
+            Message::Emotion(e) => Some((e.window.start_s, e.window.end_s)),
+            _ => None,
+        })
+        .collect();
+    assert!(spans.len() >= 2, "{spans:?}");
+    // Windows end a hop apart (each ends at its newest sample); a window
+    // built for a tick still in the future ends about 50 ms after the one
+    // before, or on the same sample.
+    for pair in spans.windows(2) {
+        assert!(
+            pair[1].1 - pair[0].1 >= 0.1,
+            "windows ending less than half a hop apart: {pair:?} in {spans:?}"
+        );
+    }
 }

@@ -104,6 +104,12 @@ impl Scheduler<'_> {
                 }
                 None => {
                     self.wait_real(t, stop)?;
+                    // A stop during the wait leaves tick `t` in the future:
+                    // building its window now would repeat the previous
+                    // window's media.
+                    if stop.is_raised() {
+                        return Ok(());
+                    }
                     // A stalled scheduler (suspend, a debugger) skips the
                     // ticks it missed rather than bursting through them.
                     let now = self.clock.now();
