@@ -31,6 +31,7 @@ fn adapter_switch_time_on_a_half_billion_parameter_shape() {
     let options = TractOptions {
         inputs: Some(vec![InputFact::I64(vec![1, spec.seq_len])]),
         threads: 1,
+        ..TractOptions::default()
     };
     let started = Instant::now();
     let mut base = TractBackend::load_with(&model_path, &options).unwrap();

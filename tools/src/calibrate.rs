@@ -74,6 +74,7 @@ pub fn hessians(model: &OnnxModel, n: usize, seed: u64) -> Result<HashMap<String
     let options = TractOptions {
         inputs: Some(verify::input_facts(&descs)),
         threads: 1,
+        ..TractOptions::default()
     };
     let mut backend =
         TractBackend::from_proto(&proto, model.dir(), &options).map_err(|source| {

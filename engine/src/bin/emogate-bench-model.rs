@@ -33,6 +33,12 @@ struct Cli {
     /// `none` skips them.
     #[arg(long, default_value = "python3")]
     python: String,
+    /// Instead of the stage timings: where tract's time goes, operator by
+    /// operator, with tract's own Softmax and RmsNorm and with ours
+    /// (alternating), beside ONNX Runtime's profiler (Python API, same
+    /// model and threads). The model runs on tract as it is (no adapter).
+    #[arg(long)]
+    ops: bool,
 }
 
 /// How to load the model.
@@ -97,6 +103,9 @@ impl LoadArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if cli.ops {
+        return bench_ops(&cli.model, &cli.load, cli.windows, &cli.python);
+    }
     bench(cli.model, cli.load, cli.windows, &cli.python)
 }
 
@@ -336,6 +345,250 @@ fn featurizer_inputs(
     audio: &[f32],
 ) -> Result<Vec<emogate_infer::Tensor>> {
     Ok(featurizer.build(Some(frame), (!audio.is_empty()).then_some(audio))?)
+}
+
+/// Per-operator times of tract's plan with its own Softmax and RmsNorm
+/// (`stock`) and with ours (the default), in alternating rounds so drift in
+/// the machine's speed hits both alike, then ONNX Runtime's profile.
+fn bench_ops(model: &std::path::Path, load: &LoadArgs, runs: usize, python: &str) -> Result<()> {
+    use emogate_infer::backend::InputFact;
+    use emogate_infer::backend::tract::{TractBackend, TractOptions};
+    use std::collections::BTreeMap;
+    let inputs = match load.manifest.is_some() || has_manifest(model)? {
+        true => {
+            let affect = AffectModel::load(&load.spec(model.to_path_buf())?)
+                .with_context(|| format!("loading {}", model.display()))?;
+            let mut featurizer = Featurizer::new(affect.manifest())?;
+            let pixels: Vec<u8> = (0..320 * 240 * 3).map(|i| (i % 251) as u8).collect();
+            let frame = Frame::new(320, 240, PixelLayout::Rgb8, pixels, 0)?;
+            let samples = featurizer.audio().map_or(0, |a| a.window_samples());
+            let audio: Vec<f32> = (0..samples)
+                .map(|i| (i as f32 * 0.05).sin() * 0.3)
+                .collect();
+            featurizer_inputs(&mut featurizer, &frame, &audio)?
+        }
+        // Not an affect model (a face detector, say): seeded values of the
+        // graph's input shapes.
+        false => graph_inputs(model)?,
+    };
+    let facts: Vec<InputFact> = inputs
+        .iter()
+        .map(|t| InputFact::F32(t.shape.clone()))
+        .collect();
+    let load_tract = |stock_ops| {
+        let options = TractOptions {
+            inputs: Some(facts.clone()),
+            threads: load.settings().threads(),
+            stock_ops,
+        };
+        TractBackend::load_with(model, &options)
+            .with_context(|| format!("loading {} into tract", model.display()))
+    };
+    let mut plans = [
+        ("tract's ops", load_tract(true)?),
+        ("ours", load_tract(false)?),
+    ];
+    // Per plan: operator → per-round medians summed over its nodes; runs.
+    let mut ops: [BTreeMap<String, Vec<f64>>; 2] = Default::default();
+    let mut run_ms: [Vec<f64>; 2] = Default::default();
+    // Our plan's nodes: (name, operator) → per-round medians.
+    let mut nodes: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    const ROUNDS: usize = 4;
+    for round in 0..ROUNDS {
+        for (i, (_, plan)) in plans.iter_mut().enumerate() {
+            let profile = plan.profile(&inputs, WARMUP, runs.div_ceil(ROUNDS))?;
+            let mut by_op: BTreeMap<String, f64> = BTreeMap::new();
+            for node in &profile.nodes {
+                *by_op.entry(node.op.clone()).or_default() += node.micros;
+                if i == 1 {
+                    nodes
+                        .entry((node.name.clone(), node.op.clone()))
+                        .or_default()
+                        .push(node.micros);
+                }
+            }
+            for (op, us) in by_op {
+                let v = ops[i].entry(op).or_default();
+                v.resize(round, 0.0);
+                v.push(us);
+            }
+            run_ms[i].extend(profile.runs_ms);
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 0.5)
+    };
+    println!(
+        "model: {} on tract, {} thread(s), {} timed runs per plan in {ROUNDS} alternating rounds",
+        model.display(),
+        load.settings().threads(),
+        run_ms[0].len()
+    );
+    for (i, (name, _)) in plans.iter().enumerate() {
+        run_ms[i].sort_by(f64::total_cmp);
+        println!(
+            "run with {name}: p50 {:.3} ms (p10 {:.3}, p90 {:.3})",
+            percentile(&run_ms[i], 0.5),
+            percentile(&run_ms[i], 0.1),
+            percentile(&run_ms[i], 0.9)
+        );
+    }
+    let mut names: Vec<&String> = ops[0].keys().chain(ops[1].keys()).collect();
+    names.sort();
+    names.dedup();
+    let totals: Vec<f64> = (0..2)
+        .map(|i| ops[i].values().map(|v| median(v)).sum())
+        .collect();
+    let cell = |i: usize, op: &String| ops[i].get(op).map_or(0.0, |v| median(v));
+    names.sort_by(|a, b| (cell(0, b) + cell(1, b)).total_cmp(&(cell(0, a) + cell(1, a))));
+    println!(
+        "{:<24} {:>12} {:>7} {:>12} {:>7}",
+        "tract operator", "tract's µs", "share", "ours µs", "share"
+    );
+    for op in names {
+        let (a, b) = (cell(0, op), cell(1, op));
+        println!(
+            "{op:<24} {a:>12.1} {:>6.1}% {b:>12.1} {:>6.1}%",
+            100.0 * a / totals[0],
+            100.0 * b / totals[1]
+        );
+    }
+    println!(
+        "{:<24} {:>12.1} {:>7} {:>12.1}",
+        "sum of nodes", totals[0], "", totals[1]
+    );
+    let mut slowest: Vec<(f64, &(String, String))> =
+        nodes.iter().map(|(k, v)| (median(v), k)).collect();
+    slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+    println!("slowest nodes of our plan:");
+    println!("{:>10}  {:<20} node", "µs", "operator");
+    for (us, (name, op)) in slowest.iter().take(15) {
+        println!("{us:>10.1}  {op:<20} {name}");
+    }
+    if python == "none" {
+        return Ok(());
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tools/bench/ort_python_bench.py"
+    );
+    let run_python = |profile: bool| -> Result<Option<serde_json::Value>> {
+        let mut command = std::process::Command::new(python);
+        command
+            .envs(PINNED_PYTHON)
+            .args([script, "--model"])
+            .arg(model)
+            .args([
+                "--threads",
+                &load.settings().threads().to_string(),
+                "--runs",
+                &runs.to_string(),
+            ]);
+        if profile {
+            command.arg("--profile");
+        }
+        match command.output() {
+            Ok(o) if o.status.success() => Ok(Some(
+                serde_json::from_slice(&o.stdout).context("reading the Python benchmark's JSON")?,
+            )),
+            Ok(o) => {
+                println!(
+                    "onnxruntime comparison skipped: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("failed")
+                );
+                Ok(None)
+            }
+            Err(e) => {
+                println!("onnxruntime comparison skipped: cannot run `{python}`: {e}");
+                Ok(None)
+            }
+        }
+    };
+    let (Some(plain), Some(profiled)) = (run_python(false)?, run_python(true)?) else {
+        return Ok(());
+    };
+    let ort_p50 = plain["p50_ms"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "onnxruntime {} (Python API) run p50 {ort_p50:.3} ms; tract with tract's ops / onnxruntime = {:.2}x, with ours = {:.2}x",
+        plain["version"].as_str().unwrap_or("?"),
+        percentile(&run_ms[0], 0.5) / ort_p50,
+        percentile(&run_ms[1], 0.5) / ort_p50,
+    );
+    let mut ort_ops: Vec<(String, f64)> = profiled["ops"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_f64().unwrap_or(0.0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    ort_ops.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let ort_total: f64 = ort_ops.iter().map(|(_, v)| v).sum();
+    println!(
+        "onnxruntime's profiler (run p50 {:.3} ms with it on: it adds a cost per node, so read the shares):",
+        profiled["profiled_p50_ms"].as_f64().unwrap_or(f64::NAN)
+    );
+    println!("{:<30} {:>10} {:>7}", "onnxruntime operator", "µs", "share");
+    for (op, us) in &ort_ops {
+        println!("{op:<30} {us:>10.1} {:>6.1}%", 100.0 * us / ort_total);
+    }
+    Ok(())
+}
+
+/// Whether the model carries an emogate manifest.
+fn has_manifest(model: &std::path::Path) -> Result<bool> {
+    let onnx = emogate_models::onnx::OnnxModel::load(model)
+        .with_context(|| format!("reading {}", model.display()))?;
+    Ok(emogate_models::manifest::Manifest::from_model(&onnx)
+        .with_context(|| format!("reading the manifest of {}", model.display()))?
+        .is_some())
+}
+
+/// Seeded values in -1..1 for each f32 graph input, of its static shape
+/// (a named dimension counts 1).
+fn graph_inputs(model: &std::path::Path) -> Result<Vec<emogate_infer::Tensor>> {
+    use emogate_models::onnx::proto::{tensor_proto::DataType, tensor_shape_proto, type_proto};
+    let onnx = emogate_models::onnx::OnnxModel::load(model)
+        .with_context(|| format!("reading {}", model.display()))?;
+    let mut state = 0x9e37_79b9_u32;
+    let mut tensors = Vec::new();
+    for input in emogate_models::onnx::runtime_inputs(onnx.graph()) {
+        let name = input.name();
+        let Some(type_proto::Value::TensorType(t)) =
+            input.r#type.as_ref().and_then(|t| t.value.as_ref())
+        else {
+            anyhow::bail!("{}: graph input `{name}` is not a tensor", model.display());
+        };
+        anyhow::ensure!(
+            t.elem_type() == DataType::Float as i32,
+            "{}: graph input `{name}` is not float32; --ops feeds float32 inputs to models without a manifest",
+            model.display()
+        );
+        let shape: Vec<usize> = t
+            .shape
+            .iter()
+            .flat_map(|s| &s.dim)
+            .map(|d| match d.value {
+                Some(tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => v as usize,
+                _ => 1,
+            })
+            .collect();
+        let values = (0..shape.iter().product::<usize>())
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                state as f32 / u32::MAX as f32 * 2.0 - 1.0
+            })
+            .collect();
+        tensors.push(emogate_infer::Tensor::f32(shape, values));
+    }
+    Ok(tensors)
 }
 
 /// What the adapter slot graph costs per window: the model with the

@@ -1,4 +1,12 @@
 //! The tract backend: pure Rust, no system libraries, the embedded default.
+//!
+//! [`TractRuntime`] loads a model (from its file, or an edited graph from
+//! memory), binds the manifest's input shapes, lets tract optimize it, then
+//! swaps two of tract's slow operators for ours ([`ops`]) before planning.
+//! [`TractBackend`] runs the plan, keeping one evaluation state across
+//! windows; [`TractBackend::profile`] times every node of it.
+
+pub mod ops;
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -24,6 +32,9 @@ pub struct TractOptions {
     /// Threads for matrix products (tract is single-threaded by default;
     /// big fusion blocks benefit, tiny convolutions do not). Process-wide.
     pub threads: usize,
+    /// Keep tract's own Softmax and RmsNorm ([`ops`] explains why they are
+    /// replaced by default); for comparisons and parity tests.
+    pub stock_ops: bool,
 }
 
 /// Loads models into tract ([`Runtime`]).
@@ -47,6 +58,7 @@ impl Runtime for TractRuntime {
         let options = TractOptions {
             inputs: Some(inputs.to_vec()),
             threads: self.threads,
+            stock_ops: false,
         };
         let backend = match merged {
             None => TractBackend::load_with(model.path(), &options)?,
@@ -70,6 +82,7 @@ impl Runtime for TractRuntime {
         let options = TractOptions {
             inputs: Some(inputs.to_vec()),
             threads: self.threads,
+            stock_ops: false,
         };
         let mut backend = TractBackend::from_proto(graph, model.dir(), &options)?;
         backend.label = model.path().display().to_string();
@@ -201,10 +214,33 @@ impl TractBackend {
     }
 }
 
+/// One node of the plan and what it cost, from [`TractBackend::profile`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NodeTime {
+    /// The node's name in the optimized plan (tract keeps the ONNX node's
+    /// name and appends what its rewrites made of it).
+    pub name: String,
+    /// The operator tract runs (`OptMatMul`, `EmogateSoftmax`...).
+    pub op: String,
+    /// Median wall time per run, microseconds.
+    pub micros: f64,
+}
+
+/// Where a run's time goes, node by node ([`TractBackend::profile`]).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Profile {
+    /// Every node in plan order.
+    pub nodes: Vec<NodeTime>,
+    /// Wall time of each timed run, milliseconds, sorted.
+    pub runs_ms: Vec<f64>,
+}
+
 /// A model optimized and planned by tract.
 pub struct TractBackend {
     label: String,
     plan: Plan,
+    /// Reused by every run: spawning a state allocates one slot per node.
+    state: TypedSimpleState,
     /// Values of the last inputs, fed after the caller's ([`Backend::bind`]).
     bound: TVec<TValue>,
 }
@@ -279,12 +315,82 @@ impl TractBackend {
                 model = model.with_input_fact(i, fact)?;
             }
         }
-        let plan = model.into_optimized()?.into_runnable()?;
+        let mut typed = model.into_optimized()?;
+        if !options.stock_ops {
+            let replaced = ops::use_faster_ops(&mut typed)?;
+            tracing::debug!(model = %label, ?replaced, "tract operators replaced");
+        }
+        let plan = typed.into_runnable()?;
+        let state = plan.spawn()?;
         Ok(TractBackend {
             label,
             plan,
+            state,
             bound: TVec::new(),
         })
+    }
+}
+
+impl TractBackend {
+    /// Runs the plan `warmup + runs` times on `inputs` (then the bound
+    /// values) and times every node of the timed runs. The clock reads add
+    /// about 50 ns per node; compare [`Profile::runs_ms`] with untimed runs
+    /// to see it.
+    ///
+    /// # Errors
+    /// As [`Backend::run`].
+    pub fn profile(
+        &mut self,
+        inputs: &[Tensor],
+        warmup: usize,
+        runs: usize,
+    ) -> Result<Profile, BackendError> {
+        let nodes = self.plan.model().nodes().len();
+        let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); nodes];
+        let mut runs_ms = Vec::with_capacity(runs);
+        for run in 0..warmup + runs {
+            let mut values = TVec::with_capacity(inputs.len() + self.bound.len());
+            for (index, input) in inputs.iter().enumerate() {
+                values.push(to_tract(input, &self.label, index)?.into_tvalue());
+            }
+            values.extend(self.bound.iter().cloned());
+            let timed = run >= warmup;
+            let started = std::time::Instant::now();
+            self.state
+                .run_plan_with_eval(values, |context, state, node, inputs| {
+                    let t = std::time::Instant::now();
+                    let out = tract_onnx::tract_core::plan::eval(context, state, node, inputs);
+                    if timed {
+                        times[node.id].push(t.elapsed().as_secs_f64() * 1e6);
+                    }
+                    out
+                })
+                .map_err(|e| BackendError::Run {
+                    model: self.label.clone(),
+                    message: format!("{e:#}"),
+                })?;
+            if timed {
+                runs_ms.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        runs_ms.sort_by(f64::total_cmp);
+        let nodes = self
+            .plan
+            .model()
+            .nodes()
+            .iter()
+            .zip(&mut times)
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(node, t)| {
+                t.sort_by(f64::total_cmp);
+                NodeTime {
+                    name: node.name.clone(),
+                    op: node.op.name().to_string(),
+                    micros: t[t.len() / 2],
+                }
+            })
+            .collect();
+        Ok(Profile { nodes, runs_ms })
     }
 }
 
@@ -313,7 +419,7 @@ impl Backend for TractBackend {
             values.push(to_tract(input, &self.label, index)?.into_tvalue());
         }
         values.extend(self.bound.iter().cloned());
-        let outputs = self.plan.run(values).map_err(|e| BackendError::Run {
+        let outputs = self.state.run(values).map_err(|e| BackendError::Run {
             model: self.label.clone(),
             message: format!("{e:#}"),
         })?;
@@ -412,6 +518,7 @@ mod tests {
         let options = TractOptions {
             inputs: Some(facts),
             threads: 1,
+            ..TractOptions::default()
         };
         let report = TractBackend::load_with(model.path(), &options)
             .expect("loads")
@@ -422,6 +529,13 @@ mod tests {
             "{report:?}"
         );
         assert!(!report.matmul.is_empty(), "{report:?}");
+        // Our softmax and RmsNorm run in place of tract's (ops.rs).
+        assert_eq!(report.ops.get("EmogateRmsNorm"), Some(&5), "{report:?}");
+        assert!(!report.ops.contains_key("RmsNorm"), "{report:?}");
+        assert!(
+            report.ops.get("EmogateSoftmax").is_some_and(|n| *n >= 1),
+            "{report:?}"
+        );
         #[cfg(target_arch = "aarch64")]
         assert!(
             report
@@ -439,6 +553,67 @@ mod tests {
         }
     }
 
+    /// The plan with our Softmax and RmsNorm gives what tract's own ops
+    /// give, on the reference model.
+    #[test]
+    fn replaced_ops_give_what_tracts_give() {
+        let model = OnnxModel::load(reference().join("emogate-ref.onnx")).expect("model");
+        let manifest = Manifest::from_model(&model)
+            .expect("manifest")
+            .expect("embedded manifest");
+        let (facts, tensors) = inputs(&manifest);
+        let run = |stock_ops| {
+            let options = TractOptions {
+                inputs: Some(facts.clone()),
+                threads: 1,
+                stock_ops,
+            };
+            let mut backend = TractBackend::load_with(model.path(), &options).expect("loads");
+            let first = backend.run(&tensors).expect("runs");
+            // The state kept between runs gives the same answer again.
+            assert_eq!(first, backend.run(&tensors).expect("runs"));
+            first
+        };
+        let (stock, ours) = (run(true), run(false));
+        for (a, b) in stock.iter().zip(&ours) {
+            let diff = a
+                .as_f32()
+                .expect("f32")
+                .iter()
+                .zip(b.as_f32().expect("f32"))
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(diff <= 1e-6, "outputs differ by {diff}");
+        }
+    }
+
+    /// [`TractBackend::profile`] times every node that ran and the runs.
+    #[test]
+    fn the_profile_covers_the_plan() {
+        let model = OnnxModel::load(reference().join("emogate-ref.onnx")).expect("model");
+        let manifest = Manifest::from_model(&model)
+            .expect("manifest")
+            .expect("embedded manifest");
+        let (facts, tensors) = inputs(&manifest);
+        let options = TractOptions {
+            inputs: Some(facts),
+            ..TractOptions::default()
+        };
+        let mut backend = TractBackend::load_with(model.path(), &options).expect("loads");
+        let profile = backend.profile(&tensors, 1, 5).expect("profiles");
+        assert_eq!(profile.runs_ms.len(), 5);
+        assert!(profile.nodes.iter().any(|n| n.op == "EmogateSoftmax"));
+        assert!(profile.nodes.iter().all(|n| n.micros >= 0.0));
+        let nodes: f64 = profile.nodes.iter().map(|n| n.micros).sum::<f64>() / 1e3;
+        // Each node counted once: their medians add up to less than the
+        // slowest run (with room for the machine's noise).
+        let slowest = profile.runs_ms[4];
+        assert!(
+            nodes <= slowest * 1.5,
+            "nodes {nodes} ms, runs {slowest} ms"
+        );
+    }
+
     /// The constant swap is the path adapters take, and it gives what the
     /// merged graph gives.
     #[test]
@@ -452,6 +627,7 @@ mod tests {
         let options = TractOptions {
             inputs: Some(facts),
             threads: 1,
+            ..TractOptions::default()
         };
         for name in ["affect-gate", "affect-all"] {
             let adapter = Adapter::load(reference().join("adapters").join(name)).expect("adapter");

@@ -75,6 +75,7 @@ pub fn load_backend(
             let options = TractOptions {
                 inputs: Some(input_facts(descs)),
                 threads,
+                ..TractOptions::default()
             };
             let b = TractBackend::load_with(path, &options).map_err(|source| Error::Backend {
                 what: format!("tract could not load {}", path.display()),
