@@ -555,6 +555,19 @@ fn adapters_cut_down_and_grafted_from_adapters_behave_like_merge() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("model.layers.1.mlp.gate_proj"), "{err}");
+    // A run killed mid-write leaves its staging folder (unlocked, as a dead
+    // process's is); the next run into the same folder removes it, and a
+    // successful run leaves only its output.
+    let dead = dir.path().join(".sub2.k1LLed.emogate-tmp");
+    std::fs::create_dir(&dead).unwrap();
+    std::fs::write(dead.join("adapter_model.safetensors"), b"partial").unwrap();
+    emogate_tools::graft::subset_adapter(&e.adapter(), "score", &dir.path().join("sub2")).unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["sub", "sub2"]);
     // transfer from an adapter donor, every module: the merge itself.
     let base = merge_dir().join("llama.legacy/model.onnx");
     let (grafted, full) = (dir.path().join("g.onnx"), dir.path().join("m.onnx"));

@@ -20,6 +20,7 @@ use emogate_models::onnx::{
     FloatType, OnnxModel, SaveOptions, SaveSummary, TensorBytes, TensorUpdate, save_model,
 };
 use emogate_models::peft::Adapter;
+use emogate_models::staging;
 use emogate_models::surgery::{self, CopyReport, ModuleFilter};
 use serde::Serialize;
 
@@ -588,9 +589,15 @@ pub fn subset_adapter(dir: &Path, modules: &str, out: &Path) -> Result<SubsetRep
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)
         .map_err(|e| Error::io("creating the output folder", parent, e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".adapter-")
-        .tempdir_in(parent)
+    // Staged as `.NAME.RANDOM.emogate-tmp` beside the output and locked:
+    // a run killed mid-write leaves that folder, and the next run into the
+    // same folder removes it (models::staging).
+    let out_name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::field(out, "--out-adapter", "expected a folder name in UTF-8"))?;
+    staging::remove_stale(parent, out_name);
+    let tmp = staging::create_dir(parent, out_name)
         .map_err(|e| Error::io("creating a temp folder in", parent, e))?;
     let write = |name: &str, data: &[u8]| {
         let p = tmp.path().join(name);
@@ -602,11 +609,8 @@ pub fn subset_adapter(dir: &Path, modules: &str, out: &Path) -> Result<SubsetRep
         source,
     })?;
     write("adapter_config.json", json.as_bytes())?;
-    let tmp_path = tmp.keep();
-    std::fs::rename(&tmp_path, out).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&tmp_path);
-        Error::io("renaming the adapter folder into", out, e)
-    })?;
+    tmp.persist(out)
+        .map_err(|e| Error::io("renaming the adapter folder into", out, e))?;
     Ok(SubsetReport {
         adapter: dir.to_path_buf(),
         output: out.to_path_buf(),
