@@ -642,9 +642,14 @@ fn read_png_within(path: &Path, at: Nanos, max_pixels: u64) -> Result<Frame, Cli
     let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
     // Expand palettes and low bit depths, strip 16-bit to 8: one code path.
     decoder.set_transformations(png::Transformations::normalize_to_color8());
-    let mut reader = decoder
-        .read_info()
-        .map_err(|e| format_err(path, format!("not a readable PNG: {e}")))?;
+    // Each error says where the decoder was: the chunks before the image
+    // data (IHDR, PLTE, ...), or the image data (IDAT) of a known size.
+    let mut reader = decoder.read_info().map_err(|e| {
+        format_err(
+            path,
+            format!("not a readable PNG: header (the chunks before the image data): {e}"),
+        )
+    })?;
     let (width, height) = {
         let info = reader.info();
         (info.width, info.height)
@@ -656,9 +661,12 @@ fn read_png_within(path: &Path, at: Nanos, max_pixels: u64) -> Result<Frame, Cli
         .output_buffer_size()
         .ok_or_else(|| format_err(path, "PNG too large"))?;
     let mut buf = vec![0u8; size];
-    let info = reader
-        .next_frame(&mut buf)
-        .map_err(|e| format_err(path, format!("not a readable PNG: {e}")))?;
+    let info = reader.next_frame(&mut buf).map_err(|e| {
+        format_err(
+            path,
+            format!("not a readable PNG: image data (IDAT) of the {width}x{height} image: {e}"),
+        )
+    })?;
     buf.truncate(info.buffer_size());
     let (w, h) = (info.width as usize, info.height as usize);
     let (layout, data) = match info.color_type {
@@ -740,7 +748,12 @@ fn read_png_shrunk<R: BufRead + Seek>(
     for y in 0..height {
         let row = reader
             .next_row()
-            .map_err(|e| format_err(path, format!("not a readable PNG (row {y}): {e}")))?
+            .map_err(|e| {
+                format_err(
+                    path,
+                    format!("not a readable PNG: image data (IDAT), row {y}: {e}"),
+                )
+            })?
             .ok_or_else(|| format_err(path, format!("PNG ends at row {y} of {height}")))?;
         for (x, px) in row.data().chunks_exact(channels).take(width).enumerate() {
             let at = (x / factor) * keep;
@@ -787,6 +800,37 @@ mod tests {
             .flat_map(|(x, y)| pixel(x, y))
             .collect();
         writer.write_image_data(&data).unwrap();
+    }
+
+    #[test]
+    fn png_errors_say_where_the_decoder_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let whole = dir.path().join("whole.png");
+        // Noise, so that the image data does not deflate to a few bytes.
+        write_png(&whole, 64, 48, png::ColorType::Rgb, |x, y| {
+            let v = (x * 7919 + y * 104_729) % 251;
+            vec![v as u8, (v * 3 % 251) as u8, (v * 5 % 251) as u8]
+        });
+        let bytes = std::fs::read(&whole).unwrap();
+        let message = |name: &str, data: &[u8], max_pixels: u64| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, data).unwrap();
+            read_png_within(&path, 0, max_pixels)
+                .unwrap_err()
+                .to_string()
+        };
+        // Cut in the IHDR chunk: the header.
+        let e = message("header.png", &bytes[..20], u64::MAX);
+        assert!(
+            e.contains("header.png") && e.contains("header (the chunks"),
+            "{e}"
+        );
+        // Cut halfway through the image data, decoded whole and row by row.
+        let half = &bytes[..bytes.len() / 2];
+        let e = message("data.png", half, u64::MAX);
+        assert!(e.contains("image data (IDAT) of the 64x48 image"), "{e}");
+        let e = message("rows.png", half, 100);
+        assert!(e.contains("image data (IDAT), row "), "{e}");
     }
 
     #[test]
