@@ -15,8 +15,10 @@
 //!   ([`expect_names_file`]).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// How long one input may take (libFuzzer runs with `-timeout` of this).
@@ -132,9 +134,32 @@ pub fn bounded<R>(len: usize, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// With `EMOGATE_FUZZ_ERRORS=FILE` set, every error message a target
+/// checks is appended to FILE, one a line (newlines escaped): the audit of
+/// what the errors say (docs/fuzzing.md, "What the errors name").
+pub fn record(message: &str) {
+    static LOG: OnceLock<Option<Mutex<std::fs::File>>> = OnceLock::new();
+    let log = LOG.get_or_init(|| {
+        let path = std::env::var_os("EMOGATE_FUZZ_ERRORS")?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("EMOGATE_FUZZ_ERRORS names a writable file");
+        Some(Mutex::new(file))
+    });
+    if let Some(file) = log {
+        let line = message.replace('\\', "\\\\").replace('\n', "\\n");
+        if let Ok(mut f) = file.lock() {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
 /// A file parser's error must say which file it is about. Panics (a rule
 /// violation the fuzzer reports) when `message` does not name `file`.
 pub fn expect_names_file(message: &str, file: &Path) {
+    record(message);
     let name = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -147,5 +172,6 @@ pub fn expect_names_file(message: &str, file: &Path) {
 
 /// An error of a parser of strings (specs, requests) must say something.
 pub fn expect_message(message: &str) {
+    record(message);
     assert!(!message.trim().is_empty(), "empty error message");
 }

@@ -153,6 +153,7 @@ pub fn adapter_folder(dir: &Path, data: &[u8]) {
 fn load_adapter(folder: &Path) {
     if let Err(e) = emogate_models::peft::Adapter::load(folder) {
         let message = e.to_string();
+        super::rule::record(&message);
         assert!(
             message.contains("adapter_config.json")
                 || message.contains("adapter_model.safetensors")
