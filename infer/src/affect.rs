@@ -346,13 +346,18 @@ impl AffectModel {
 
     /// How many items (faces) one [`AffectModel::run`] may take along the
     /// batch axis: up to [`MAX_BATCH`] when the graph's inputs and outputs
-    /// all have a symbolic leading axis and the runtime takes any shape
-    /// per run (ONNX Runtime); else 1. tract plans the model for the
-    /// manifest's shapes (batch 1) once, which is what makes it fast, so
-    /// on tract faces run one after another.
+    /// all have a symbolic leading axis and the backend runs any batch
+    /// ([`Backend::max_batch`]: ONNX Runtime); else 1.
+    ///
+    /// tract plans a model for the manifest's shapes (batch 1) once, which
+    /// is what makes it fast, so on tract faces run one after another. A
+    /// plan for a batch of 3 ran the shipped face model 1.4–1.75× slower
+    /// per face than the plan for one (tract 0.23.9 lowers its convolutions
+    /// through im2col and separate bias additions when the batch is over 1;
+    /// docs/benchmarks.md, "Faces end to end"), so tract does not batch.
     pub fn max_batch(&self) -> usize {
-        if self.blueprint.free_batch && self.backend.name() == "ort" {
-            MAX_BATCH
+        if self.blueprint.free_batch {
+            self.backend.max_batch().min(MAX_BATCH)
         } else {
             1
         }

@@ -5,7 +5,9 @@
 //! crops stored beside it as PNG, among them the exact crops fer itself fed
 //! its model on the astronaut and two-faces photographs. emogate loads the
 //! ONNX with the shipped sidecar manifest and must reproduce them within
-//! 1e-4 on tract and, with the `ort` feature, on ONNX Runtime.
+//! 1e-4 on tract and, with the `ort` feature, on ONNX Runtime. On ONNX
+//! Runtime several crops in one forward pass (the pipeline's batch of
+//! faces) must give each crop what it gets alone.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -141,6 +143,8 @@ fn tract_matches_keras_on_the_reference_crops() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = load(BackendChoice::default(), shipped_manifest(dir.path()));
     assert_eq!(model.backend_name(), "tract");
+    // tract runs faces one after another (`AffectModel::max_batch` says why).
+    assert_eq!(model.max_batch(), 1);
     let (crops, worst) = check_against_keras(&mut model);
     assert_eq!(crops, 7);
     eprintln!("tract: {crops} crops, at most {worst:.2e} from Keras");
@@ -159,4 +163,74 @@ fn onnx_runtime_matches_keras_on_the_reference_crops() {
     let (crops, worst) = check_against_keras(&mut model);
     assert_eq!(crops, 7);
     eprintln!("ort: {crops} crops, at most {worst:.2e} from Keras");
+}
+
+/// Largest absolute difference allowed between a crop's probabilities in a
+/// batch and alone (other kernels, the same arithmetic up to summation order).
+#[cfg(feature = "ort")]
+const BATCH_TOLERANCE: f32 = 1e-5;
+
+/// Runs every reference crop alone, then in batches of several sizes, and
+/// checks that each crop gets what it got alone.
+#[cfg(feature = "ort")]
+fn check_batches(model: &mut AffectModel) {
+    assert_eq!(
+        model.max_batch(),
+        emogate_infer::affect::MAX_BATCH,
+        "a face model with a free batch axis takes batches on {}",
+        model.backend_name()
+    );
+    let reference = reference();
+    let crops: Vec<Tensor> = reference["crops"]
+        .as_object()
+        .expect("crops")
+        .values()
+        .map(|c| crop_input(c["file"].as_str().unwrap()))
+        .collect();
+    let alone: Vec<Vec<f32>> = crops
+        .iter()
+        .map(|c| {
+            model.run(std::slice::from_ref(c)).unwrap()[0]
+                .as_f32()
+                .unwrap()
+                .to_vec()
+        })
+        .collect();
+    for n in [2, 7, 3] {
+        let values: Vec<f32> = crops[..n]
+            .iter()
+            .flat_map(|c| c.as_f32().unwrap().iter().copied())
+            .collect();
+        let out = model
+            .run(&[Tensor::f32(vec![n, 64, 64, 1], values)])
+            .unwrap_or_else(|e| panic!("a batch of {n}: {e}"));
+        let got = out[0].as_f32().unwrap();
+        assert_eq!(got.len(), n * 7, "a batch of {n}: 7 probabilities a crop");
+        for (i, (row, want)) in got.chunks(7).zip(&alone).enumerate() {
+            let diff = row
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                diff <= BATCH_TOLERANCE,
+                "crop {i} in a batch of {n}: {row:?}, alone {want:?}"
+            );
+        }
+    }
+    // After the batches, a single crop gets the same again.
+    let again = model.run(std::slice::from_ref(&crops[0])).unwrap();
+    assert_eq!(again[0].as_f32().unwrap(), &alone[0][..]);
+}
+
+#[cfg(feature = "ort")]
+#[test]
+fn onnx_runtime_runs_a_batch_of_crops_as_each_alone() {
+    use emogate_infer::backend::ort::OrtOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = load(
+        BackendChoice::Ort(OrtOptions::default()),
+        shipped_manifest(dir.path()),
+    );
+    check_batches(&mut model);
 }

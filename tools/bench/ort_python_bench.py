@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Times ONNX Runtime's Python API on a model, for `emogate-bench-model`'s ratio.
 
-Feeds random inputs of each graph input's static shape, runs warm-up
+Feeds random inputs of each graph input's static shape (a symbolic
+leading axis gets --batch, other symbolic axes 1), runs warm-up
 iterations, then prints JSON: {"version", "p50_ms", "p99_ms", "threads"}.
 With --profile, ONNX Runtime's own profiler is on instead, and the JSON
 holds "ops": the mean microseconds per run each operator type took (by
@@ -25,6 +26,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--batch", type=int, default=1)
     args = ap.parse_args()
     opts = ort.SessionOptions()
     if args.profile:
@@ -36,7 +38,8 @@ def main():
     rng = np.random.default_rng(0)
     feeds = {}
     for i in sess.get_inputs():
-        shape = [d if isinstance(d, int) else 1 for d in i.shape]
+        shape = [d if isinstance(d, int) else (args.batch if k == 0 else 1)
+                 for k, d in enumerate(i.shape)]
         if "int64" in i.type:
             feeds[i.name] = rng.integers(0, 10, size=shape, dtype=np.int64)
         else:

@@ -39,6 +39,11 @@ struct Cli {
     /// model and threads). The model runs on tract as it is (no adapter).
     #[arg(long)]
     ops: bool,
+    /// With --ops: feed a batch of this many items (each input repeated
+    /// along its leading axis, which must be 1 in the manifest's shapes),
+    /// on both runtimes; for a model with a free batch axis.
+    #[arg(long, default_value_t = 1, requires = "ops")]
+    batch: usize,
 }
 
 /// How to load the model.
@@ -104,7 +109,7 @@ impl LoadArgs {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if cli.ops {
-        return bench_ops(&cli.model, &cli.load, cli.windows, &cli.python);
+        return bench_ops(&cli.model, &cli.load, cli.windows, cli.batch, &cli.python);
     }
     bench(cli.model, cli.load, cli.windows, &cli.python)
 }
@@ -350,7 +355,13 @@ fn featurizer_inputs(
 /// Per-operator times of tract's plan with its own Softmax and RmsNorm
 /// (`stock`) and with ours (the default), in alternating rounds so drift in
 /// the machine's speed hits both alike, then ONNX Runtime's profile.
-fn bench_ops(model: &std::path::Path, load: &LoadArgs, runs: usize, python: &str) -> Result<()> {
+fn bench_ops(
+    model: &std::path::Path,
+    load: &LoadArgs,
+    runs: usize,
+    batch: usize,
+    python: &str,
+) -> Result<()> {
     use emogate_infer::backend::InputFact;
     use emogate_infer::backend::tract::{TractBackend, TractOptions};
     use std::collections::BTreeMap;
@@ -371,6 +382,27 @@ fn bench_ops(model: &std::path::Path, load: &LoadArgs, runs: usize, python: &str
         // graph's input shapes.
         false => graph_inputs(model)?,
     };
+    anyhow::ensure!(batch >= 1, "--batch: at least 1");
+    let inputs: Vec<emogate_infer::Tensor> = inputs
+        .into_iter()
+        .map(|t| {
+            if batch == 1 {
+                return Ok(t);
+            }
+            anyhow::ensure!(
+                t.shape.first() == Some(&1),
+                "--batch {batch}: an input of shape {:?} has no leading axis of 1 to repeat",
+                t.shape
+            );
+            let values = t
+                .as_f32()
+                .context("--batch: inputs are float32")?
+                .repeat(batch);
+            let mut shape = t.shape.clone();
+            shape[0] = batch;
+            Ok(emogate_infer::Tensor::f32(shape, values))
+        })
+        .collect::<Result<_>>()?;
     let facts: Vec<InputFact> = inputs
         .iter()
         .map(|t| InputFact::F32(t.shape.clone()))
@@ -485,6 +517,8 @@ fn bench_ops(model: &std::path::Path, load: &LoadArgs, runs: usize, python: &str
                 &load.settings().threads().to_string(),
                 "--runs",
                 &runs.to_string(),
+                "--batch",
+                &batch.to_string(),
             ]);
         if profile {
             command.arg("--profile");

@@ -49,6 +49,13 @@ pub trait Backend: Send {
     /// [`BackendError::Run`] when the runtime fails.
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError>;
 
+    /// How many items one [`Backend::run`] may take along the leading
+    /// (batch) axis of a model whose inputs have a free one: ONNX Runtime
+    /// any number (`usize::MAX`); tract 1, the batch it planned for.
+    fn max_batch(&self) -> usize {
+        1
+    }
+
     /// The kernels the runtime chose, where it says (tract); for
     /// `emogate info --verbose`.
     fn kernels(&self) -> Option<tract::KernelReport> {

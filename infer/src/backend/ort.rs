@@ -632,6 +632,11 @@ impl Backend for OrtBackend {
         "ort"
     }
 
+    /// ONNX Runtime takes any shape a run brings.
+    fn max_batch(&self) -> usize {
+        usize::MAX
+    }
+
     fn providers(&self) -> Vec<&'static str> {
         self.providers.iter().map(|p| p.name()).collect()
     }
