@@ -467,7 +467,7 @@ impl Inference {
         };
         self.seq += 1;
         self.status.record_event(capture_to_event);
-        self.publish(Message::Emotion(event));
+        self.publish(Message::Emotion(Box::new(event)));
         Ok(())
     }
 }

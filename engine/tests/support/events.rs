@@ -64,7 +64,7 @@ pub fn emotion_with(
     }
     let (valence, arousal) = valence_arousal(label);
     let wobble = ((seq as f32) * 0.7).sin() * 0.05;
-    Message::Emotion(Event {
+    Message::Emotion(Box::new(Event {
         seq,
         header: header(stamp_s),
         stamp_s,
@@ -105,7 +105,7 @@ pub fn emotion_with(
         backend: "tract".into(),
         face: None,
         speech_ratio: None,
-    })
+    }))
 }
 
 /// Face `id` at `bbox` (`[left, top, width, height]` in source pixels)

@@ -348,7 +348,7 @@ mod tests {
     };
 
     fn emotion(stamp_s: f64, face: &str) -> Message {
-        Message::Emotion(Event {
+        Message::Emotion(Box::new(Event {
             seq: 0,
             header: header(),
             stamp_s,
@@ -375,7 +375,7 @@ mod tests {
                 frame: FRAME,
             }),
             speech_ratio: None,
-        })
+        }))
     }
 
     fn notice(stamp_s: f64, face: &str) -> FaceNotice {
